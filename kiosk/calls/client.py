@@ -1,0 +1,529 @@
+"""`Calls`: one endpoint's client of the call server, with the call-session API of the documents.
+
+Methods that talk to the server are coroutines (`generate_token`, `start_session`, `end_session`,
+the ringing methods). In-call controls (`mute_audio`, `pause_video`, ...) are plain methods: they
+take effect locally at once and tell the others in the background, so a GPIO button or a UI
+callback can call them directly on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+
+from kiosk.calls import ice
+from kiosk.calls.constants import CallStatus, CallType, SessionType, parse_enum
+from kiosk.calls.errors import CallsError, ConnectionFailedError, NotSupportedError, SessionNotActiveError
+from kiosk.calls.events import AudioModeInfo, CallError, ListenerRegistry, RTCUser
+from kiosk.calls.peer import SessionStats
+from kiosk.calls.session import CallSession
+from kiosk.calls.settings import CallSettings, CallSettingsBuilder
+from kiosk.calls.signaling import RestClient, SignalingClient
+from kiosk.media.devices import DeviceError, MediaDeviceInfo, MediaDevices
+from kiosk.protocol import FINAL_CALL_STATUSES
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MAX_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class GenerateToken:
+    """What `generate_token` returns; pass it (or its `token`) to `start_session`."""
+
+    token: str
+    session_id: str
+    uid: str
+    expires_at: int
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A ringing-flow call, as the server reports it (docs/protocol.md, "Call object")."""
+
+    session_id: str
+    type: CallType
+    status: CallStatus
+    initiator: RTCUser
+    receiver: RTCUser
+    initiated_at: int
+    joined_at: int | None = None
+    ended_at: int | None = None
+    duration_seconds: int = 0
+    has_recording: bool = False
+    direction: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Call:
+        return cls(
+            session_id=data["sessionId"],
+            type=CallType(data["type"]),
+            status=CallStatus(data["status"]),
+            initiator=RTCUser.from_json(data["initiator"]),
+            receiver=RTCUser.from_json(data["receiver"]),
+            initiated_at=int(data.get("initiatedAt") or 0),
+            joined_at=data.get("joinedAt"),
+            ended_at=data.get("endedAt"),
+            duration_seconds=int(data.get("durationSeconds") or 0),
+            has_recording=bool(data.get("hasRecording")),
+            direction=data.get("direction"),
+        )
+
+    # The documents' getters.
+    def get_session_id(self) -> str:
+        return self.session_id
+
+
+@dataclass(frozen=True)
+class CallLogPage:
+    calls: list[Call]
+    page: int
+    per_page: int
+    total: int
+
+
+def _default_devices() -> MediaDevices:
+    from kiosk.media.emulated import EmulatedDevices
+
+    return EmulatedDevices()
+
+
+class Calls:
+    """One endpoint. Several may live in one process (tests run two or three side by side)."""
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        auth_token: str | None = None,
+        devices: MediaDevices | None = None,
+        video_codec: str | None = None,
+        recording_dir: str | Path | None = None,
+        ice_host_addresses: list[str] | None = None,
+        device_poll_interval: float = 1.0,
+        reconnect: bool = True,
+    ) -> None:
+        if video_codec is not None and video_codec.upper() not in ("VP8", "H264"):
+            raise ValueError("video_codec must be 'VP8' or 'H264'")
+        self.server_url = server_url.rstrip("/")
+        self.auth_token = auth_token
+        self.devices = devices if devices is not None else _default_devices()
+        self.video_codec = video_codec.upper() if video_codec else None
+        self.recording_dir = Path(recording_dir or os.environ.get("KIOSK_RECORDING_DIR") or "recordings")
+        self.device_poll_interval = device_poll_interval
+        self.reconnect = reconnect
+        if ice_host_addresses is not None:
+            ice.restrict_host_addresses(ice_host_addresses)
+        self.listeners = ListenerRegistry()
+        self.session: CallSession | None = None
+        self.active_call: Call | None = None
+        self.user: RTCUser | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._rest: RestClient | None = None
+        self._signaling: SignalingClient | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # ----------------------------------------------------------------- connection
+
+    def _ensure_http(self) -> tuple[aiohttp.ClientSession, RestClient]:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+            self._rest = RestClient(self.server_url, self._http)
+        assert self._rest is not None
+        return self._http, self._rest
+
+    @property
+    def rest(self) -> RestClient:
+        return self._ensure_http()[1]
+
+    @property
+    def signaling(self) -> SignalingClient:
+        if self._signaling is None:
+            raise ConnectionFailedError("not logged in: call login() or start_session() first")
+        return self._signaling
+
+    async def login(self, auth_token: str | None = None) -> RTCUser:
+        """Open the signaling connection as the auth token's user (needed to receive incoming calls)."""
+        token = auth_token or self.auth_token
+        if not token:
+            raise CallsError("UNAUTHORIZED", "no auth token: pass one to Calls(...) or login()")
+        self.auth_token = token
+        http, _ = self._ensure_http()
+        if self._signaling is not None and self._signaling.connected:
+            assert self.user is not None
+            return self.user
+        self._signaling = SignalingClient(self.server_url, http, self._on_message, self._on_signaling_closed)
+        user = await self._signaling.connect(token)
+        self.user = RTCUser.from_json(user)
+        return self.user
+
+    async def close(self) -> None:
+        """End any session, close the signaling connection and the HTTP client."""
+        self._closing = True
+        if self.session is not None:
+            with contextlib.suppress(CallsError):
+                await self.end_session()
+        for task in (self._reconnect_task, self._poll_task):
+            if task is not None:
+                task.cancel()
+        if self._signaling is not None:
+            await self._signaling.close()
+            self._signaling = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _on_signaling_closed(self) -> None:
+        if self._closing:
+            return
+        self.listeners.emit(
+            "on_error", CallError("CONNECTION_LOST", "lost the connection to the call server")
+        )
+        if self.reconnect and (self._reconnect_task is None or self._reconnect_task.done()):
+            self._reconnect_task = asyncio.ensure_future(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.5
+        while not self._closing:
+            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter spreads a fleet's retries
+            try:
+                assert self._signaling is not None and self.auth_token is not None
+                await self._signaling.connect(self.auth_token)
+                log.info("signaling reconnected")
+                return
+            except CallsError as exc:
+                log.info("reconnect failed: %s", exc)
+                delay = min(RECONNECT_MAX_SECONDS, delay * 2)
+
+    # ----------------------------------------------------------------- listeners
+
+    def add_call_event_listener(self, listener_id: str, listener: Any) -> None:
+        self.listeners.add(listener_id, listener)
+
+    def remove_call_event_listener(self, listener_id: str) -> None:
+        self.listeners.remove(listener_id)
+
+    # The Android/Flutter spellings.
+    add_calls_event_listeners = add_call_event_listener
+    remove_calls_event_listeners = remove_call_event_listener
+
+    # ----------------------------------------------------------------- session
+
+    async def generate_token(self, session_id: str, auth_token: str | None = None) -> GenerateToken:
+        token = auth_token or self.auth_token
+        if not token:
+            raise CallsError("UNAUTHORIZED", "generate_token() needs the logged-in user's auth token")
+        if self.auth_token is None:
+            self.auth_token = token
+        data = await self.rest.request(
+            "POST", "/calls/token", auth_token=token, body={"sessionId": session_id}
+        )
+        return GenerateToken(
+            token=data["token"],
+            session_id=data["sessionId"],
+            uid=data["uid"],
+            expires_at=int(data["expiresAt"]),
+            ice_servers=list(data.get("iceServers") or []),
+        )
+
+    async def start_session(
+        self, call_token: GenerateToken | str, call_settings: CallSettings | None = None, view: Any = None
+    ) -> CallSession:
+        if self.session is not None:
+            raise CallsError("SESSION_ALREADY_ACTIVE", "a call session is already active; end it first")
+        settings = call_settings or CallSettingsBuilder().build()
+        if not isinstance(settings, CallSettings):
+            raise CallsError("INVALID_SETTINGS", "call_settings must be built with CallSettingsBuilder")
+        if isinstance(call_token, GenerateToken):
+            token, session_id = call_token.token, call_token.session_id
+        else:
+            token, session_id = call_token, _session_of(call_token)
+        await self.login()
+        session = CallSession(self, session_id, settings, view)
+        self.listeners.settings_listener = settings.listener
+        self.session = session
+        try:
+            await session.start(token)
+        except BaseException:
+            self.session = None
+            await session.close(notify_server=False)
+            raise
+        self._poll_task = asyncio.ensure_future(self._poll_devices(session))
+        return session
+
+    async def end_session(self) -> None:
+        """Leave the session and release camera, microphone and connections."""
+        session = self.session
+        if session is None:
+            return
+        one_to_one = len(session.participants) == 1
+        await self._end_session_from(session, notify_server=True)
+        if one_to_one:
+            self.listeners.emit("on_call_ended")
+
+    async def _end_session_from(self, session: CallSession, notify_server: bool) -> None:
+        if self.session is session:
+            self.session = None
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            self._poll_task = None
+        await session.close(notify_server=notify_server)
+
+    def press_end_call_button(self) -> None:
+        """What the end-call button (touch or GPIO) does: tell the app, as the documents' UI does."""
+        self._active_session("press_end_call_button")
+        self.listeners.emit("on_call_end_button_pressed")
+
+    async def _poll_devices(self, session: CallSession) -> None:
+        while session.active:
+            await asyncio.sleep(self.device_poll_interval)
+            try:
+                session.check_devices()
+            except DeviceError as exc:
+                self.listeners.emit("on_error", CallError("DEVICE_ERROR", str(exc)))
+
+    def _active_session(self, method: str) -> CallSession:
+        if self.session is None or not self.session.active:
+            raise SessionNotActiveError(method)
+        return self.session
+
+    # ----------------------------------------------------------------- in-call methods
+
+    def mute_audio(self, muted: bool) -> None:
+        self._active_session("mute_audio").mute_audio(muted)
+
+    def pause_video(self, paused: bool) -> None:
+        self._active_session("pause_video").pause_video(paused)
+
+    def switch_camera(self) -> None:
+        self._active_session("switch_camera").switch_camera()
+
+    def set_audio_mode(self, mode: str) -> None:
+        self._active_session("set_audio_mode").set_audio_mode(mode)
+
+    def get_audio_output_modes(self) -> list[AudioModeInfo]:
+        return self._active_session("get_audio_output_modes").audio_modes()
+
+    def switch_to_video_call(self) -> None:
+        self._active_session("switch_to_video_call").switch_to_video_call()
+
+    def start_recording(self) -> None:
+        self._active_session("start_recording").start_recording()
+
+    def stop_recording(self) -> None:
+        self._active_session("stop_recording").stop_recording()
+
+    def set_mode(self, mode: str) -> None:
+        self._active_session("set_mode").set_mode(mode)
+
+    def enter_pip_mode(self) -> None:
+        self._active_session("enter_pip_mode").set_pip(True)
+
+    def exit_pip_mode(self) -> None:
+        self._active_session("exit_pip_mode").set_pip(False)
+
+    def get_audio_input_devices(self) -> list[MediaDeviceInfo]:
+        self._active_session("get_audio_input_devices")
+        return self.devices.audio_inputs()
+
+    def get_audio_output_devices(self) -> list[MediaDeviceInfo]:
+        self._active_session("get_audio_output_devices")
+        return self.devices.audio_outputs()
+
+    def get_video_input_devices(self) -> list[MediaDeviceInfo]:
+        self._active_session("get_video_input_devices")
+        return self.devices.video_inputs()
+
+    def set_audio_input_device(self, device_id: str) -> None:
+        self._device_call(lambda s: s.set_audio_input_device(device_id), "set_audio_input_device")
+
+    def set_audio_output_device(self, device_id: str) -> None:
+        self._device_call(lambda s: s.set_audio_output_device(device_id), "set_audio_output_device")
+
+    def set_video_input_device(self, device_id: str) -> None:
+        self._device_call(lambda s: s.set_video_input_device(device_id), "set_video_input_device")
+
+    def _device_call(self, action: Any, method: str) -> None:
+        session = self._active_session(method)
+        try:
+            action(session)
+        except DeviceError as exc:
+            raise CallsError("DEVICE_NOT_FOUND", f"{method}(): {exc}") from None
+
+    def start_screen_share(self) -> None:
+        self._active_session("start_screen_share").start_screen_share()
+
+    def stop_screen_share(self) -> None:
+        self._active_session("stop_screen_share").stop_screen_share()
+
+    async def get_session_stats(self) -> SessionStats:
+        return await self._active_session("get_session_stats").stats()
+
+    # The documents' other spellings.
+    enter_p_i_p_mode = enter_pip_mode
+    exit_p_i_p_mode = exit_pip_mode
+
+    # ----------------------------------------------------------------- ringing
+
+    def _require_token(self, method: str) -> str:
+        if not self.auth_token:
+            raise CallsError("UNAUTHORIZED", f"{method}() needs an auth token: call login() first")
+        return self.auth_token
+
+    async def initiate_call(self, receiver_uid: str, call_type: CallType | str = CallType.VIDEO) -> Call:
+        token = self._require_token("initiate_call")
+        try:
+            kind = parse_enum(CallType, call_type, "call_type")
+        except ValueError as exc:
+            raise CallsError("BAD_REQUEST", str(exc)) from None
+        data = await self.rest.request(
+            "POST", "/calls", auth_token=token, body={"receiverUid": receiver_uid, "callType": str(kind)}
+        )
+        call = Call.from_json(data)
+        if call.status not in FINAL_CALL_STATUSES:
+            self.active_call = call
+        return call
+
+    async def accept_call(self, session_id: str) -> Call:
+        return await self._call_action(session_id, "accept", None)
+
+    async def reject_call(self, session_id: str, status: CallStatus | str = CallStatus.REJECTED) -> Call:
+        try:
+            chosen = CallStatus(str(status).lower())
+        except ValueError:
+            raise CallsError(
+                "BAD_REQUEST", f"reject status must be rejected, busy or cancelled, not {status!r}"
+            ) from None
+        return await self._call_action(session_id, "reject", {"status": str(chosen)})
+
+    async def end_call(self, session_id: str) -> Call:
+        return await self._call_action(session_id, "end", None)
+
+    async def _call_action(self, session_id: str, action: str, body: dict[str, Any] | None) -> Call:
+        token = self._require_token(f"{action}_call")
+        data = await self.rest.request(
+            "POST", f"/calls/{session_id}/{action}", auth_token=token, body=body or {}
+        )
+        call = Call.from_json(data)
+        self._track_call(call)
+        return call
+
+    def _track_call(self, call: Call) -> None:
+        if call.status in FINAL_CALL_STATUSES:
+            if self.active_call is not None and self.active_call.session_id == call.session_id:
+                self.active_call = None
+        else:
+            self.active_call = call
+
+    def get_active_call(self) -> Call | None:
+        return self.active_call
+
+    def clear_active_call(self) -> None:
+        self.active_call = None
+
+    async def get_call_participant_count(self, session_id: str, session_type: SessionType | str) -> int:
+        token = self._require_token("get_call_participant_count")
+        data = await self.rest.request(
+            "GET",
+            f"/sessions/{session_id}/participants",
+            auth_token=token,
+            params={"type": str(session_type)},
+        )
+        return int(data["count"])
+
+    async def get_call_logs(self, **filters: Any) -> CallLogPage:
+        """Call logs, newest first. Filters: type, status, direction, has_recording, page, per_page."""
+        token = self._require_token("get_call_logs")
+        names = {"has_recording": "hasRecording", "per_page": "perPage"}
+        params = {
+            names.get(k, k): (str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in filters.items()
+            if v is not None
+        }
+        data = await self.rest.request("GET", "/calls", auth_token=token, params=params)
+        return CallLogPage(
+            [Call.from_json(c) for c in data["calls"]],
+            int(data["page"]),
+            int(data["perPage"]),
+            int(data["total"]),
+        )
+
+    # ----------------------------------------------------------------- messages from the server
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "call.incoming":
+            self._on_call_incoming(Call.from_json(message["call"]))
+        elif kind == "call.updated":
+            self._on_call_updated(Call.from_json(message["call"]))
+        elif kind == "session.ended":
+            session = self.session
+            if session is not None and session.session_id == message.get("sessionId"):
+                asyncio.ensure_future(self._on_session_ended(session, message))
+        else:
+            session = self.session
+            if session is not None and session.active and session.session_id == message.get("sessionId"):
+                session.handle(message)
+
+    def _on_call_incoming(self, call: Call) -> None:
+        busy = self.session is not None or (
+            self.active_call is not None and self.active_call.session_id != call.session_id
+        )
+        if busy:
+            # The server normally answers busy itself; this covers a race between two calls.
+            asyncio.ensure_future(self._reject_quietly(call.session_id, CallStatus.BUSY))
+            return
+        self.active_call = call
+        self.listeners.emit("on_incoming_call_received", call)
+
+    async def _reject_quietly(self, session_id: str, status: CallStatus) -> None:
+        with contextlib.suppress(CallsError):
+            await self.reject_call(session_id, status)
+
+    def _on_call_updated(self, call: Call) -> None:
+        mine = self.user is not None and call.initiator.uid == self.user.uid
+        self._track_call(call)
+        status = call.status
+        if status == CallStatus.ONGOING and mine:
+            self.listeners.emit("on_outgoing_call_accepted", call)
+        elif status in (CallStatus.REJECTED, CallStatus.BUSY, CallStatus.UNANSWERED) and mine:
+            self.listeners.emit("on_outgoing_call_rejected", call)
+        elif status in (CallStatus.CANCELLED, CallStatus.UNANSWERED) and not mine:
+            self.listeners.emit("on_incoming_call_cancelled", call)
+        elif status == CallStatus.ENDED:
+            self.listeners.emit("on_call_ended_message_received", call)
+
+    async def _on_session_ended(self, session: CallSession, message: dict[str, Any]) -> None:
+        one_to_one = message.get("reason") == "hangup" or len(session.participants) <= 1
+        remaining = list(session.participants.values())
+        await self._end_session_from(session, notify_server=False)
+        if one_to_one:
+            self.listeners.emit("on_call_ended")
+        else:
+            for participant in remaining:
+                self.listeners.emit("on_user_left", participant.user)
+            self.listeners.emit("on_user_list_changed", [])
+
+
+def _session_of(token: str) -> str:
+    """The session id a call token was issued for (read without checking: the server checks)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        return str(claims["sid"])
+    except (jwt.PyJWTError, KeyError) as exc:
+        raise CallsError("TOKEN_INVALID", "this is not a call token from generate_token()") from exc
+
+
+__all__ = ["Call", "CallLogPage", "Calls", "GenerateToken", "NotSupportedError"]

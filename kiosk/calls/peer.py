@@ -1,0 +1,242 @@
+"""One remote participant: its peer connection, the media it sends us, and what we measured of it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from kiosk.calls.events import RTCUser
+from kiosk.media.pattern import latency_ms, read_stamp
+
+log = logging.getLogger(__name__)
+
+# Received audio is "silent" below this RMS level (full scale = 1.0); a -50 dBFS floor.
+SILENCE_RMS = 0.003
+LEVEL_WINDOW_FRAMES = 10  # 200 ms of 20 ms frames
+
+
+@dataclass
+class ParticipantStats:
+    """What this endpoint received from one remote participant."""
+
+    uid: str
+    video_packets_received: int = 0
+    video_frames_decoded: int = 0
+    audio_packets_received: int = 0
+    audio_frames_decoded: int = 0
+    audio_samples_decoded: int = 0
+    audio_level: float = 0.0  # RMS over the last 200 ms, 0..1
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    round_trip_time_ms: float | None = None
+    first_frame_ms: float | None = None  # from start_session to this participant's first decoded frame
+    latency_ms_p50: float | None = None  # capture stamp to decode, when the sender stamps its frames
+    latency_ms_p95: float | None = None
+    connection_state: str = "new"
+    last_video_frame_at: float | None = None  # time.monotonic() of the newest decoded frame
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RemoteParticipant:
+    user: RTCUser
+    audio_muted: bool = False
+    video_muted: bool = False
+    joined_at: int = 0
+
+
+FrameSink = Callable[[str, av.VideoFrame], None]
+AudioSink = Callable[[str, av.AudioFrame], None]
+
+
+def _ice_servers(servers: list[dict[str, Any]]) -> list[RTCIceServer]:
+    return [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in servers
+        if isinstance(s, dict) and s.get("urls")
+    ]
+
+
+class RemotePeer:
+    """The peer connection to one remote participant, and the consumers of its tracks."""
+
+    def __init__(
+        self,
+        participant: RemoteParticipant,
+        *,
+        audio_track: MediaStreamTrack,
+        video_track: MediaStreamTrack,
+        ice_servers: list[dict[str, Any]],
+        video_codec: str | None,
+        session_started_at: float,
+        on_video_frame: FrameSink,
+        on_audio_frame: AudioSink,
+        on_connection_state: Callable[[RemotePeer, str], None],
+    ) -> None:
+        self.participant = participant
+        self.uid = participant.user.uid
+        # An explicit empty list: aiortc would otherwise try a public STUN server.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
+        self._local_tracks = (audio_track, video_track)
+        self.pc.addTransceiver(audio_track, direction="sendrecv")
+        video = self.pc.addTransceiver(video_track, direction="sendrecv")
+        if video_codec:
+            wanted = f"video/{video_codec}".lower()
+            codecs = [
+                c
+                for c in RTCRtpSender.getCapabilities("video").codecs
+                if c.mimeType.lower() in (wanted, "video/rtx")
+            ]
+            video.setCodecPreferences(codecs)
+        self.stats = ParticipantStats(uid=self.uid)
+        self._session_started_at = session_started_at
+        self._on_video_frame = on_video_frame
+        self._on_audio_frame = on_audio_frame
+        self._on_connection_state = on_connection_state
+        self._consumers: list[asyncio.Task[None]] = []
+        self._latencies: collections.deque[int] = collections.deque(maxlen=600)
+        self._levels: collections.deque[float] = collections.deque(maxlen=LEVEL_WINDOW_FRAMES)
+        self.remote_tracks: dict[str, MediaStreamTrack] = {}
+        self.lock = asyncio.Lock()  # negotiation steps for this peer run one at a time
+        self.closed = False
+
+        @self.pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            self.remote_tracks[track.kind] = track
+            consume = self._consume_video if track.kind == "video" else self._consume_audio
+            self._consumers.append(asyncio.ensure_future(consume(track)))
+
+        @self.pc.on("connectionstatechange")
+        def _on_state() -> None:
+            self.stats.connection_state = self.pc.connectionState
+            self._on_connection_state(self, self.pc.connectionState)
+
+    async def create_offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def answer_offer(self, sdp: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def _consume_video(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            if self.stats.first_frame_ms is None:
+                self.stats.first_frame_ms = (now - self._session_started_at) * 1000
+            self.stats.video_frames_decoded += 1
+            self.stats.last_video_frame_at = now
+            stamp = read_stamp(frame)
+            if stamp is not None:
+                self._latencies.append(latency_ms(stamp))
+            self._on_video_frame(self.uid, frame)
+
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            samples = frame.to_ndarray()
+            self.stats.audio_frames_decoded += 1
+            self.stats.audio_samples_decoded += frame.samples
+            rms = (
+                float(np.sqrt(np.mean(np.square(samples.astype(np.float32) / 32768.0))))
+                if samples.size
+                else 0.0
+            )
+            self._levels.append(rms)
+            self._on_audio_frame(self.uid, frame)
+
+    @property
+    def audio_level(self) -> float:
+        return max(self._levels) if self._levels else 0.0
+
+    async def collect_stats(self) -> ParticipantStats:
+        s = self.stats
+        s.audio_level = self.audio_level
+        if self._latencies:
+            ordered = sorted(self._latencies)
+            s.latency_ms_p50 = float(statistics.median(ordered))
+            s.latency_ms_p95 = float(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))])
+        if self.closed:
+            return s
+        try:
+            report = await self.pc.getStats()
+        except Exception:  # a peer connection that is closing has no stats; keep the last ones
+            return s
+        for item in report.values():
+            kind = getattr(item, "kind", None)
+            if item.type == "inbound-rtp":
+                if kind == "video":
+                    s.video_packets_received = item.packetsReceived
+                elif kind == "audio":
+                    s.audio_packets_received = item.packetsReceived
+            elif item.type == "remote-inbound-rtp" and item.roundTripTime is not None:
+                s.round_trip_time_ms = item.roundTripTime * 1000
+            elif item.type == "transport":
+                s.bytes_received = item.bytesReceived
+                s.bytes_sent = item.bytesSent
+        return s
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for track in self._local_tracks:
+            track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        for task in self._consumers:
+            task.cancel()
+        for task in self._consumers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+@dataclass
+class SessionStats:
+    """`get_session_stats()`: per remote participant, and the session's own figures."""
+
+    session_id: str
+    first_remote_frame_ms: float | None  # start_session to the first decoded remote frame, any participant
+    participants: dict[str, ParticipantStats] = field(default_factory=dict)
+    frames_captured: int = 0
+    audio_frames_captured: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sessionId": self.session_id,
+            "firstRemoteFrameMs": self.first_remote_frame_ms,
+            "framesCaptured": self.frames_captured,
+            "audioFramesCaptured": self.audio_frames_captured,
+            "participants": {uid: p.to_json() for uid, p in self.participants.items()},
+        }

@@ -1,0 +1,497 @@
+"""An active call session: the mesh of peer connections, local capture, and the in-call controls.
+
+A `CallSession` is made by `Calls.start_session()` and lives until the session ends. It reacts to
+signaling messages for its session id, owns one `RemotePeer` per remote participant, and emits the
+documents' events through the listeners of its `Calls`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import av
+
+from kiosk.calls.constants import AudioMode, Mode, parse_enum
+from kiosk.calls.errors import CallsError, NotSupportedError
+from kiosk.calls.events import (
+    AudioModeInfo,
+    CallError,
+    CallSwitchRequestInfo,
+    RTCMutedUser,
+    RTCRecordingInfo,
+    RTCUser,
+)
+from kiosk.calls.peer import RemoteParticipant, RemotePeer, SessionStats
+from kiosk.calls.recorder import SessionRecorder
+from kiosk.calls.settings import CallSettings
+from kiosk.media.capture import AudioCapture, VideoCapture
+from kiosk.media.devices import DeviceError, MediaDeviceInfo, SpeakerSink
+
+if TYPE_CHECKING:
+    from kiosk.calls.client import Calls
+
+log = logging.getLogger(__name__)
+
+IDLE_WARNING_SECONDS = 60
+
+
+class CallSession:
+    def __init__(self, calls: Calls, session_id: str, settings: CallSettings, view: Any) -> None:
+        self.calls = calls
+        self.session_id = session_id
+        self.settings = settings
+        self.view = view
+        self.started_at = time.monotonic()
+        self.self_user: RTCUser | None = None
+        self.participants: dict[str, RemoteParticipant] = {}
+        self.peers: dict[str, RemotePeer] = {}
+        self.audio_only = settings.audio_only
+        self.audio_muted = settings.start_with_audio_muted
+        self.video_muted = settings.start_with_video_muted
+        self.mode: Mode = settings.mode
+        self.pip = False
+        self.ice_servers: list[dict[str, Any]] = []
+        self.active = False
+        self.first_remote_frame_ms: float | None = None
+        self.recorder: SessionRecorder | None = None
+        self.recording = False
+        self.audio_mode: str | None = None
+        self.speaker: SpeakerSink | None = None
+        self._audio_output_id: str | None = None
+        self._known_devices: list[MediaDeviceInfo] = []
+        self._known_modes: list[str] = []
+        self._idle_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        devices = calls.devices
+        cameras = devices.video_inputs()
+        mics = devices.audio_inputs()
+        self.video = VideoCapture(devices, cameras[0].device_id if cameras else None, self._device_error)
+        self.audio = AudioCapture(devices, mics[0].device_id if mics else None, self._device_error)
+        self.video.on_restored = lambda: self._emit_error("DEVICE_RESTORED", "camera is back; video resumed")
+        self.audio.set_muted(self.audio_muted)
+        self.video.set_enabled(not self.audio_only)
+        self.video.set_paused(self.video_muted)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self, call_token: str) -> None:
+        self._choose_initial_audio_mode()
+        self._known_devices = self.calls.devices.list_devices()
+        self._known_modes = self.calls.devices.audio_modes()
+        reply = await self.calls.signaling.request(
+            "join",
+            sessionId=self.session_id,
+            callToken=call_token,
+            audioMuted=self.audio_muted,
+            videoMuted=self.video_muted,
+            audioOnly=self.audio_only,
+        )
+        self.active = True
+        self.self_user = RTCUser.from_json(reply["self"])
+        self.ice_servers = list(reply.get("iceServers") or [])
+        for data in reply.get("participants", []):
+            participant = self._participant_from(data)
+            self.participants[participant.user.uid] = participant
+        if self.participants:
+            self.calls.listeners.emit("on_user_list_changed", self.user_list())
+        for participant in self.participants.values():
+            if participant.audio_muted or participant.video_muted:
+                self._emit_muted(participant)
+        for participant in list(self.participants.values()):
+            self._spawn(self._offer_to(participant))
+        self._update_idle_timer()
+        if self.settings.auto_record_on_call_start:
+            self.start_recording()
+
+    async def close(self, notify_server: bool) -> None:
+        """Tear everything down. `notify_server`: send `leave` (False when the server ended it)."""
+        if not self.active:
+            return
+        self.active = False
+        current = asyncio.current_task()
+        if self._idle_task is not None and self._idle_task is not current:
+            self._idle_task.cancel()
+        if notify_server and self.calls.signaling.connected:
+            with contextlib.suppress(CallsError):
+                await self.calls.signaling.request("leave", sessionId=self.session_id)
+        await self._stop_recording_files()
+        await asyncio.gather(*(peer.close() for peer in self.peers.values()), return_exceptions=True)
+        self.peers.clear()
+        await self.video.close()
+        await self.audio.close()
+        if self.speaker is not None:
+            self.speaker.close()
+            self.speaker = None
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("session task failed", exc_info=exc)
+            if self.active:
+                self._emit_error("INTERNAL", f"{type(exc).__name__}: {exc}")
+
+    # ----------------------------------------------------------------- participants and media
+
+    def _participant_from(self, data: dict[str, Any]) -> RemoteParticipant:
+        return RemoteParticipant(
+            user=RTCUser.from_json(data),
+            audio_muted=bool(data.get("audioMuted")),
+            video_muted=bool(data.get("videoMuted")),
+            joined_at=int(data.get("joinedAt") or 0),
+        )
+
+    def user_list(self) -> list[RTCUser]:
+        return [p.user for p in self.participants.values()]
+
+    def _new_peer(self, participant: RemoteParticipant) -> RemotePeer:
+        old = self.peers.pop(participant.user.uid, None)
+        if old is not None:
+            self._spawn(old.close())
+        peer = RemotePeer(
+            participant,
+            audio_track=self.audio.subscribe(),
+            video_track=self.video.subscribe(),
+            ice_servers=self.ice_servers,
+            video_codec=self.calls.video_codec,
+            session_started_at=self.started_at,
+            on_video_frame=self._on_remote_video,
+            on_audio_frame=self._on_remote_audio,
+            on_connection_state=self._on_peer_state,
+        )
+        self.peers[participant.user.uid] = peer
+        return peer
+
+    async def _offer_to(self, participant: RemoteParticipant) -> None:
+        peer = self._new_peer(participant)
+        async with peer.lock:
+            sdp = await peer.create_offer()
+            if self.active and not peer.closed:
+                await self.calls.signaling.request("offer", sessionId=self.session_id, to=peer.uid, sdp=sdp)
+
+    async def _answer(self, uid: str, sdp: str) -> None:
+        participant = self.participants.get(uid)
+        if participant is None:
+            participant = RemoteParticipant(RTCUser(uid))
+            self.participants[uid] = participant
+        peer = self._new_peer(participant)
+        async with peer.lock:
+            answer = await peer.answer_offer(sdp)
+            if self.active and not peer.closed:
+                await self.calls.signaling.request("answer", sessionId=self.session_id, to=uid, sdp=answer)
+
+    async def _accept_answer(self, uid: str, sdp: str) -> None:
+        peer = self.peers.get(uid)
+        if peer is None:
+            return
+        async with peer.lock:
+            await peer.accept_answer(sdp)
+
+    def _on_remote_video(self, uid: str, frame: av.VideoFrame) -> None:
+        if self.first_remote_frame_ms is None:
+            self.first_remote_frame_ms = (time.monotonic() - self.started_at) * 1000
+        if self.recorder is not None:
+            self.recorder.write(uid, frame)
+        render = getattr(self.view, "render_frame", None)
+        if render is not None:
+            try:
+                render(uid, frame)
+            except Exception:
+                log.exception("view.render_frame failed")
+
+    def _on_remote_audio(self, uid: str, frame: av.AudioFrame) -> None:
+        if self.speaker is not None:
+            try:
+                self.speaker.write(uid, frame)
+            except DeviceError as exc:
+                self._device_error(exc)
+                self._fall_back_audio_mode()
+        if self.recorder is not None:
+            self.recorder.write(uid, frame)
+
+    def _on_peer_state(self, peer: RemotePeer, state: str) -> None:
+        if state == "failed" and self.active:
+            self._emit_error("PEER_CONNECTION_FAILED", f"media connection to {peer.uid} failed")
+
+    def _device_error(self, exc: Exception) -> None:
+        code = "DEVICE_ERROR" if isinstance(exc, DeviceError) else "MEDIA_ERROR"
+        self._emit_error(code, str(exc))
+
+    def _emit_error(self, code: str, message: str) -> None:
+        self.calls.listeners.emit("on_error", CallError(code, message))
+
+    # ----------------------------------------------------------------- signaling from the server
+
+    def handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "participant.joined":
+            participant = self._participant_from(message["participant"])
+            self.participants[participant.user.uid] = participant
+            self._update_idle_timer()
+            self.calls.listeners.emit("on_user_joined", participant.user)
+            self.calls.listeners.emit("on_user_list_changed", self.user_list())
+            if participant.audio_muted or participant.video_muted:
+                self._emit_muted(participant)
+        elif kind == "participant.left":
+            uid = message["participant"]["uid"]
+            participant = self.participants.pop(uid, None)
+            peer = self.peers.pop(uid, None)
+            if peer is not None:
+                self._spawn(peer.close())
+            remove = getattr(self.view, "remove_participant", None)
+            if remove is not None:
+                with contextlib.suppress(Exception):
+                    remove(uid)
+            self._update_idle_timer()
+            if participant is not None:
+                self.calls.listeners.emit("on_user_left", participant.user)
+                self.calls.listeners.emit("on_user_list_changed", self.user_list())
+        elif kind == "offer":
+            self._spawn(self._answer(message["from"], message["sdp"]))
+        elif kind == "answer":
+            self._spawn(self._accept_answer(message["from"], message["sdp"]))
+        elif kind == "candidate":
+            pass  # aiortc puts every candidate in the SDP; trickled ones are not needed
+        elif kind == "media.state":
+            uid = message["user"]["uid"]
+            participant = self.participants.get(uid)
+            if participant is not None:
+                participant.audio_muted = bool(message["audioMuted"])
+                participant.video_muted = bool(message["videoMuted"])
+                self._emit_muted(participant)
+        elif kind == "switch.video":
+            requested_by = RTCUser.from_json(message["requestedBy"]) if message.get("requestedBy") else None
+            self._become_video()
+            self.calls.listeners.emit(
+                "on_call_switched_to_video", CallSwitchRequestInfo(requested_by, self.session_id)
+            )
+        elif kind == "recording":
+            user = RTCUser.from_json(message["user"]) if message.get("user") else None
+            info = RTCRecordingInfo(bool(message["recording"]), user, int(message.get("at") or 0))
+            self.calls.listeners.emit("on_recording_toggled", info)
+
+    def _emit_muted(self, participant: RemoteParticipant) -> None:
+        user = participant.user
+        muted = RTCMutedUser(user.uid, user.name, participant.audio_muted, participant.video_muted)
+        self.calls.listeners.emit("on_user_muted", muted)
+
+    # ----------------------------------------------------------------- idle timeout
+
+    def _update_idle_timer(self) -> None:
+        alone = not self.participants
+        if alone and self.active and (self._idle_task is None or self._idle_task.done()):
+            self._idle_task = asyncio.ensure_future(self._idle_countdown(self.settings.idle_timeout_period))
+        elif not alone and self._idle_task is not None:
+            self._idle_task.cancel()
+            self._idle_task = None
+
+    async def _idle_countdown(self, period: float) -> None:
+        warn_after = max(0.0, period - IDLE_WARNING_SECONDS)
+        await asyncio.sleep(warn_after)
+        self.calls.listeners.emit("on_session_timeout_warning", int(round(period - warn_after)))
+        await asyncio.sleep(period - warn_after)
+        if self.active and not self.participants:
+            await self.calls._end_session_from(self, notify_server=True)
+            self.calls.listeners.emit("on_session_timeout")
+
+    def stay(self) -> None:
+        """Restart the idle countdown (the "stay" button of the timeout warning)."""
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            self._idle_task = None
+        self._update_idle_timer()
+
+    # ----------------------------------------------------------------- in-call controls
+
+    def _send(self, message_type: str, **fields: Any) -> None:
+        """Notify the others in the background; a failure becomes on_error, never an exception here."""
+
+        async def send() -> None:
+            try:
+                await self.calls.signaling.request(message_type, sessionId=self.session_id, **fields)
+            except CallsError as exc:
+                self._emit_error(exc.code, f"{message_type}: {exc.message}")
+
+        self._spawn(send())
+
+    def mute_audio(self, muted: bool) -> None:
+        self.audio_muted = bool(muted)
+        self.audio.set_muted(self.audio_muted)
+        self._send("media.state", audioMuted=self.audio_muted, videoMuted=self.video_muted)
+
+    def pause_video(self, paused: bool) -> None:
+        self.video_muted = bool(paused)
+        self.video.set_paused(self.video_muted)
+        self._send("media.state", audioMuted=self.audio_muted, videoMuted=self.video_muted)
+
+    def _become_video(self) -> None:
+        self.audio_only = False
+        self.video.set_enabled(True)
+
+    def switch_to_video_call(self) -> None:
+        if not self.audio_only:
+            return
+        self._become_video()
+        self._send("switch.video")
+
+    def switch_camera(self) -> None:
+        cameras = self.calls.devices.video_inputs()
+        if len(cameras) < 2:
+            raise NotSupportedError("switch_camera(): this device has only one camera")
+        ids = [c.device_id for c in cameras]
+        current = self.video.device_id
+        following = ids[(ids.index(current) + 1) % len(ids)] if current in ids else ids[0]
+        self.video.select(following)
+
+    def set_video_input_device(self, device_id: str) -> None:
+        self.video.select(device_id)
+
+    def set_audio_input_device(self, device_id: str) -> None:
+        self.audio.select(device_id)
+
+    def set_audio_output_device(self, device_id: str) -> None:
+        device = self.calls.devices.find(device_id, "audiooutput")
+        self._open_speaker(device)
+
+    def _open_speaker(self, device: MediaDeviceInfo) -> None:
+        new = self.calls.devices.open_speaker(device.device_id)
+        old, self.speaker = self.speaker, new
+        self._audio_output_id = device.device_id
+        if device.audio_mode:
+            self.audio_mode = device.audio_mode
+        if old is not None:
+            old.close()
+
+    def _choose_initial_audio_mode(self) -> None:
+        modes = self.calls.devices.audio_modes()
+        wanted = self.settings.default_audio_mode
+        mode = wanted if wanted in modes else (modes[0] if modes else None)
+        if mode is not None:
+            device = self.calls.devices.output_for_mode(mode)
+            if device is not None:
+                try:
+                    self._open_speaker(device)
+                except DeviceError as exc:
+                    self._device_error(exc)
+        elif self.calls.devices.audio_outputs():
+            self._open_speaker(self.calls.devices.audio_outputs()[0])
+
+    def set_audio_mode(self, mode: AudioMode | str) -> None:
+        try:
+            chosen = parse_enum(AudioMode, mode, "audio mode")
+        except ValueError as exc:
+            raise CallsError("INVALID_AUDIO_MODE", str(exc)) from None
+        device = self.calls.devices.output_for_mode(chosen)
+        if device is None:
+            raise CallsError("AUDIO_MODE_UNAVAILABLE", f"no {chosen} device is present now")
+        self._open_speaker(device)
+        self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
+
+    def audio_modes(self) -> list[AudioModeInfo]:
+        return [AudioModeInfo(m, m == self.audio_mode) for m in self.calls.devices.audio_modes()]
+
+    def _fall_back_audio_mode(self) -> None:
+        modes = self.calls.devices.audio_modes()
+        if modes:
+            device = self.calls.devices.output_for_mode(modes[0])
+            if device is not None:
+                self._open_speaker(device)
+        self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
+
+    def check_devices(self) -> None:
+        """Compare the device list with the last one seen; emit the change events. Called by the poll."""
+        devices = self.calls.devices.list_devices()
+        if devices != self._known_devices:
+            self._known_devices = devices
+            self.calls.listeners.emit("on_media_device_list_updated", devices)
+            if self._audio_output_id and not any(d.device_id == self._audio_output_id for d in devices):
+                self._fall_back_audio_mode()
+        modes = self.calls.devices.audio_modes()
+        if modes != self._known_modes:
+            self._known_modes = modes
+            self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
+
+    def set_mode(self, mode: Mode | str) -> None:
+        try:
+            self.mode = parse_enum(Mode, mode, "mode")
+        except ValueError as exc:
+            raise CallsError("INVALID_MODE", str(exc)) from None
+        hook = getattr(self.view, "set_mode", None)
+        if hook is not None:
+            hook(self.mode)
+
+    def set_pip(self, pip: bool) -> None:
+        self.pip = pip
+        hook = getattr(self.view, "set_pip", None)
+        if hook is not None:
+            hook(pip)
+
+    def start_screen_share(self) -> None:
+        try:
+            self.video.share_screen(True)
+        except DeviceError as exc:
+            raise NotSupportedError(f"start_screen_share(): {exc}") from None
+        self.video.set_enabled(True)
+        self.calls.listeners.emit("on_screen_share_started")
+
+    def stop_screen_share(self) -> None:
+        if not self.video.sharing_screen:
+            return
+        self.video.share_screen(False)
+        self.video.set_enabled(not self.audio_only)
+        self.calls.listeners.emit("on_screen_share_stopped")
+
+    def start_recording(self) -> None:
+        if self.recording:
+            return
+        directory = Path(self.calls.recording_dir)
+        self.recorder = SessionRecorder(directory, self.session_id, with_video=not self.audio_only)
+        self.recording = True
+        self._send("recording", recording=True)
+        self.calls.listeners.emit(
+            "on_recording_toggled",
+            RTCRecordingInfo(True, self.self_user, int(time.time() * 1000), str(directory)),
+        )
+
+    def stop_recording(self) -> None:
+        if not self.recording:
+            return
+        self.recording = False
+        self._spawn(self._stop_recording_files())
+        self._send("recording", recording=False)
+        self.calls.listeners.emit(
+            "on_recording_toggled", RTCRecordingInfo(False, self.self_user, int(time.time() * 1000))
+        )
+
+    async def _stop_recording_files(self) -> list[Path]:
+        recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            return []
+        return await asyncio.to_thread(recorder.close)
+
+    async def stats(self) -> SessionStats:
+        result = SessionStats(
+            self.session_id,
+            self.first_remote_frame_ms,
+            frames_captured=self.video.frames_captured,
+            audio_frames_captured=self.audio.frames_captured,
+        )
+        for uid, peer in list(self.peers.items()):
+            result.participants[uid] = await peer.collect_stats()
+        return result

@@ -1,0 +1,175 @@
+"""The SDK's two channels to the call server: REST requests and the signaling WebSocket.
+
+Both follow docs/protocol.md. A refusal from the server becomes a `CallsError` with the protocol's
+error code; a server that cannot be reached becomes a `ConnectionFailedError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from kiosk.calls.errors import CallsError, ConnectionFailedError
+from kiosk.protocol import MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 15.0
+
+
+def _error_from(body: Any, status: int) -> CallsError:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        return CallsError(str(err.get("code", "UNKNOWN")), str(err.get("message", "")))
+    return CallsError("HTTP_" + str(status), f"server answered {status}")
+
+
+class RestClient:
+    """JSON requests under the server's /v1."""
+
+    def __init__(self, base_url: str, http: aiohttp.ClientSession) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth_token: str | None = None,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
+        url = f"{self.base_url}/v1{path}"
+        try:
+            async with self.http.request(
+                method,
+                url,
+                json=body,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            ) as response:
+                try:
+                    data = await response.json(content_type=None)
+                except ValueError:
+                    data = None
+                if response.status >= 400:
+                    raise _error_from(data, response.status)
+                if not isinstance(data, dict):
+                    raise CallsError("BAD_RESPONSE", f"{method} {path}: server sent no JSON object")
+                return data
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionFailedError(
+                f"cannot reach the call server at {self.base_url}: {exc or type(exc).__name__}"
+            ) from exc
+
+
+class SignalingClient:
+    """One WebSocket to the server: requests with replies, and pushed messages to `on_message`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        http: aiohttp.ClientSession,
+        on_message: Callable[[dict[str, Any]], None],
+        on_closed: Callable[[], None],
+    ) -> None:
+        scheme, rest = base_url.rstrip("/").split("://", 1)
+        self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/v1/ws"
+        self.http = http
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self.user: dict[str, Any] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed and self.user is not None
+
+    async def connect(self, auth_token: str) -> dict[str, Any]:
+        try:
+            self._ws = await self.http.ws_connect(self.url, heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionFailedError(
+                f"cannot open signaling to {self.url}: {exc or type(exc).__name__}"
+            ) from exc
+        self._reader = asyncio.get_running_loop().create_task(self._read(self._ws), name="signaling-reader")
+        reply = await self.request("auth", authToken=auth_token)
+        self.user = reply["user"]
+        return self.user
+
+    async def request(self, message_type: str, **fields: Any) -> dict[str, Any]:
+        """Send a message and wait for its `ok` (or `joined`, `pong`) reply; raise CallsError on `error`."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionFailedError("not connected to the call server")
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await ws.send_str(json.dumps({"type": message_type, "id": request_id, **fields}))
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+        except TimeoutError:
+            raise ConnectionFailedError(
+                f"no reply to {message_type} within {REQUEST_TIMEOUT:.0f} s"
+            ) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise ConnectionFailedError(f"signaling connection lost: {exc}") from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    log.warning("server sent a frame that is not JSON")
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                future = self._pending.get(data.get("id")) if isinstance(data.get("id"), int) else None
+                if future is not None and data.get("type") in ("ok", "error", "joined", "pong"):
+                    if future.done():
+                        continue
+                    if data["type"] == "error":
+                        future.set_exception(_error_from(data, 0))
+                    else:
+                        future.set_result(data)
+                    continue
+                try:
+                    self._on_message(data)
+                except Exception:
+                    log.exception("handling %s failed", data.get("type"))
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionFailedError("signaling connection closed"))
+            was_ours = ws is self._ws
+            if was_ours:
+                self.user = None
+                self._on_closed()
+
+    async def close(self) -> None:
+        ws, self._ws = self._ws, None
+        self.user = None
+        if ws is not None:
+            await ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader

@@ -1,0 +1,100 @@
+"""The `kiosk` command: server, users, endpoint, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from kiosk import __version__
+
+
+def _endpoint(args: argparse.Namespace) -> int:
+    from kiosk.endpoint import EndpointOptions, run_endpoint
+
+    options = EndpointOptions(
+        server=args.server,
+        auth_token=args.auth_token,
+        session=args.session,
+        call=args.call,
+        answer=args.answer,
+        audio_only=args.audio_only,
+        duration=args.duration,
+        report=args.report,
+        codec=args.codec,
+        loopback=args.loopback,
+        ring_wait=args.ring_wait,
+    )
+    return asyncio.run(run_endpoint(options))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kiosk.demo import run_demo
+
+    return asyncio.run(run_demo(duration=args.duration))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kiosk.server.cli import add_server_parser, add_users_parser
+
+    parser = argparse.ArgumentParser(
+        prog="kiosk", description="Call endpoint for Raspberry Pi kiosks and appliances"
+    )
+    parser.add_argument("--version", action="version", version=f"kiosk {__version__}")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_server_parser(sub)
+    add_users_parser(sub)
+
+    endpoint = sub.add_parser(
+        "endpoint", help="a headless endpoint with emulated media, printing events as JSON lines"
+    )
+    endpoint.add_argument("--server", required=True, help="call server URL, e.g. http://127.0.0.1:8080")
+    endpoint.add_argument("--auth-token", required=True, help="this endpoint's user auth token")
+    what = endpoint.add_mutually_exclusive_group(required=True)
+    what.add_argument("--session", metavar="ID", help="join this session directly")
+    what.add_argument("--call", metavar="UID", help="ring this user and join when they accept")
+    what.add_argument("--answer", action="store_true", help="wait for an incoming call and accept it")
+    endpoint.add_argument("--audio-only", action="store_true", help="no video")
+    endpoint.add_argument(
+        "--duration", type=float, default=None, help="seconds to stay in the call (default: until it ends)"
+    )
+    endpoint.add_argument("--report", type=Path, help="write a JSON report with the session stats here")
+    endpoint.add_argument("--codec", choices=["VP8", "H264"], help="video codec to prefer")
+    endpoint.add_argument(
+        "--loopback", action="store_true", help="offer only 127.0.0.1 to ICE (one-machine tests)"
+    )
+    endpoint.add_argument(
+        "--ring-wait", type=float, default=60.0, help="seconds to wait for an answer or a call"
+    )
+    endpoint.set_defaults(func=_endpoint)
+
+    demo = sub.add_parser(
+        "demo", help="embedded server, two emulated endpoints, one call; exit 0 if media flowed"
+    )
+    demo.add_argument("--duration", type=float, default=5.0, help="seconds of call (default 5)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a person at a terminal gets one line, the journal gets the detail
+        logging.getLogger("kiosk").debug("failed", exc_info=True)
+        print(f"kiosk {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

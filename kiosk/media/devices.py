@@ -1,0 +1,123 @@
+"""The interfaces every media backend implements (emulated here; ALSA, V4L2 and picamera2 later).
+
+A backend is a `MediaDevices`: it lists what is present and opens sources and sinks by device id.
+Sources pace themselves: `next_frame()` returns when the next frame is due, so a track that reads
+from one never needs its own clock.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import av
+
+# The four audio modes of the reference documents, in their default fallback order.
+AUDIO_MODES: tuple[str, ...] = ("SPEAKER", "EARPIECE", "HEADPHONES", "BLUETOOTH")
+
+AUDIO_SAMPLE_RATE = 48000
+AUDIO_FRAME_SAMPLES = 960  # 20 ms at 48 kHz
+
+DeviceKind = Literal["videoinput", "audioinput", "audiooutput"]
+
+
+class DeviceError(Exception):
+    """A device is missing, refused, or failed while in use."""
+
+    def __init__(self, device_id: str, message: str) -> None:
+        super().__init__(f"{device_id}: {message}")
+        self.device_id = device_id
+
+
+@dataclass(frozen=True)
+class MediaDeviceInfo:
+    """One device, shaped like the browser's MediaDeviceInfo the Web document returns."""
+
+    device_id: str
+    label: str
+    kind: DeviceKind
+    # For audio outputs: the audio mode this device serves (SPEAKER, EARPIECE, ...), if any.
+    audio_mode: str | None = None
+    # For cameras: "front" or "back" when known, so switch_camera() can flip between them.
+    facing: str | None = None
+
+
+class CameraSource(ABC):
+    """An open camera. `next_frame()` waits for and returns the next picture."""
+
+    device: MediaDeviceInfo
+
+    @abstractmethod
+    async def next_frame(self) -> av.VideoFrame:
+        """Return the next frame; raise DeviceError if the camera failed or vanished."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class MicrophoneSource(ABC):
+    """An open microphone delivering 20 ms mono s16 frames at 48 kHz."""
+
+    device: MediaDeviceInfo
+
+    @abstractmethod
+    async def next_frame(self) -> av.AudioFrame: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SpeakerSink(ABC):
+    """An open playback device; `write` takes decoded remote audio, one call per frame per participant."""
+
+    device: MediaDeviceInfo
+
+    @abstractmethod
+    def write(self, participant_uid: str, frame: av.AudioFrame) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class MediaDevices(ABC):
+    """A device backend: what is present now, and how to open it."""
+
+    @abstractmethod
+    def list_devices(self) -> list[MediaDeviceInfo]: ...
+
+    def video_inputs(self) -> list[MediaDeviceInfo]:
+        return [d for d in self.list_devices() if d.kind == "videoinput"]
+
+    def audio_inputs(self) -> list[MediaDeviceInfo]:
+        return [d for d in self.list_devices() if d.kind == "audioinput"]
+
+    def audio_outputs(self) -> list[MediaDeviceInfo]:
+        return [d for d in self.list_devices() if d.kind == "audiooutput"]
+
+    def audio_modes(self) -> list[str]:
+        """The audio modes whose output device is present now, in fallback order."""
+        present = {d.audio_mode for d in self.audio_outputs() if d.audio_mode}
+        return [mode for mode in AUDIO_MODES if mode in present]
+
+    def output_for_mode(self, mode: str) -> MediaDeviceInfo | None:
+        return next((d for d in self.audio_outputs() if d.audio_mode == mode), None)
+
+    def find(self, device_id: str, kind: DeviceKind) -> MediaDeviceInfo:
+        for device in self.list_devices():
+            if device.device_id == device_id and device.kind == kind:
+                return device
+        raise DeviceError(device_id, f"no such {kind} device")
+
+    @abstractmethod
+    def open_camera(self, device_id: str) -> CameraSource: ...
+
+    @abstractmethod
+    def open_microphone(self, device_id: str) -> MicrophoneSource: ...
+
+    @abstractmethod
+    def open_speaker(self, device_id: str) -> SpeakerSink: ...
+
+    def open_screen(self) -> CameraSource:
+        """A source of the device's own screen, for screen sharing; most kiosks have none."""
+        raise DeviceError("screen", "this device has no screen source to share")

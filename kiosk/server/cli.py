@@ -1,0 +1,135 @@
+"""`kiosk server` and `kiosk users` subcommands; kiosk/cli.py adds them to its parser.
+
+Each parser sets `func`, which takes the parsed namespace and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from kiosk.protocol import DEFAULT_MAX_PARTICIPANTS, DEFAULT_RING_TIMEOUT, DEFAULT_TOKEN_TTL
+
+DATA_DIR_ENV = "KIOSK_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"database and keys (default: ${DATA_DIR_ENV} or ./data)",
+    )
+
+
+def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "server", help="run the call server", description="Run the call server (REST + signaling WebSocket)."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    _add_data_dir(parser)
+    parser.add_argument(
+        "--admin-key",
+        default=None,
+        help="admin key for POST /v1/users (default: $KIOSK_ADMIN_KEY, else generated and shown once)",
+    )
+    parser.add_argument(
+        "--token-ttl", type=int, default=DEFAULT_TOKEN_TTL, help="call-token lifetime, seconds"
+    )
+    parser.add_argument(
+        "--ring-timeout", type=float, default=DEFAULT_RING_TIMEOUT, help="seconds before a call is unanswered"
+    )
+    parser.add_argument(
+        "--max-participants", type=int, default=DEFAULT_MAX_PARTICIPANTS, help="participants per session"
+    )
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN URL handed to clients (repeatable)",
+    )
+    parser.set_defaults(func=_run_server)
+    return parser
+
+
+def _run_server(args: argparse.Namespace) -> int:
+    # Imported here so `kiosk users ...` and `--help` do not load the whole server.
+    from kiosk.server.app import run_server
+    from kiosk.server.config import ServerConfig
+
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir or default_data_dir(),
+            admin_key=args.admin_key,
+            token_ttl=args.token_ttl,
+            ring_timeout=args.ring_timeout,
+            max_participants=args.max_participants,
+            ice_servers=[{"urls": [url]} for url in args.ice_server],
+        )
+    except ValueError as exc:
+        print(f"kiosk server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_server(config)
+    except OSError as exc:  # e.g. the port is taken, the data dir is not writable
+        print(f"kiosk server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_users_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "users", help="manage users", description="Manage users directly in the data directory."
+    )
+    actions = parser.add_subparsers(dest="users_command", metavar="{add,list}")
+    actions.required = True
+    add = actions.add_parser("add", help="create a user and print its auth token")
+    add.add_argument("uid")
+    add.add_argument("--name", required=True)
+    add.add_argument("--avatar", default=None, metavar="URL")
+    _add_data_dir(add)
+    add.set_defaults(func=_users_add)
+    listing = actions.add_parser("list", help="list users")
+    _add_data_dir(listing)
+    listing.set_defaults(func=_users_list)
+    return parser
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import UserExistsError, add_user
+
+    try:
+        created = add_user(args.data_dir or default_data_dir(), args.uid, args.name, args.avatar)
+    except (UserExistsError, ValueError, OSError, sqlite3.Error) as exc:
+        print(f"kiosk users add: {exc}", file=sys.stderr)
+        return 1
+    token = created.pop("authToken")
+    print(json.dumps(created), file=sys.stderr)
+    print(token)  # alone on stdout, so `TOKEN=$(kiosk users add ...)` works
+    return 0
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import list_users
+
+    try:
+        users = list_users(args.data_dir or default_data_dir())
+    except (OSError, sqlite3.Error) as exc:
+        print(f"kiosk users list: {exc}", file=sys.stderr)
+        return 1
+    for user in users:
+        print(f"{user['uid']}\t{user['name']}\t{user['avatar'] or ''}")
+    return 0

@@ -1,0 +1,116 @@
+"""WebSocket connections of this process and delivery of messages to them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from asyncio import Transport
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from kiosk.server.models import User
+from kiosk.server.state import LiveState
+
+log = logging.getLogger(__name__)
+
+# Messages waiting for one client. A client this far behind is not reading; it is dropped rather than
+# letting its backlog grow without bound.
+OUTBOX_LIMIT = 1000
+
+
+class Connection:
+    """One signaling WebSocket. `send` never waits: messages go through a queue drained by a writer
+    task, so a slow client cannot stall whoever is broadcasting, and each client sees its messages in
+    the order they were sent."""
+
+    def __init__(self, ws: web.WebSocketResponse, transport: Transport | None) -> None:
+        self.id = uuid.uuid4().hex
+        self.ws = ws
+        self.user: User | None = None
+        self._transport = transport
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=OUTBOX_LIMIT)
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        try:
+            self._outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+        except asyncio.QueueFull:
+            log.warning("dropping connection %s (%s): not reading its messages", self.id, self._who())
+            self._closed = True
+            if self._transport is not None:
+                self._transport.abort()
+
+    async def _write_loop(self) -> None:
+        while True:
+            data = await self._outbox.get()
+            if data is None:
+                return
+            try:
+                await self.ws.send_str(data)
+            except Exception as exc:  # the peer went away; the reader notices and cleans up
+                log.debug("send to %s failed: %r", self.id, exc)
+                self._closed = True
+                return
+
+    async def finish(self) -> None:
+        """Stop accepting messages, let the writer flush what is queued, and stop it."""
+        self._closed = True
+        if self._writer is None:
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout=2.0)
+        except TimeoutError:
+            self._writer.cancel()
+        except asyncio.CancelledError:
+            self._writer.cancel()
+            raise
+
+    def _who(self) -> str:
+        return self.user.uid if self.user else "unauthenticated"
+
+
+class Hub:
+    """The connections of this process, and pushes to users wherever they are connected."""
+
+    def __init__(self, state: LiveState) -> None:
+        self._state = state
+        self._connections: dict[str, Connection] = {}
+
+    def add(self, conn: Connection) -> None:
+        self._connections[conn.id] = conn
+
+    def discard(self, conn: Connection) -> None:
+        self._connections.pop(conn.id, None)
+
+    def send(self, conn_id: str, message: dict[str, Any]) -> None:
+        conn = self._connections.get(conn_id)
+        if conn is not None:
+            conn.send(message)
+
+    def send_many(self, conn_ids: Iterable[str], message: dict[str, Any]) -> None:
+        for conn_id in conn_ids:
+            self.send(conn_id, message)
+
+    async def push_to_user(self, uid: str, message: dict[str, Any]) -> None:
+        """To every connection of the user (several endpoints or tabs)."""
+        self.send_many(await self._state.connections_of(uid), message)
+
+    async def close_all(self) -> None:
+        conns = list(self._connections.values())
+        await asyncio.gather(
+            *(c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for c in conns),
+            return_exceptions=True,
+        )

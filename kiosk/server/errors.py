@@ -1,0 +1,55 @@
+"""Every REST refusal as `{"error": {"code", "message"}}`, and no stack trace ever reaches a client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from kiosk.protocol import HTTP_STATUS, ErrorCode, ProtocolError, error_body
+
+log = logging.getLogger(__name__)
+
+# aiohttp's own refusals (unknown route, body too large, not a WebSocket upgrade...) in protocol terms.
+_CODE_FOR_STATUS: dict[int, ErrorCode] = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.NOT_FOUND,  # no route for this method
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
+
+
+def error_response(code: ErrorCode | str, message: str, status: int | None = None) -> web.Response:
+    if status is None:
+        status = HTTP_STATUS.get(ErrorCode(code), 400) if code in ErrorCode.__members__ else 400
+    return web.json_response(error_body(code, message), status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProtocolError as exc:
+        return error_response(exc.code, exc.message, exc.http_status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _CODE_FOR_STATUS.get(
+            exc.status, ErrorCode.INTERNAL if exc.status >= 500 else ErrorCode.BAD_REQUEST
+        )
+        if exc.status in (404, 405):
+            message = f"no route {request.method} {request.path}"
+        elif exc.status == 413:
+            message = "request body over 64 KiB"
+        else:
+            message = exc.reason
+        return error_response(code, message, exc.status)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_response(ErrorCode.INTERNAL, "internal error", 500)

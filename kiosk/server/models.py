@@ -1,0 +1,59 @@
+"""The server's records: users and calls, with their JSON forms from docs/protocol.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kiosk.protocol import FINAL_CALL_STATUSES, CallStatus, CallType
+
+
+@dataclass(frozen=True)
+class User:
+    uid: str
+    name: str
+    avatar: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uid": self.uid, "name": self.name, "avatar": self.avatar}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One ringing call, also its call-log entry. The session id is the call's id."""
+
+    session_id: str
+    type: CallType
+    status: CallStatus
+    initiator: User
+    receiver: User
+    initiated_at: int
+    joined_at: int | None = None
+    ended_at: int | None = None
+    duration_seconds: int = 0
+    has_recording: bool = False
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_CALL_STATUSES
+
+    def is_party(self, uid: str) -> bool:
+        return uid in (self.initiator.uid, self.receiver.uid)
+
+    def to_json(self, viewer_uid: str | None = None) -> dict[str, Any]:
+        """The Call object; with `viewer_uid`, plus the call-log `direction` as seen by that user."""
+        body: dict[str, Any] = {
+            "sessionId": self.session_id,
+            "type": str(self.type),
+            "status": str(self.status),
+            "initiator": self.initiator.to_json(),
+            "receiver": self.receiver.to_json(),
+            "initiatedAt": self.initiated_at,
+            "joinedAt": self.joined_at,
+            "endedAt": self.ended_at,
+            "durationSeconds": self.duration_seconds,
+            "hasRecording": self.has_recording,
+        }
+        if viewer_uid is not None:
+            body["direction"] = "outgoing" if viewer_uid == self.initiator.uid else "incoming"
+        return body

@@ -1,0 +1,186 @@
+"""REST endpoints under /v1 (docs/protocol.md, "REST")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from kiosk.protocol import (
+    MAX_AVATAR_LENGTH,
+    MAX_NAME_LENGTH,
+    CallStatus,
+    CallType,
+    ErrorCode,
+    ProtocolError,
+    SessionType,
+)
+from kiosk.server.context import CONTEXT, ServerContext
+from kiosk.server.models import User
+from kiosk.server.ringing import CallLogQuery
+from kiosk.server.storage import UserExistsError
+from kiosk.server.tokens import hash_secret, new_secret
+from kiosk.server.validation import (
+    bad_request,
+    optional_text,
+    query_bool,
+    query_int,
+    read_json_object,
+    require_choice,
+    require_id,
+    require_text,
+)
+
+routes = web.RouteTableDef()
+
+_REJECT_STATUSES = (CallStatus.REJECTED, CallStatus.BUSY, CallStatus.CANCELLED)
+
+
+def _ctx(request: web.Request) -> ServerContext:
+    return request.app[CONTEXT]
+
+
+async def _user(request: web.Request) -> User:
+    """The user whose auth token is in `Authorization: Bearer ...`; 401 otherwise."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing Authorization: Bearer <authToken>")
+    user = await _ctx(request).storage.user_for_auth_token(hash_secret(token.strip()))
+    if user is None:
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown auth token")
+    return user
+
+
+def _require_admin(request: web.Request) -> None:
+    if not _ctx(request).admin.checker.matches(request.headers.get("X-Admin-Key")):
+        raise ProtocolError(ErrorCode.FORBIDDEN, "missing or wrong X-Admin-Key")
+
+
+def _session_id(request: web.Request) -> str:
+    return require_id(dict(request.match_info), "sessionId")
+
+
+@routes.post("/v1/users")
+async def create_user(request: web.Request) -> web.Response:
+    _require_admin(request)
+    body = await read_json_object(request)
+    user = User(
+        uid=require_id(body, "uid"),
+        name=require_text(body, "name", MAX_NAME_LENGTH),
+        avatar=optional_text(body, "avatar", MAX_AVATAR_LENGTH),
+    )
+    token = new_secret()
+    try:
+        await _ctx(request).storage.create_user(user, hash_secret(token))
+    except UserExistsError:
+        raise ProtocolError(ErrorCode.USER_EXISTS, f"user {user.uid} already exists") from None
+    return web.json_response({**user.to_json(), "authToken": token}, status=201)
+
+
+@routes.get("/v1/users")
+async def list_users(request: web.Request) -> web.Response:
+    await _user(request)
+    ctx = _ctx(request)
+    online = await ctx.state.online_uids()
+    users = await ctx.storage.list_users()
+    return web.json_response({"users": [{**u.to_json(), "online": u.uid in online} for u in users]})
+
+
+@routes.get("/v1/me")
+async def me(request: web.Request) -> web.Response:
+    return web.json_response((await _user(request)).to_json())
+
+
+@routes.post("/v1/calls/token")
+async def call_token(request: web.Request) -> web.Response:
+    user = await _user(request)
+    body = await read_json_object(request)
+    ctx = _ctx(request)
+    issued = ctx.tokens.issue(user.uid, require_id(body, "sessionId"))
+    return web.json_response(
+        {
+            "token": issued.token,
+            "sessionId": issued.session_id,
+            "uid": issued.uid,
+            "expiresAt": issued.expires_at,
+            "iceServers": ctx.config.ice_servers,
+        }
+    )
+
+
+@routes.get("/v1/sessions/{sessionId}/participants")
+async def participants(request: web.Request) -> web.Response:
+    await _user(request)
+    session_id = _session_id(request)
+    session_type = require_choice(request.query.get("type"), SessionType, "type")
+    session = await _ctx(request).state.get_session(session_id)
+    count = len(session.participants) if session is not None and session.type == session_type else 0
+    return web.json_response({"sessionId": session_id, "type": str(session_type), "count": count})
+
+
+@routes.post("/v1/calls")
+async def create_call(request: web.Request) -> web.Response:
+    user = await _user(request)
+    body = await read_json_object(request)
+    receiver_uid = require_id(body, "receiverUid")
+    call_type = require_choice(body.get("callType"), CallType, "callType")
+    call = await _ctx(request).calls.create(user, receiver_uid, call_type)
+    return web.json_response(call.to_json(), status=201)
+
+
+@routes.get("/v1/calls")
+async def call_log(request: web.Request) -> web.Response:
+    user = await _user(request)
+    q = request.query
+    direction = q.get("direction")
+    if direction not in (None, "incoming", "outgoing"):
+        raise bad_request("'direction' must be incoming or outgoing")
+    query = CallLogQuery(
+        type=require_choice(q["type"], CallType, "type") if "type" in q else None,
+        status=require_choice(q["status"], CallStatus, "status") if "status" in q else None,
+        direction=direction,  # type: ignore[arg-type]  # checked just above
+        has_recording=query_bool(request, "hasRecording"),
+        page=query_int(request, "page", 1, 1),
+        per_page=query_int(request, "perPage", 20, 1, 100),
+    )
+    calls, total = await _ctx(request).calls.call_log(user, query)
+    return web.json_response(
+        {
+            "calls": [c.to_json(viewer_uid=user.uid) for c in calls],
+            "page": query.page,
+            "perPage": query.per_page,
+            "total": total,
+        }
+    )
+
+
+@routes.get("/v1/calls/{sessionId}")
+async def get_call(request: web.Request) -> web.Response:
+    user = await _user(request)
+    call = await _ctx(request).calls.get(user, _session_id(request))
+    return web.json_response(call.to_json())
+
+
+@routes.post("/v1/calls/{sessionId}/accept")
+async def accept_call(request: web.Request) -> web.Response:
+    user = await _user(request)
+    call = await _ctx(request).calls.accept(user, _session_id(request))
+    return web.json_response(call.to_json())
+
+
+@routes.post("/v1/calls/{sessionId}/reject")
+async def reject_call(request: web.Request) -> web.Response:
+    user = await _user(request)
+    session_id = _session_id(request)
+    body = await read_json_object(request)
+    status = body.get("status")
+    if not isinstance(status, str) or status not in _REJECT_STATUSES:
+        raise bad_request("'status' must be rejected, busy or cancelled")
+    call = await _ctx(request).calls.reject(user, session_id, CallStatus(status))
+    return web.json_response(call.to_json())
+
+
+@routes.post("/v1/calls/{sessionId}/end")
+async def end_call(request: web.Request) -> web.Response:
+    user = await _user(request)
+    call = await _ctx(request).calls.end(user, _session_id(request))
+    return web.json_response(call.to_json())

@@ -1,0 +1,260 @@
+"""Ringing: calls from one user to another, their status changes, and the call log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kiosk.protocol import CallStatus, CallType, ErrorCode, ProtocolError
+from kiosk.server.clock import now_ms
+from kiosk.server.config import ServerConfig
+from kiosk.server.connections import Hub
+from kiosk.server.models import Call, User
+from kiosk.server.sessions import Sessions
+from kiosk.server.state import LiveState
+from kiosk.server.storage import Direction, Storage
+
+log = logging.getLogger(__name__)
+
+# How many times a status change is retried when another change of the same call won the race.
+_MAX_ATTEMPTS = 5
+
+
+@dataclass
+class Change:
+    """What one transition writes; None fields stay as they are."""
+
+    status: CallStatus
+    joined_at: int | None = None
+    ended_at: int | None = None
+    duration_seconds: int | None = None
+
+
+@dataclass
+class CallLogQuery:
+    type: CallType | None = None
+    status: CallStatus | None = None
+    direction: Direction | None = None
+    has_recording: bool | None = None
+    page: int = 1
+    per_page: int = 20
+
+
+def _final(call: Call, status: CallStatus) -> Change:
+    ended = now_ms()
+    duration = max(0, (ended - call.joined_at) // 1000) if call.joined_at is not None else 0
+    return Change(status=status, ended_at=ended, duration_seconds=duration)
+
+
+def _require_initiated(call: Call) -> None:
+    if call.status != CallStatus.INITIATED:
+        raise ProtocolError(ErrorCode.INVALID_STATE, f"call {call.session_id} is {call.status}")
+
+
+def _require_party(call: Call, user: User) -> None:
+    if not call.is_party(user.uid):
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{user.uid} is not a party to call {call.session_id}")
+
+
+class Calls:
+    def __init__(
+        self, config: ServerConfig, storage: Storage, state: LiveState, hub: Hub, sessions: Sessions
+    ) -> None:
+        self._config = config
+        self._storage = storage
+        self._state = state
+        self._hub = hub
+        self._sessions = sessions
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        sessions.on_session_over = self.on_session_over
+
+    # --- requests ---
+
+    async def create(self, caller: User, receiver_uid: str, call_type: CallType) -> Call:
+        if receiver_uid == caller.uid:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "a user cannot call itself")
+        receiver = await self._storage.get_user(receiver_uid)
+        if receiver is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {receiver_uid}")
+        session_id = f"c-{uuid.uuid4().hex}"
+        now = now_ms()
+        # Busy check and reservation in one step, so two callers cannot both get through.
+        ringing = await self._state.reserve_call(session_id, caller.uid, receiver.uid)
+        call = Call(
+            session_id=session_id,
+            type=call_type,
+            status=CallStatus.INITIATED if ringing else CallStatus.BUSY,
+            initiator=caller,
+            receiver=receiver,
+            initiated_at=now,
+            ended_at=None if ringing else now,
+        )
+        try:
+            await self._storage.create_call(call)
+        except BaseException:
+            if ringing:
+                await self._state.release_call(session_id)
+            raise
+        log.info("call %s: %s -> %s (%s) %s", session_id, caller.uid, receiver.uid, call_type, call.status)
+        if ringing:
+            self._timers[session_id] = asyncio.create_task(self._ring_timeout(session_id))
+            await self._hub.push_to_user(receiver.uid, {"type": "call.incoming", "call": call.to_json()})
+        return call
+
+    async def get(self, user: User, session_id: str) -> Call:
+        call = await self._storage.get_call(session_id)
+        if call is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no call {session_id}")
+        _require_party(call, user)
+        return call
+
+    async def accept(self, user: User, session_id: str) -> Call:
+        def decide(call: Call) -> Change:
+            _require_party(call, user)
+            if user.uid != call.receiver.uid:
+                raise ProtocolError(ErrorCode.FORBIDDEN, "only the receiver may accept a call")
+            _require_initiated(call)
+            return Change(status=CallStatus.ONGOING, joined_at=now_ms())
+
+        return await self._change(session_id, decide)
+
+    async def reject(self, user: User, session_id: str, status: CallStatus) -> Call:
+        def decide(call: Call) -> Change:
+            _require_party(call, user)
+            allowed = (
+                {CallStatus.REJECTED, CallStatus.BUSY}
+                if user.uid == call.receiver.uid
+                else {CallStatus.CANCELLED}
+            )
+            if status not in allowed:
+                role = "receiver" if user.uid == call.receiver.uid else "initiator"
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"the {role} may not set status {status}")
+            _require_initiated(call)
+            return _final(call, status)
+
+        return await self._change(session_id, decide)
+
+    async def end(self, user: User, session_id: str) -> Call:
+        def decide(call: Call) -> Change:
+            _require_party(call, user)
+            if call.status == CallStatus.INITIATED and user.uid == call.initiator.uid:
+                return _final(call, CallStatus.CANCELLED)
+            if call.status in (CallStatus.INITIATED, CallStatus.ONGOING):
+                return _final(call, CallStatus.ENDED)
+            raise ProtocolError(ErrorCode.INVALID_STATE, f"call {call.session_id} is {call.status}")
+
+        call = await self._change(session_id, decide)
+        await self._sessions.end(session_id, user)
+        return call
+
+    async def call_log(self, user: User, query: CallLogQuery) -> tuple[list[Call], int]:
+        return await self._storage.list_calls(
+            user.uid,
+            type=query.type,
+            status=query.status,
+            direction=query.direction,
+            has_recording=query.has_recording,
+            page=query.page,
+            per_page=query.per_page,
+        )
+
+    # --- events ---
+
+    async def on_session_over(self, session_id: str, by: User | None) -> None:
+        """The call's live session is over (hangup, disconnect, end, or emptied): an ongoing call ends."""
+
+        def decide(call: Call) -> Change:
+            if call.status != CallStatus.ONGOING:
+                raise ProtocolError(ErrorCode.INVALID_STATE, "not ongoing")
+            return _final(call, CallStatus.ENDED)
+
+        if await self._storage.get_call(session_id) is None:
+            return  # a direct session
+        try:
+            await self._change(session_id, decide)
+        except ProtocolError:
+            pass  # already final, or still ringing: the session ending does not decide the call
+
+    async def _ring_timeout(self, session_id: str) -> None:
+        await asyncio.sleep(self._config.ring_timeout)
+
+        def decide(call: Call) -> Change:
+            _require_initiated(call)
+            return _final(call, CallStatus.UNANSWERED)
+
+        try:
+            await self._change(session_id, decide)
+        except ProtocolError:
+            pass  # answered or ended meanwhile
+        except Exception:
+            log.exception("ring timeout of call %s failed", session_id)
+        finally:
+            self._timers.pop(session_id, None)
+
+    async def close_stale_calls(self) -> None:
+        """At start, with state that did not survive the restart: calls left ringing or ongoing by the
+        previous run can never finish, so they are closed (ringing -> unanswered, ongoing -> ended)."""
+        stale = await self._storage.calls_with_status([CallStatus.INITIATED, CallStatus.ONGOING])
+
+        def decide(call: Call) -> Change:
+            if call.status == CallStatus.INITIATED:
+                return _final(call, CallStatus.UNANSWERED)
+            if call.status == CallStatus.ONGOING:
+                return _final(call, CallStatus.ENDED)
+            raise ProtocolError(ErrorCode.INVALID_STATE, "already final")
+
+        for call in stale:
+            try:
+                await self._change(call.session_id, decide, notify=False)
+            except ProtocolError:
+                pass
+        if stale:
+            log.info("closed %d call(s) left open by the previous run", len(stale))
+
+    async def close(self) -> None:
+        timers = list(self._timers.values())
+        for task in timers:
+            task.cancel()
+        await asyncio.gather(*timers, return_exceptions=True)
+        self._timers.clear()
+
+    # --- internals ---
+
+    async def _change(
+        self, session_id: str, decide: Callable[[Call], Change], *, notify: bool = True
+    ) -> Call:
+        """Apply `decide` to the current call and store it only if nobody changed the call meanwhile
+        (compare-and-set on the status); then push `call.updated` to both parties."""
+        for _ in range(_MAX_ATTEMPTS):
+            call = await self._storage.get_call(session_id)
+            if call is None:
+                raise ProtocolError(ErrorCode.NOT_FOUND, f"no call {session_id}")
+            change = decide(call)
+            updated = await self._storage.update_call(
+                session_id,
+                if_status=[call.status],
+                status=change.status,
+                joined_at=change.joined_at,
+                ended_at=change.ended_at,
+                duration_seconds=change.duration_seconds,
+            )
+            if updated is not None:
+                break
+        else:
+            raise ProtocolError(ErrorCode.INVALID_STATE, f"call {session_id} keeps changing; try again")
+        log.info("call %s: %s -> %s", session_id, call.status, updated.status)
+        if updated.status != CallStatus.INITIATED:
+            # Answered or over: stop ringing (unless this is the ring timer itself finishing).
+            timer = self._timers.pop(session_id, None)
+            if timer is not None and timer is not asyncio.current_task():
+                timer.cancel()
+        if updated.is_final:
+            await self._state.release_call(session_id)
+        if notify:
+            message = {"type": "call.updated", "call": updated.to_json()}
+            await self._hub.push_to_user(updated.initiator.uid, message)
+            await self._hub.push_to_user(updated.receiver.uid, message)
+        return updated

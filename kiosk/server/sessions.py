@@ -1,0 +1,201 @@
+"""Live sessions: join, leave, end, and what participants send each other inside one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from kiosk.protocol import (
+    MAX_SESSIONS_PER_CONNECTION,
+    CallStatus,
+    CallType,
+    ErrorCode,
+    ProtocolError,
+    SessionType,
+)
+from kiosk.server.clock import now_ms
+from kiosk.server.config import ServerConfig
+from kiosk.server.connections import Hub
+from kiosk.server.models import User
+from kiosk.server.state import LiveState, Participant, Session
+from kiosk.server.storage import Storage
+from kiosk.server.tokens import CallTokens
+
+log = logging.getLogger(__name__)
+
+# Called with (session id, user who caused it or None) once a session is over or has emptied.
+SessionOverHook = Callable[[str, User | None], Awaitable[None]]
+
+
+def _others(session: Session, conn_id: str) -> list[str]:
+    return [cid for cid in session.participants if cid != conn_id]
+
+
+class Sessions:
+    def __init__(
+        self, config: ServerConfig, state: LiveState, storage: Storage, tokens: CallTokens, hub: Hub
+    ) -> None:
+        self._config = config
+        self._state = state
+        self._storage = storage
+        self._tokens = tokens
+        self._hub = hub
+        # Set by the ringing service, which turns the end of a call's session into the end of the call.
+        self.on_session_over: SessionOverHook | None = None
+
+    async def join(self, conn_id: str, user: User, msg: dict[str, Any]) -> dict[str, Any]:
+        """Join the session; returns the `joined` reply (without `id`)."""
+        session_id: str = msg["sessionId"]
+        self._tokens.verify(msg["callToken"], uid=user.uid, session_id=session_id)
+        call = await self._storage.get_call(session_id)
+        participant = Participant(
+            conn_id=conn_id,
+            user=user,
+            audio_muted=msg["audioMuted"],
+            video_muted=msg["videoMuted"],
+            joined_at=now_ms(),
+        )
+        session = await self._state.join(
+            session_id,
+            participant,
+            # Only sessions created by ringing are "default"; applies when this join creates it.
+            session_type=SessionType.DEFAULT if call is not None else SessionType.DIRECT,
+            audio_only=msg["audioOnly"] or (call is not None and call.type == CallType.AUDIO),
+            max_participants=self._config.max_participants,
+            max_sessions_per_connection=MAX_SESSIONS_PER_CONNECTION,
+        )
+        me = session.participants[conn_id]
+        others = [p for cid, p in session.participants.items() if cid != conn_id]
+        # Before the reply: the others must know the newcomer before its offers reach them.
+        self._hub.send_many(
+            (p.conn_id for p in others),
+            {"type": "participant.joined", "sessionId": session_id, "participant": me.to_json()},
+        )
+        log.info("%s joined %s session %s (%d in it)", user.uid, session.type, session_id, len(others) + 1)
+        return {
+            "type": "joined",
+            "sessionId": session_id,
+            "self": me.to_json(),
+            "participants": [p.to_json() for p in others],
+            "audioOnly": session.audio_only,
+            "iceServers": self._config.ice_servers,
+        }
+
+    async def leave(self, conn_id: str, session_id: str, reason: str = "left") -> None:
+        """Remove one connection; a 1:1 session is then over for the other side (reason hangup)."""
+        outcome = await self._state.leave(session_id, conn_id)
+        leaver = outcome.participant
+        others = [p.conn_id for p in outcome.others]
+        if outcome.session_over:
+            message = {
+                "type": "session.ended",
+                "sessionId": session_id,
+                "reason": "hangup",
+                "by": leaver.user.to_json(),
+            }
+        else:
+            message = {
+                "type": "participant.left",
+                "sessionId": session_id,
+                "participant": leaver.to_json(),
+                "reason": reason,
+            }
+        self._hub.send_many(others, message)
+        log.info("%s left session %s (%s)", leaver.uid, session_id, reason)
+        if outcome.session_empty:
+            await self._session_over(session_id, leaver.user)
+
+    async def leave_all(self, conn_id: str) -> None:
+        """A connection closed: it leaves every session it was in."""
+        for session_id in await self._state.sessions_of_connection(conn_id):
+            try:
+                await self.leave(conn_id, session_id, reason="disconnected")
+            except ProtocolError:
+                pass  # the session ended meanwhile
+
+    async def end(self, session_id: str, by: User | None) -> int:
+        """End the session for everyone in it (reason ended); returns how many were in it."""
+        participants = await self._state.end_session(session_id)
+        self._hub.send_many(
+            (p.conn_id for p in participants),
+            {
+                "type": "session.ended",
+                "sessionId": session_id,
+                "reason": "ended",
+                "by": by.to_json() if by else None,
+            },
+        )
+        if participants:
+            log.info("session %s ended by %s", session_id, by.uid if by else "the server")
+        await self._session_over(session_id, by)
+        return len(participants)
+
+    async def end_from(self, conn_id: str, user: User, session_id: str) -> None:
+        """`end` sent by a participant."""
+        await self._state.member(session_id, conn_id)
+        await self.end(session_id, user)
+
+    async def _session_over(self, session_id: str, by: User | None) -> None:
+        if self.on_session_over is None:
+            return
+        try:
+            await self.on_session_over(session_id, by)
+        except Exception:
+            # The session is gone either way; a failure to update its call must not undo that.
+            log.exception("updating the call of session %s failed", session_id)
+
+    async def relay(self, conn_id: str, user: User, msg: dict[str, Any]) -> None:
+        """offer / answer / candidate to one other participant, named by uid."""
+        session_id: str = msg["sessionId"]
+        session, _ = await self._state.member(session_id, conn_id)
+        peer = session.by_uid(msg["to"]) if msg["to"] != user.uid else None
+        if peer is None:
+            raise ProtocolError(ErrorCode.PEER_NOT_FOUND, f"{msg['to']} is not in session {session_id}")
+        payload = "candidate" if msg["type"] == "candidate" else "sdp"
+        self._hub.send(
+            peer.conn_id,
+            {"type": msg["type"], "sessionId": session_id, "from": user.uid, payload: msg[payload]},
+        )
+
+    async def media_state(self, conn_id: str, user: User, msg: dict[str, Any]) -> None:
+        session_id: str = msg["sessionId"]
+        session = await self._state.set_media(session_id, conn_id, msg["audioMuted"], msg["videoMuted"])
+        self._hub.send_many(
+            _others(session, conn_id),
+            {
+                "type": "media.state",
+                "sessionId": session_id,
+                "user": user.to_json(),
+                "audioMuted": msg["audioMuted"],
+                "videoMuted": msg["videoMuted"],
+            },
+        )
+
+    async def switch_video(self, conn_id: str, user: User, session_id: str) -> None:
+        session, _ = await self._state.member(session_id, conn_id)
+        await self._state.set_audio_only(session_id, False)
+        self._hub.send_many(
+            _others(session, conn_id),
+            {"type": "switch.video", "sessionId": session_id, "requestedBy": user.to_json()},
+        )
+        if session.type == SessionType.DEFAULT:
+            # The call log records what the call became.
+            await self._storage.update_call(
+                session_id, type=CallType.VIDEO, if_status=[CallStatus.INITIATED, CallStatus.ONGOING]
+            )
+
+    async def recording(self, conn_id: str, user: User, session_id: str, recording: bool) -> None:
+        session, _ = await self._state.member(session_id, conn_id)
+        self._hub.send_many(
+            _others(session, conn_id),
+            {
+                "type": "recording",
+                "sessionId": session_id,
+                "user": user.to_json(),
+                "recording": recording,
+                "at": now_ms(),
+            },
+        )
+        if recording and session.type == SessionType.DEFAULT:
+            await self._storage.update_call(session_id, has_recording=True)

@@ -1,0 +1,388 @@
+"""Durable records: users, their auth tokens (hashes only) and calls (the call log).
+
+`Storage` is the interface the server uses; `SqliteStorage` keeps everything in
+`<data_dir>/kiosk.db`. A Redis or PostgreSQL implementation only has to provide the same coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from kiosk.protocol import CallStatus, CallType
+from kiosk.server.clock import now_ms
+from kiosk.server.models import Call, User
+
+DB_FILENAME = "kiosk.db"
+Direction = Literal["incoming", "outgoing"]
+_T = TypeVar("_T")
+
+
+class UserExistsError(Exception):
+    def __init__(self, uid: str) -> None:
+        super().__init__(f"user {uid!r} already exists")
+        self.uid = uid
+
+
+class Storage(ABC):
+    """Users, auth tokens and calls. Auth tokens are passed and kept as SHA-256 hex hashes only."""
+
+    @abstractmethod
+    async def create_user(self, user: User, token_hash: str) -> None:
+        """Add a user with its first auth token; raise UserExistsError if the uid is taken."""
+
+    @abstractmethod
+    async def get_user(self, uid: str) -> User | None: ...
+
+    @abstractmethod
+    async def user_for_auth_token(self, token_hash: str) -> User | None: ...
+
+    @abstractmethod
+    async def list_users(self) -> list[User]:
+        """All users ordered by uid."""
+
+    @abstractmethod
+    async def create_call(self, call: Call) -> None: ...
+
+    @abstractmethod
+    async def update_call(
+        self,
+        session_id: str,
+        *,
+        if_status: Collection[CallStatus] | None = None,
+        status: CallStatus | None = None,
+        type: CallType | None = None,
+        joined_at: int | None = None,
+        ended_at: int | None = None,
+        duration_seconds: int | None = None,
+        has_recording: bool | None = None,
+    ) -> Call | None:
+        """Change the given fields (None: unchanged) and return the new call.
+
+        With `if_status`, change only if the call's status is one of those (an atomic compare-and-set,
+        so two racing transitions cannot both win). None when there is no such call or the check failed.
+        """
+
+    @abstractmethod
+    async def get_call(self, session_id: str) -> Call | None: ...
+
+    @abstractmethod
+    async def list_calls(
+        self,
+        uid: str,
+        *,
+        type: CallType | None = None,
+        status: CallStatus | None = None,
+        direction: Direction | None = None,
+        has_recording: bool | None = None,
+        page: int = 1,
+        per_page: int = 20,
+    ) -> tuple[list[Call], int]:
+        """One page of the calls `uid` initiated or received, newest first, and the total count."""
+
+    @abstractmethod
+    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[Call]:
+        """Every call in one of these statuses (used to close calls a previous run left open)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    uid TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    avatar TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_tokens (
+    token_hash TEXT PRIMARY KEY,
+    uid TEXT NOT NULL REFERENCES users(uid) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    session_id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    initiator_uid TEXT NOT NULL REFERENCES users(uid),
+    receiver_uid TEXT NOT NULL REFERENCES users(uid),
+    initiated_at INTEGER NOT NULL,
+    joined_at INTEGER,
+    ended_at INTEGER,
+    duration_seconds INTEGER NOT NULL DEFAULT 0,
+    has_recording INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS calls_by_initiator ON calls(initiator_uid, initiated_at);
+CREATE INDEX IF NOT EXISTS calls_by_receiver ON calls(receiver_uid, initiated_at);
+CREATE INDEX IF NOT EXISTS calls_by_status ON calls(status);
+"""
+
+_CALL_SELECT = """
+SELECT c.session_id, c.type, c.status, c.initiated_at, c.joined_at, c.ended_at, c.duration_seconds,
+       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar
+FROM calls c JOIN users i ON i.uid = c.initiator_uid JOIN users r ON r.uid = c.receiver_uid
+"""
+
+
+def _call_from_row(row: tuple[Any, ...]) -> Call:
+    return Call(
+        session_id=row[0],
+        type=CallType(row[1]),
+        status=CallStatus(row[2]),
+        initiated_at=row[3],
+        joined_at=row[4],
+        ended_at=row[5],
+        duration_seconds=row[6],
+        has_recording=bool(row[7]),
+        initiator=User(row[8], row[9], row[10]),
+        receiver=User(row[11], row[12], row[13]),
+    )
+
+
+class SqliteDatabase:
+    """Synchronous access to kiosk.db; `SqliteStorage` runs it on one worker thread.
+
+    Also used directly by `kiosk users add`, which may run while a server has the same file open
+    (WAL mode and a busy timeout make that safe).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / DB_FILENAME
+        self._conn: sqlite3.Connection | None = None
+
+    def connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Autocommit; the few multi-statement writes open their own transaction.
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def create_user(self, user: User, token_hash: str) -> None:
+        conn = self.connect()
+        now = now_ms()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO users (uid, name, avatar, created_at) VALUES (?, ?, ?, ?)",
+                (user.uid, user.name, user.avatar, now),
+            )
+            conn.execute(
+                "INSERT INTO auth_tokens (token_hash, uid, created_at) VALUES (?, ?, ?)",
+                (token_hash, user.uid, now),
+            )
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK")
+            raise UserExistsError(user.uid) from None
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def get_user(self, uid: str) -> User | None:
+        row = self.connect().execute("SELECT uid, name, avatar FROM users WHERE uid = ?", (uid,)).fetchone()
+        return User(*row) if row else None
+
+    def user_for_auth_token(self, token_hash: str) -> User | None:
+        row = (
+            self.connect()
+            .execute(
+                "SELECT u.uid, u.name, u.avatar FROM auth_tokens t JOIN users u ON u.uid = t.uid "
+                "WHERE t.token_hash = ?",
+                (token_hash,),
+            )
+            .fetchone()
+        )
+        return User(*row) if row else None
+
+    def list_users(self) -> list[User]:
+        rows = self.connect().execute("SELECT uid, name, avatar FROM users ORDER BY uid").fetchall()
+        return [User(*row) for row in rows]
+
+    def create_call(self, call: Call) -> None:
+        self.connect().execute(
+            "INSERT INTO calls (session_id, type, status, initiator_uid, receiver_uid, initiated_at, "
+            "joined_at, ended_at, duration_seconds, has_recording) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                call.session_id,
+                str(call.type),
+                str(call.status),
+                call.initiator.uid,
+                call.receiver.uid,
+                call.initiated_at,
+                call.joined_at,
+                call.ended_at,
+                call.duration_seconds,
+                int(call.has_recording),
+            ),
+        )
+
+    def get_call(self, session_id: str) -> Call | None:
+        row = self.connect().execute(_CALL_SELECT + " WHERE c.session_id = ?", (session_id,)).fetchone()
+        return _call_from_row(row) if row else None
+
+    def update_call(
+        self, session_id: str, if_status: Collection[CallStatus] | None, changes: dict[str, Any]
+    ) -> Call | None:
+        conn = self.connect()
+        sets = ", ".join(f"{column} = ?" for column in changes) or "session_id = session_id"
+        sql = f"UPDATE calls SET {sets} WHERE session_id = ?"
+        params: list[Any] = [*changes.values(), session_id]
+        if if_status is not None:
+            statuses = [str(s) for s in if_status]
+            if not statuses:
+                return None
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            params += statuses
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            updated = conn.execute(sql, params).rowcount
+            call = self.get_call(session_id) if updated else None
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return call
+
+    def list_calls(
+        self,
+        uid: str,
+        type: CallType | None,
+        status: CallStatus | None,
+        direction: Direction | None,
+        has_recording: bool | None,
+        page: int,
+        per_page: int,
+    ) -> tuple[list[Call], int]:
+        if direction == "outgoing":
+            where, params = ["c.initiator_uid = ?"], [uid]
+        elif direction == "incoming":
+            where, params = ["c.receiver_uid = ?"], [uid]
+        else:
+            where, params = ["(c.initiator_uid = ? OR c.receiver_uid = ?)"], [uid, uid]
+        if type is not None:
+            where.append("c.type = ?")
+            params.append(str(type))
+        if status is not None:
+            where.append("c.status = ?")
+            params.append(str(status))
+        if has_recording is not None:
+            where.append("c.has_recording = ?")
+            params.append(int(has_recording))
+        clause = " WHERE " + " AND ".join(where)
+        conn = self.connect()
+        total = conn.execute("SELECT COUNT(*) FROM calls c" + clause, params).fetchone()[0]
+        rows = conn.execute(
+            _CALL_SELECT + clause + " ORDER BY c.initiated_at DESC, c.rowid DESC LIMIT ? OFFSET ?",
+            [*params, per_page, (page - 1) * per_page],
+        ).fetchall()
+        return [_call_from_row(row) for row in rows], total
+
+    def calls_with_status(self, statuses: Collection[CallStatus]) -> list[Call]:
+        names = [str(s) for s in statuses]
+        if not names:
+            return []
+        rows = (
+            self.connect()
+            .execute(_CALL_SELECT + f" WHERE c.status IN ({', '.join('?' * len(names))})", names)
+            .fetchall()
+        )
+        return [_call_from_row(row) for row in rows]
+
+
+class SqliteStorage(Storage):
+    """`Storage` on SQLite. Every query runs on one dedicated thread, so the event loop never waits on
+    disk and the sqlite connection is only ever used from the thread that opened it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._db = SqliteDatabase(Path(data_dir))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiosk-sqlite")
+        self._closed = False
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def create_user(self, user: User, token_hash: str) -> None:
+        await self._run(self._db.create_user, user, token_hash)
+
+    async def get_user(self, uid: str) -> User | None:
+        return await self._run(self._db.get_user, uid)
+
+    async def user_for_auth_token(self, token_hash: str) -> User | None:
+        return await self._run(self._db.user_for_auth_token, token_hash)
+
+    async def list_users(self) -> list[User]:
+        return await self._run(self._db.list_users)
+
+    async def create_call(self, call: Call) -> None:
+        await self._run(self._db.create_call, call)
+
+    async def update_call(
+        self,
+        session_id: str,
+        *,
+        if_status: Collection[CallStatus] | None = None,
+        status: CallStatus | None = None,
+        type: CallType | None = None,
+        joined_at: int | None = None,
+        ended_at: int | None = None,
+        duration_seconds: int | None = None,
+        has_recording: bool | None = None,
+    ) -> Call | None:
+        columns = {
+            "status": None if status is None else str(status),
+            "type": None if type is None else str(type),
+            "joined_at": joined_at,
+            "ended_at": ended_at,
+            "duration_seconds": duration_seconds,
+            "has_recording": None if has_recording is None else int(has_recording),
+        }
+        changes = {column: value for column, value in columns.items() if value is not None}
+        return await self._run(self._db.update_call, session_id, if_status, changes)
+
+    async def get_call(self, session_id: str) -> Call | None:
+        return await self._run(self._db.get_call, session_id)
+
+    async def list_calls(
+        self,
+        uid: str,
+        *,
+        type: CallType | None = None,
+        status: CallStatus | None = None,
+        direction: Direction | None = None,
+        has_recording: bool | None = None,
+        page: int = 1,
+        per_page: int = 20,
+    ) -> tuple[list[Call], int]:
+        return await self._run(
+            self._db.list_calls, uid, type, status, direction, has_recording, page, per_page
+        )
+
+    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[Call]:
+        return await self._run(self._db.calls_with_status, list(statuses))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        # Close on the worker thread (sqlite connections belong to their thread), then stop it.
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
+        self._closed = True
+        self._executor.shutdown(wait=False)

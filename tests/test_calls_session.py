@@ -1,0 +1,301 @@
+"""Two and three endpoints in real sessions through a real call server, with real aiortc media."""
+
+from __future__ import annotations
+
+import asyncio
+
+import av
+import pytest
+from calls_support import endpoints, new_session_id, running_server, wait_until
+
+from kiosk.calls import (
+    CallSettingsBuilder,
+    CallsError,
+    Mode,
+    NotSupportedError,
+    RTCMutedUser,
+    SessionNotActiveError,
+)
+from kiosk.calls.peer import SILENCE_RMS
+
+
+async def _video_frames(endpoint, uid: str) -> int:
+    stats = await endpoint.stats_from(uid)
+    return stats.video_frames_decoded if stats else 0
+
+
+async def _audio_level(endpoint, uid: str) -> float:
+    stats = await endpoint.stats_from(uid)
+    return stats.audio_level if stats else 0.0
+
+
+async def test_two_endpoints_media_both_ways_and_events(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        session = new_session_id()
+        await a.join(session)
+        await b.join(session)
+
+        joined = await a.events.wait_for("on_user_joined")
+        assert joined[0].uid == "bob" and joined[0].name == "Bob"
+        users = a.events.of("on_user_list_changed")[-1][0]
+        assert [u.uid for u in users] == ["bob"]
+        # bob learns of alice from the joined reply, as a list change
+        assert [u.uid for u in b.events.of("on_user_list_changed")[-1][0]] == ["alice"]
+
+        for receiver, sender in ((a, "bob"), (b, "alice")):
+            await wait_until(lambda r=receiver, s=sender: _video_frames(r, s), 15, f"video at {receiver.uid}")
+            await wait_until(lambda r=receiver, s=sender: _audio_level(r, s), 15, f"audio at {receiver.uid}")
+        stats = await a.calls.get_session_stats()
+        bob = stats.participants["bob"]
+        assert bob.audio_level > 0.05, "the tone reaches the other side at a clear level"
+        assert bob.bytes_received > 0 and bob.first_frame_ms is not None
+        assert stats.first_remote_frame_ms is not None and stats.first_remote_frame_ms < 10_000
+        assert bob.latency_ms_p50 is not None and 0 <= bob.latency_ms_p50 < 2000
+
+        await b.calls.end_session()
+        await a.events.wait_for("on_call_ended")
+        assert b.events.of("on_call_ended"), "the side that ended a 1:1 call gets on_call_ended too"
+        assert a.calls.session is None and b.calls.session is None
+
+
+async def test_mute_and_pause_reach_the_other_side(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        session = new_session_id()
+        await a.join(session)
+        await b.join(session)
+        await wait_until(lambda: _audio_level(b, "alice"), 15, "alice's audio at bob")
+        await wait_until(lambda: _video_frames(b, "alice"), 15, "alice's video at bob")
+
+        a.calls.mute_audio(True)
+        muted = (await b.events.wait_for("on_user_muted"))[0]
+        assert muted == RTCMutedUser("alice", "Alice", audio_muted=True, video_muted=False)
+        # silence really reaches bob: the level over the last 200 ms falls to the floor
+        await wait_until(lambda: _level_below(b, "alice", SILENCE_RMS), 5, "silence at bob")
+
+        a.calls.pause_video(True)
+        paused = (await b.events.wait_for("on_user_muted", count=2))[0]
+        assert paused.audio_muted and paused.video_muted
+        await asyncio.sleep(0.5)  # let frames in flight arrive
+        before = await _video_frames(b, "alice")
+        await asyncio.sleep(1.0)
+        assert await _video_frames(b, "alice") - before <= 1, "no new picture while paused"
+        # bob's video to alice keeps flowing: the pause is alice's alone
+        before_bob = await _video_frames(a, "bob")
+        await asyncio.sleep(0.5)
+        assert await _video_frames(a, "bob") > before_bob
+
+        a.calls.mute_audio(False)
+        a.calls.pause_video(False)
+        await wait_until(lambda: _audio_level(b, "alice"), 5, "sound back at bob")
+        resumed = await _video_frames(b, "alice")
+        await wait_until(lambda: _more_frames(b, "alice", resumed + 5), 5, "picture back at bob")
+        last = b.events.of("on_user_muted")[-1][0]
+        assert not last.audio_muted and not last.video_muted
+
+
+async def _level_below(endpoint, uid: str, level: float) -> bool:
+    return await _audio_level(endpoint, uid) < level
+
+
+async def _more_frames(endpoint, uid: str, count: int) -> bool:
+    return await _video_frames(endpoint, uid) >= count
+
+
+async def test_three_endpoints_all_see_each_other(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(
+        server.url, tmp_path, "alice", "bob", "carol"
+    ) as eps:
+        session = new_session_id()
+        for ep in eps:
+            await ep.join(session)
+        for ep in eps:
+            others = [o.uid for o in eps if o is not ep]
+            for other in others:
+                await wait_until(lambda e=ep, o=other: _video_frames(e, o), 20, f"{other} at {ep.uid}")
+            listed = {u.uid for u in ep.calls.session.user_list()}
+            assert listed == set(others)
+        assert await eps[0].calls.get_call_participant_count(session, "direct") == 3
+
+        # carol leaves a group call: the others see her go, nobody gets on_call_ended
+        await eps[2].calls.end_session()
+        left = (await eps[0].events.wait_for("on_user_left"))[0]
+        assert left.uid == "carol"
+        await eps[1].events.wait_for("on_user_left")
+        assert not eps[0].events.of("on_call_ended") and not eps[2].events.of("on_call_ended")
+        assert [u.uid for u in eps[0].events.of("on_user_list_changed")[-1][0]] == ["bob"]
+
+
+async def test_start_muted_and_audio_only_then_switch_to_video(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        session = new_session_id()
+        audio_only = CallSettingsBuilder().set_is_audio_only_call(True).start_with_audio_muted(True).build()
+        await a.join(session, audio_only)
+        await b.join(session, CallSettingsBuilder().set_is_audio_only_call(True).build())
+        # bob hears that alice joined muted
+        muted = (await b.events.wait_for("on_user_muted"))[0]
+        assert muted.uid == "alice" and muted.audio_muted
+        await wait_until(lambda: _audio_level(a, "bob"), 15, "bob's audio at alice")
+        await asyncio.sleep(1.0)
+        assert await _video_frames(a, "bob") == 0 and await _video_frames(b, "alice") == 0
+        assert await _audio_level(b, "alice") < SILENCE_RMS
+
+        b.calls.switch_to_video_call()
+        info = (await a.events.wait_for("on_call_switched_to_video"))[0]
+        assert info.requested_by.uid == "bob"
+        # both sides now send video, with no renegotiation
+        await wait_until(lambda: _video_frames(a, "bob"), 10, "bob's video at alice")
+        await wait_until(lambda: _video_frames(b, "alice"), 10, "alice's video at bob")
+
+
+async def test_idle_timeout_warns_then_ends(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice") as (a,):
+        settings = CallSettingsBuilder().set_idle_timeout_period(2).build()
+        await a.join(new_session_id(), settings)
+        warning = await a.events.wait_for("on_session_timeout_warning", timeout=3)
+        assert warning[0] == 2  # a period under 60 s warns at once with the whole period left
+        assert not a.events.of("on_session_timeout")
+        await a.events.wait_for("on_session_timeout", timeout=5)
+        assert a.calls.session is None
+
+
+async def test_idle_timer_stops_when_someone_joins(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        session = new_session_id()
+        await a.join(session, CallSettingsBuilder().set_idle_timeout_period(2).build())
+        await b.join(session)
+        await asyncio.sleep(2.5)
+        assert not a.events.of("on_session_timeout") and a.calls.session is not None
+
+
+async def test_in_call_methods_need_an_active_session(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice") as (a,):
+        for method, args in [
+            ("mute_audio", (True,)),
+            ("pause_video", (True,)),
+            ("switch_camera", ()),
+            ("set_audio_mode", ("SPEAKER",)),
+            ("switch_to_video_call", ()),
+            ("start_recording", ()),
+            ("set_mode", ("SPOTLIGHT",)),
+            ("enter_pip_mode", ()),
+            ("get_video_input_devices", ()),
+            ("start_screen_share", ()),
+        ]:
+            with pytest.raises(SessionNotActiveError, match="only be called when a call session is active"):
+                getattr(a.calls, method)(*args)
+        with pytest.raises(SessionNotActiveError):
+            await a.calls.get_session_stats()
+
+        await a.join(new_session_id())
+        with pytest.raises(NotSupportedError, match="no screen source"):
+            a.calls.start_screen_share()
+        with pytest.raises(CallsError) as bad_mode:
+            a.calls.set_mode("CAROUSEL")
+        assert bad_mode.value.code == "INVALID_MODE"
+        a.calls.set_mode("spotlight")
+        assert a.calls.session.mode == Mode.SPOTLIGHT
+        with pytest.raises(CallsError) as second:
+            await a.join(new_session_id())
+        assert second.value.code == "SESSION_ALREADY_ACTIVE"
+
+
+async def test_devices_switch_camera_audio_modes_and_hotplug(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        session = new_session_id()
+        await a.join(session)
+        await b.join(session)
+        await wait_until(lambda: _video_frames(b, "alice"), 15, "alice's video at bob")
+
+        cameras = a.calls.get_video_input_devices()
+        assert [c.facing for c in cameras] == ["front", "back"]
+        assert a.calls.session.video.device_id == cameras[0].device_id
+        a.calls.switch_camera()
+        assert a.calls.session.video.device_id == cameras[1].device_id
+        count = await _video_frames(b, "alice")
+        await wait_until(lambda: _more_frames(b, "alice", count + 10), 5, "video continues after switch")
+
+        modes = a.calls.get_audio_output_modes()
+        assert [m.mode for m in modes] == ["SPEAKER", "EARPIECE", "HEADPHONES"]
+        assert [m.mode for m in modes if m.selected] == ["SPEAKER"]
+        a.calls.set_audio_mode("HEADPHONES")
+        assert a.calls.session.audio_mode == "HEADPHONES"
+        with pytest.raises(CallsError) as missing:
+            a.calls.set_audio_mode("BLUETOOTH")
+        assert missing.value.code == "AUDIO_MODE_UNAVAILABLE"
+
+        # the headphones are pulled out: device list event, fallback to the speaker
+        a.devices.unplug("emulated-headphones")
+        await a.events.wait_for("on_media_device_list_updated", timeout=3)
+        await wait_until(lambda: a.calls.session.audio_mode == "SPEAKER", 3, "fallback to speaker")
+        changed = a.events.of("on_audio_mode_changed")[-1][0]
+        assert [m.mode for m in changed] == ["SPEAKER", "EARPIECE"]
+
+        with pytest.raises(CallsError) as unknown:
+            a.calls.set_video_input_device("no-such-camera")
+        assert unknown.value.code == "DEVICE_NOT_FOUND"
+
+        # the camera in use is unplugged: on_error, the call goes on with audio
+        a.devices.unplug(cameras[1].device_id)
+        error = (await a.events.wait_for("on_error", timeout=5))[0]
+        assert error.code == "DEVICE_ERROR" and cameras[1].device_id in error.message
+        await asyncio.sleep(0.3)
+        assert await _audio_level(b, "alice") > 0.05, "audio goes on without the camera"
+        stalled = await _video_frames(b, "alice")
+        a.calls.set_video_input_device(cameras[0].device_id)  # the app picks the other camera
+        await wait_until(lambda: _more_frames(b, "alice", stalled + 10), 5, "video from the other camera")
+
+
+async def test_a_listener_that_raises_breaks_nothing(tmp_path):
+    class Broken:
+        def on_user_joined(self, user):
+            raise RuntimeError("listener bug")
+
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        a.calls.add_call_event_listener("broken", Broken())
+        session = new_session_id()
+        await a.join(session)
+        await b.join(session)
+        await a.events.wait_for("on_user_joined")
+        await wait_until(lambda: _video_frames(a, "bob"), 15, "media despite the broken listener")
+        # the same id replaces; removal stops delivery
+        a.calls.add_call_event_listener("test", a.events)
+        a.calls.remove_call_event_listener("broken")
+        assert len(a.calls.listeners.listeners()) == 1
+
+
+async def test_recording_writes_playable_files_and_tells_everyone(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        session = new_session_id()
+        await a.join(session)
+        await b.join(session)
+        await wait_until(lambda: _video_frames(a, "bob"), 15, "media")
+        a.calls.start_recording()
+        remote = (await b.events.wait_for("on_recording_toggled"))[0]
+        assert remote.recording_started and remote.user.uid == "alice"
+        assert a.events.of("on_recording_toggled")[0][0].recording_started
+        await asyncio.sleep(2.0)
+        a.calls.stop_recording()
+        stopped = (await b.events.wait_for("on_recording_toggled", count=2))[0]
+        assert not stopped.recording_started
+        files = []
+        await wait_until(lambda: files.extend((tmp_path / "recordings" / "alice").glob("*.mkv")) or files, 10, "file")
+        await asyncio.sleep(0.5)
+        with av.open(str(files[0])) as container:
+            kinds = {s.type for s in container.streams}
+            decoded = sum(1 for _ in container.decode(video=0))
+        assert kinds == {"audio", "video"}
+        assert decoded >= 10, f"only {decoded} frames recorded"
+
+
+async def test_screen_share_when_the_device_has_a_screen(tmp_path):
+    from kiosk.media.emulated import EmulatedDevices
+
+    async with running_server(tmp_path / "server") as server, endpoints(
+        server.url, tmp_path, "alice", devices=EmulatedDevices(width=320, height=240, fps=15, screen=True)
+    ) as (a,):
+        await a.join(new_session_id())
+        a.calls.start_screen_share()
+        await a.events.wait_for("on_screen_share_started")
+        assert a.calls.session.video.sharing_screen
+        a.calls.stop_screen_share()
+        await a.events.wait_for("on_screen_share_stopped")

@@ -1,0 +1,96 @@
+"""The emulated device and the capture fan-out, without a network."""
+
+from __future__ import annotations
+
+import asyncio
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from kiosk.media.capture import AudioCapture, VideoCapture
+from kiosk.media.devices import DeviceError
+from kiosk.media.emulated import EmulatedDevices
+from kiosk.media.pattern import TestPattern, latency_ms, read_stamp
+
+
+@pytest.mark.parametrize("codec", ["libvpx", "libx264"])
+def test_stamp_survives_encoding(codec):
+    pattern = TestPattern(640, 480)
+    encoder = av.CodecContext.create(codec, "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 640, 480, "yuv420p"
+    encoder.time_base = Fraction(1, 30)
+    encoder.bit_rate = 300_000
+    decoder = av.CodecContext.create("vp8" if codec == "libvpx" else "h264", "r")
+    packets = []
+    for i in range(20):
+        frame = pattern.draw(i, stamp_ms=4_000_000_000 + i)
+        frame.pts = i
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)  # x264 holds frames back for lookahead
+    read = [read_stamp(decoded) for packet in packets for decoded in decoder.decode(packet)]
+    assert len(read) >= 15 and all(r is not None and 4_000_000_000 <= r < 4_000_000_020 for r in read)
+
+
+def test_unstamped_frame_reads_none_and_latency_wraps():
+    plain = av.VideoFrame.from_ndarray(np.full((480, 640, 3), 128, dtype=np.uint8), format="rgb24")
+    assert read_stamp(plain.reformat(format="yuv420p")) is None
+    assert latency_ms(0xFFFFFFF0, at_ms=0x10) == 0x20
+
+
+async def test_one_camera_feeds_every_subscriber_and_pause_stops_it():
+    devices = EmulatedDevices(width=320, height=240, fps=30)
+    errors: list[Exception] = []
+    capture = VideoCapture(devices, "emulated-camera-front", errors.append)
+    capture.set_enabled(True)
+    first, second = capture.subscribe(), capture.subscribe()
+    a = await asyncio.wait_for(first.recv(), 2)
+    b = await asyncio.wait_for(second.recv(), 2)
+    assert a is b, "one capture, shared: the camera is read once for all peers"
+    capture.set_paused(True)
+    await asyncio.sleep(0.1)
+    first._frames.clear()
+    count = capture.frames_captured
+    await asyncio.sleep(0.3)
+    assert capture.frames_captured == count
+    capture.set_paused(False)
+    await asyncio.wait_for(first.recv(), 2)
+    await capture.close()
+    assert not errors
+
+
+async def test_camera_unplugged_reports_once_and_recovers():
+    devices = EmulatedDevices(width=320, height=240, fps=30)
+    errors: list[Exception] = []
+    capture = VideoCapture(devices, "emulated-camera-front", errors.append)
+    restored = []
+    capture.on_restored = lambda: restored.append(True)
+    capture.set_enabled(True)
+    track = capture.subscribe()
+    await asyncio.wait_for(track.recv(), 2)
+    device = devices.unplug("emulated-camera-front")
+    await asyncio.sleep(1.5)
+    assert len(errors) == 1 and isinstance(errors[0], DeviceError)
+    devices.plug(device)
+    await asyncio.sleep(1.3)
+    track._frames.clear()
+    await asyncio.wait_for(track.recv(), 2)
+    assert restored == [True]
+    await capture.close()
+
+
+async def test_muted_microphone_sends_silence_and_slow_readers_do_not_queue():
+    devices = EmulatedDevices()
+    capture = AudioCapture(devices, "emulated-mic", lambda exc: None)
+    track = capture.subscribe()
+    loud = await asyncio.wait_for(track.recv(), 2)
+    assert np.abs(loud.to_ndarray()).max() > 5000
+    capture.set_muted(True)
+    await asyncio.sleep(0.1)
+    track._frames.clear()
+    quiet = await asyncio.wait_for(track.recv(), 2)
+    assert np.abs(quiet.to_ndarray()).max() == 0
+    await asyncio.sleep(0.3)  # 15 frames produced, nobody reading
+    assert len(track._frames) <= 2
+    await capture.close()
