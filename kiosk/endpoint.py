@@ -122,14 +122,17 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         ice_host_addresses=["127.0.0.1"] if options.loopback else None,
     )
     calls.add_call_event_listener("endpoint", events)
-    settings = CallSettingsBuilder().set_is_audio_only_call(options.audio_only).build()
     report: dict[str, Any] = {"ok": False}
     try:
         user = await calls.login()
         _say(out, "logged_in", to_jsonable(user))
-        session_id = await _reach_session(calls, events, options, out)
-        if session_id is None:
+        reached = await _reach_session(calls, events, options, out)
+        if reached is None:
             return 1
+        session_id, call_type = reached
+        # An answered audio call stays audio-only unless asked otherwise.
+        audio_only = options.audio_only or call_type == CallType.AUDIO
+        settings = CallSettingsBuilder().set_is_audio_only_call(audio_only).build()
         token = await calls.generate_token(session_id)
         await calls.start_session(token, settings)
         _say(out, "session_started", {"sessionId": session_id})
@@ -138,11 +141,10 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
             await asyncio.wait_for(asyncio.shield(ended), options.duration)
         except TimeoutError:
             pass
-        stats = await calls.get_session_stats() if calls.session is not None else None
-        if calls.session is not None:
-            if calls.active_call is not None:
-                await calls.end_call(session_id)
-            await calls.end_session()
+        if calls.session is not None and calls.active_call is not None:
+            await calls.end_call(session_id)
+        await calls.end_session()
+        stats = calls.last_session_stats
         ended.cancel()
         if stats is not None:
             report["stats"] = stats.to_json()
@@ -163,10 +165,10 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
 
 async def _reach_session(
     calls: Calls, events: EventRecorder, options: EndpointOptions, out: IO[str]
-) -> str | None:
-    """The session id to join: given, or reached by calling someone, or by answering."""
+) -> tuple[str, CallType | None] | None:
+    """The session id to join and the call's type: given, reached by calling someone, or by answering."""
     if options.session:
-        return options.session
+        return options.session, None
     if options.call:
         kind = CallType.AUDIO if options.audio_only else CallType.VIDEO
         call = await calls.initiate_call(options.call, kind)
@@ -177,8 +179,9 @@ async def _reach_session(
             events, "on_outgoing_call_accepted", "on_outgoing_call_rejected", timeout=options.ring_wait
         )
         if outcome is None or outcome[0] != "on_outgoing_call_accepted":
+            _say(out, "not_answered", to_jsonable(outcome[1][0]) if outcome else {"status": "no answer"})
             return None
-        return call.session_id
+        return call.session_id, call.type
     if options.answer:
         _say(out, "waiting_for_call", {})
         found = await _first_of(events, "on_incoming_call_received", timeout=options.ring_wait)
@@ -186,7 +189,7 @@ async def _reach_session(
             return None
         incoming: Call = found[1][0]
         await calls.accept_call(incoming.session_id)
-        return incoming.session_id
+        return incoming.session_id, incoming.type
     raise CallsError("BAD_REQUEST", "give --session, --call or --answer")
 
 

@@ -126,6 +126,10 @@ class SignalingClient:
                 return message
             self.inbox.append(message)
 
+    def discard(self, *types: str) -> None:
+        """Forget queued messages of these types (e.g. participant.joined noise before a check)."""
+        self.inbox = [m for m in self.inbox if m.get("type") not in types]
+
     async def assert_silent(self, wait: float = 0.2) -> None:
         """Nothing queued and nothing arrives within `wait` seconds."""
         assert self.inbox == [], self.inbox

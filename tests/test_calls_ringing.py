@@ -16,7 +16,10 @@ async def _log_entry(endpoint, session_id: str):
 
 
 async def test_accept_then_end_call_both_sides_and_logs(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "door", "desk") as (door, desk):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "door", "desk") as (door, desk),
+    ):
         call = await door.calls.initiate_call("desk", CallType.VIDEO)
         assert call.status == CallStatus.INITIATED and call.receiver.uid == "desk"
         assert door.calls.get_active_call() == call
@@ -57,7 +60,10 @@ async def _frames(endpoint, uid):
 
 
 async def test_reject(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "door", "desk") as (door, desk):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "door", "desk") as (door, desk),
+    ):
         call = await door.calls.initiate_call("desk", "audio")
         await desk.events.wait_for("on_incoming_call_received")
         rejected = await desk.calls.reject_call(call.session_id, "rejected")
@@ -73,9 +79,10 @@ async def test_reject(tmp_path):
 
 
 async def test_busy_when_the_receiver_is_in_a_call(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(
-        server.url, tmp_path, "door", "desk", "gate"
-    ) as (door, desk, gate):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "door", "desk", "gate") as (door, desk, gate),
+    ):
         first = await door.calls.initiate_call("desk", "video")
         await desk.events.wait_for("on_incoming_call_received")
         await desk.calls.accept_call(first.session_id)
@@ -97,7 +104,10 @@ async def test_busy_when_the_receiver_is_in_a_call(tmp_path):
 
 
 async def test_cancel_by_the_caller(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "door", "desk") as (door, desk):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "door", "desk") as (door, desk),
+    ):
         call = await door.calls.initiate_call("desk", "video")
         await desk.events.wait_for("on_incoming_call_received")
         cancelled = await door.calls.reject_call(call.session_id, "cancelled")
@@ -112,9 +122,10 @@ async def test_cancel_by_the_caller(tmp_path):
 
 
 async def test_unanswered_after_the_ring_timeout(tmp_path):
-    async with running_server(tmp_path / "server", ring_timeout=1.0) as server, endpoints(
-        server.url, tmp_path, "door", "desk"
-    ) as (door, desk):
+    async with (
+        running_server(tmp_path / "server", ring_timeout=1.0) as server,
+        endpoints(server.url, tmp_path, "door", "desk") as (door, desk),
+    ):
         call = await door.calls.initiate_call("desk", "video")
         await desk.events.wait_for("on_incoming_call_received")
         outcome = (await door.events.wait_for("on_outgoing_call_rejected", timeout=5))[0]
@@ -126,3 +137,23 @@ async def test_unanswered_after_the_ring_timeout(tmp_path):
         page = await desk.calls.get_call_logs(status="unanswered", direction="incoming")
         assert [c.session_id for c in page.calls] == [call.session_id]
         assert (await desk.calls.get_call_logs(status="ended")).total == 0
+
+
+async def test_an_audio_call_answered_with_default_settings_stays_audio(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "door", "desk") as (door, desk):
+        call = await door.calls.initiate_call("desk", CallType.AUDIO)
+        await desk.events.wait_for("on_incoming_call_received")
+        await desk.calls.accept_call(call.session_id)
+        await door.join(call.session_id)
+        await desk.join(call.session_id)  # default settings: video allowed, but the call is audio
+        await wait_until(lambda: _audio(door, "desk"), 15, "desk's audio at the door")
+        await asyncio.sleep(1.0)
+        assert await _frames(door, "desk") == 0 and await _frames(desk, "door") == 0
+        assert desk.calls.session.audio_only
+        door.calls.switch_to_video_call()
+        await wait_until(lambda: _frames(door, "desk"), 10, "video after the switch")
+
+
+async def _audio(endpoint, uid):
+    stats = await endpoint.stats_from(uid)
+    return stats.audio_frames_decoded if stats else 0

@@ -9,8 +9,8 @@ import pytest
 from calls_support import endpoints, new_session_id, running_server, wait_until
 
 from kiosk.calls import (
-    CallSettingsBuilder,
     CallsError,
+    CallSettingsBuilder,
     Mode,
     NotSupportedError,
     RTCMutedUser,
@@ -30,7 +30,10 @@ async def _audio_level(endpoint, uid: str) -> float:
 
 
 async def test_two_endpoints_media_both_ways_and_events(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         await a.join(session)
         await b.join(session)
@@ -38,9 +41,9 @@ async def test_two_endpoints_media_both_ways_and_events(tmp_path):
         joined = await a.events.wait_for("on_user_joined")
         assert joined[0].uid == "bob" and joined[0].name == "Bob"
         users = a.events.of("on_user_list_changed")[-1][0]
-        assert [u.uid for u in users] == ["bob"]
+        assert [u.uid for u in users] == ["alice", "bob"], "all current participants, this endpoint first"
         # bob learns of alice from the joined reply, as a list change
-        assert [u.uid for u in b.events.of("on_user_list_changed")[-1][0]] == ["alice"]
+        assert [u.uid for u in b.events.of("on_user_list_changed")[-1][0]] == ["bob", "alice"]
 
         for receiver, sender in ((a, "bob"), (b, "alice")):
             await wait_until(lambda r=receiver, s=sender: _video_frames(r, s), 15, f"video at {receiver.uid}")
@@ -59,7 +62,10 @@ async def test_two_endpoints_media_both_ways_and_events(tmp_path):
 
 
 async def test_mute_and_pause_reach_the_other_side(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         await a.join(session)
         await b.join(session)
@@ -102,9 +108,10 @@ async def _more_frames(endpoint, uid: str, count: int) -> bool:
 
 
 async def test_three_endpoints_all_see_each_other(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(
-        server.url, tmp_path, "alice", "bob", "carol"
-    ) as eps:
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob", "carol") as eps,
+    ):
         session = new_session_id()
         for ep in eps:
             await ep.join(session)
@@ -112,8 +119,8 @@ async def test_three_endpoints_all_see_each_other(tmp_path):
             others = [o.uid for o in eps if o is not ep]
             for other in others:
                 await wait_until(lambda e=ep, o=other: _video_frames(e, o), 20, f"{other} at {ep.uid}")
-            listed = {u.uid for u in ep.calls.session.user_list()}
-            assert listed == set(others)
+            listed = [u.uid for u in ep.calls.session.user_list()]
+            assert listed[0] == ep.uid and set(listed[1:]) == set(others)
         assert await eps[0].calls.get_call_participant_count(session, "direct") == 3
 
         # carol leaves a group call: the others see her go, nobody gets on_call_ended
@@ -122,11 +129,14 @@ async def test_three_endpoints_all_see_each_other(tmp_path):
         assert left.uid == "carol"
         await eps[1].events.wait_for("on_user_left")
         assert not eps[0].events.of("on_call_ended") and not eps[2].events.of("on_call_ended")
-        assert [u.uid for u in eps[0].events.of("on_user_list_changed")[-1][0]] == ["bob"]
+        assert [u.uid for u in eps[0].events.of("on_user_list_changed")[-1][0]] == ["alice", "bob"]
 
 
 async def test_start_muted_and_audio_only_then_switch_to_video(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         audio_only = CallSettingsBuilder().set_is_audio_only_call(True).start_with_audio_muted(True).build()
         await a.join(session, audio_only)
@@ -148,7 +158,10 @@ async def test_start_muted_and_audio_only_then_switch_to_video(tmp_path):
 
 
 async def test_idle_timeout_warns_then_ends(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice") as (a,):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice") as (a,),
+    ):
         settings = CallSettingsBuilder().set_idle_timeout_period(2).build()
         await a.join(new_session_id(), settings)
         warning = await a.events.wait_for("on_session_timeout_warning", timeout=3)
@@ -159,7 +172,10 @@ async def test_idle_timeout_warns_then_ends(tmp_path):
 
 
 async def test_idle_timer_stops_when_someone_joins(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         await a.join(session, CallSettingsBuilder().set_idle_timeout_period(2).build())
         await b.join(session)
@@ -168,7 +184,10 @@ async def test_idle_timer_stops_when_someone_joins(tmp_path):
 
 
 async def test_in_call_methods_need_an_active_session(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice") as (a,):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice") as (a,),
+    ):
         for method, args in [
             ("mute_audio", (True,)),
             ("pause_video", (True,)),
@@ -200,7 +219,10 @@ async def test_in_call_methods_need_an_active_session(tmp_path):
 
 
 async def test_devices_switch_camera_audio_modes_and_hotplug(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         await a.join(session)
         await b.join(session)
@@ -250,7 +272,10 @@ async def test_a_listener_that_raises_breaks_nothing(tmp_path):
         def on_user_joined(self, user):
             raise RuntimeError("listener bug")
 
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         a.calls.add_call_event_listener("broken", Broken())
         session = new_session_id()
         await a.join(session)
@@ -264,7 +289,10 @@ async def test_a_listener_that_raises_breaks_nothing(tmp_path):
 
 
 async def test_recording_writes_playable_files_and_tells_everyone(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         await a.join(session)
         await b.join(session)
@@ -278,7 +306,9 @@ async def test_recording_writes_playable_files_and_tells_everyone(tmp_path):
         stopped = (await b.events.wait_for("on_recording_toggled", count=2))[0]
         assert not stopped.recording_started
         files = []
-        await wait_until(lambda: files.extend((tmp_path / "recordings" / "alice").glob("*.mkv")) or files, 10, "file")
+        await wait_until(
+            lambda: files.extend((tmp_path / "recordings" / "alice").glob("*.mkv")) or files, 10, "file"
+        )
         await asyncio.sleep(0.5)
         with av.open(str(files[0])) as container:
             kinds = {s.type for s in container.streams}
@@ -290,12 +320,35 @@ async def test_recording_writes_playable_files_and_tells_everyone(tmp_path):
 async def test_screen_share_when_the_device_has_a_screen(tmp_path):
     from kiosk.media.emulated import EmulatedDevices
 
-    async with running_server(tmp_path / "server") as server, endpoints(
-        server.url, tmp_path, "alice", devices=EmulatedDevices(width=320, height=240, fps=15, screen=True)
-    ) as (a,):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(
+            server.url, tmp_path, "alice", devices=EmulatedDevices(width=320, height=240, fps=15, screen=True)
+        ) as (a,),
+    ):
         await a.join(new_session_id())
         a.calls.start_screen_share()
         await a.events.wait_for("on_screen_share_started")
         assert a.calls.session.video.sharing_screen
         a.calls.stop_screen_share()
         await a.events.wait_for("on_screen_share_stopped")
+
+
+async def test_losing_the_server_ends_the_call_cleanly(tmp_path):
+    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+        session = new_session_id()
+        settings = CallSettingsBuilder().set_call_listener(a.events).build()
+        a.calls.remove_call_event_listener("test")  # alice hears events only through her settings
+        await a.join(session, settings)
+        await b.join(session)
+        await wait_until(lambda: _video_frames(a, "bob"), 15, "media")
+        await server.close()
+        error = (await a.events.wait_for("on_error"))[0]
+        assert error.code == "CONNECTION_LOST"
+        await a.events.wait_for("on_call_ended")
+        await b.events.wait_for("on_call_ended")
+        assert a.calls.session is None and b.calls.session is None
+        with pytest.raises(SessionNotActiveError):
+            a.calls.mute_audio(True)
+        # the session's settings listener hears nothing after its session
+        assert a.calls.listeners.listeners() == []

@@ -29,9 +29,10 @@ async def _refused(endpoint, token: GenerateToken | str) -> str:
 
 
 async def test_each_bad_token_has_its_own_code(tmp_path):
-    async with running_server(tmp_path / "server", token_ttl=1) as server, endpoints(
-        server.url, tmp_path, "alice", "bob"
-    ) as (a, b):
+    async with (
+        running_server(tmp_path / "server", token_ttl=1) as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         expired = await a.calls.generate_token(session)
         await asyncio.sleep(2.1)  # the server was started with one-second tokens

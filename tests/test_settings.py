@@ -48,13 +48,17 @@ def test_defaults_are_the_documents():
     for name, value in DOCUMENTED_DEFAULTS.items():
         assert getattr(settings, name) == value, name
     assert settings.main_video_container_setting == MainVideoContainerSetting()
-    assert {f.name for f in dataclasses.fields(settings)} == set(DOCUMENTED_DEFAULTS) | {"main_video_container_setting"}
+    assert {f.name for f in dataclasses.fields(settings)} == set(DOCUMENTED_DEFAULTS) | {
+        "main_video_container_setting"
+    }
 
 
 def test_every_setter_and_its_platform_aliases():
     listener = CallEventListener(on_user_joined=lambda user: None)
-    container = MainVideoContainerSetting().set_main_video_aspect_ratio("cover").set_name_label_params(
-        Position.TOP_LEFT, False, "#000000"
+    container = (
+        MainVideoContainerSetting()
+        .set_main_video_aspect_ratio("cover")
+        .set_name_label_params(Position.TOP_LEFT, False, "#000000")
     )
     settings = (
         CallSettingsBuilder()
@@ -115,3 +119,36 @@ def test_bad_values_raise_at_build(setter, value, words):
 def test_listener_rejects_unknown_event_names():
     with pytest.raises(TypeError, match="unknown event"):
         CallEventListener(on_user_jumped=lambda user: None)
+
+
+def test_each_event_reaches_a_listener_once_under_its_platform_spelling():
+    from kiosk.calls.events import ListenerRegistry
+
+    seen: list[tuple[str, object]] = []
+
+    class Both:
+        def on_user_list_changed(self, users):
+            seen.append(("changed", users))
+
+        def on_user_list_updated(self, users):
+            seen.append(("updated", users))
+
+    class WebStyle(CallEventListener):
+        def on_user_list_updated(self, users):
+            seen.append(("web", users))
+
+        def on_audio_modes_updated(self, modes):
+            seen.append(("rn", modes))
+
+    registry = ListenerRegistry()
+    registry.add("both", Both())
+    registry.add("web", WebStyle())
+    registry.add("kw", CallEventListener(on_user_list_updated=lambda users: seen.append(("kw", users))))
+    registry.emit("on_user_list_changed", ["u"])
+    registry.emit("on_audio_mode_changed", ["m"])
+    assert seen == [("changed", ["u"]), ("web", ["u"]), ("kw", ["u"]), ("rn", ["m"])]
+
+
+def test_a_plain_call_event_listener_is_a_valid_settings_listener():
+    settings = CallSettingsBuilder().set_call_listener(CallEventListener()).build()
+    assert isinstance(settings.listener, CallEventListener)

@@ -128,11 +128,14 @@ class Calls:
         self.session: CallSession | None = None
         self.active_call: Call | None = None
         self.user: RTCUser | None = None
+        # The stats of the session that ended last, taken just before its connections closed.
+        self.last_session_stats: SessionStats | None = None
         self._http: aiohttp.ClientSession | None = None
         self._rest: RestClient | None = None
         self._signaling: SignalingClient | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._ending: asyncio.Future[None] | None = None
         self._closing = False
 
     # ----------------------------------------------------------------- connection
@@ -191,6 +194,13 @@ class Calls:
         self.listeners.emit(
             "on_error", CallError("CONNECTION_LOST", "lost the connection to the call server")
         )
+        session = self.session
+        if session is not None:
+            # The server has taken us out of the session (a 1:1 call is over for the other side):
+            # end it here too, rather than keep a session nobody can signal in.
+            self.session = None
+            reason = "hangup" if len(session.participants) == 1 else "disconnected"
+            self._ending = asyncio.ensure_future(self._on_session_ended(session, {"reason": reason}))
         if self.reconnect and (self._reconnect_task is None or self._reconnect_task.done()):
             self._reconnect_task = asyncio.ensure_future(self._reconnect_loop())
 
@@ -259,6 +269,7 @@ class Calls:
         except BaseException:
             self.session = None
             await session.close(notify_server=False)
+            self._session_over(session)
             raise
         self._poll_task = asyncio.ensure_future(self._poll_devices(session))
         return session
@@ -267,11 +278,19 @@ class Calls:
         """Leave the session and release camera, microphone and connections."""
         session = self.session
         if session is None:
+            if self._ending is not None:  # the server ended it; wait until it is torn down
+                await asyncio.shield(self._ending)
             return
         one_to_one = len(session.participants) == 1
         await self._end_session_from(session, notify_server=True)
         if one_to_one:
             self.listeners.emit("on_call_ended")
+        self._session_over(session)
+
+    def _session_over(self, session: CallSession) -> None:
+        """After a session's last events: its settings listener hears nothing more."""
+        if self.listeners.settings_listener is session.settings.listener:
+            self.listeners.settings_listener = None
 
     async def _end_session_from(self, session: CallSession, notify_server: bool) -> None:
         if self.session is session:
@@ -280,6 +299,7 @@ class Calls:
             self._poll_task.cancel()
             self._poll_task = None
         await session.close(notify_server=notify_server)
+        self.last_session_stats = session.final_stats
 
     def press_end_call_button(self) -> None:
         """What the end-call button (touch or GPIO) does: tell the app, as the documents' UI does."""
@@ -400,12 +420,12 @@ class Calls:
         return await self._call_action(session_id, "accept", None)
 
     async def reject_call(self, session_id: str, status: CallStatus | str = CallStatus.REJECTED) -> Call:
-        try:
-            chosen = CallStatus(str(status).lower())
-        except ValueError:
+        allowed = (CallStatus.REJECTED, CallStatus.BUSY, CallStatus.CANCELLED)
+        chosen = next((s for s in allowed if str(status).lower() == s.value), None)
+        if chosen is None:
             raise CallsError(
                 "BAD_REQUEST", f"reject status must be rejected, busy or cancelled, not {status!r}"
-            ) from None
+            )
         return await self._call_action(session_id, "reject", {"status": str(chosen)})
 
     async def end_call(self, session_id: str) -> Call:
@@ -471,7 +491,8 @@ class Calls:
         elif kind == "session.ended":
             session = self.session
             if session is not None and session.session_id == message.get("sessionId"):
-                asyncio.ensure_future(self._on_session_ended(session, message))
+                self.session = None  # from now on no in-call method reaches it
+                self._ending = asyncio.ensure_future(self._on_session_ended(session, message))
         else:
             session = self.session
             if session is not None and session.active and session.session_id == message.get("sessionId"):
@@ -514,7 +535,8 @@ class Calls:
         else:
             for participant in remaining:
                 self.listeners.emit("on_user_left", participant.user)
-            self.listeners.emit("on_user_list_changed", [])
+            self.listeners.emit("on_user_list_changed", [session.self_user] if session.self_user else [])
+        self._session_over(session)
 
 
 def _session_of(token: str) -> str:

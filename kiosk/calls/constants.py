@@ -19,12 +19,19 @@ class Mode(StrEnum):
     DEFAULT = "DEFAULT"  # grid
     SPOTLIGHT = "SPOTLIGHT"  # active speaker large
     SINGLE = "SINGLE"  # one participant
+    # The documents' prefixed spellings, as aliases of the same members.
+    MODE_DEFAULT = "DEFAULT"
+    MODE_SPOTLIGHT = "SPOTLIGHT"
+    MODE_SINGLE = "SINGLE"
 
 
 class AvatarMode(StrEnum):
     CIRCLE = "circle"
     SQUARE = "square"
     FULLSCREEN = "fullscreen"
+    AVATAR_MODE_CIRCLE = "circle"
+    AVATAR_MODE_SQUARE = "square"
+    AVATAR_MODE_FULLSCREEN = "fullscreen"
 
 
 class AudioMode(StrEnum):
@@ -32,6 +39,10 @@ class AudioMode(StrEnum):
     EARPIECE = "EARPIECE"
     HEADPHONES = "HEADPHONES"
     BLUETOOTH = "BLUETOOTH"
+    AUDIO_MODE_SPEAKER = "SPEAKER"
+    AUDIO_MODE_EARPIECE = "EARPIECE"
+    AUDIO_MODE_HEADPHONES = "HEADPHONES"
+    AUDIO_MODE_BLUETOOTH = "BLUETOOTH"
 
 
 class AspectRatio(StrEnum):
@@ -46,15 +57,12 @@ class Position(StrEnum):
     BOTTOM_RIGHT = "bottom-right"
 
 
-# Aliases with the documents' prefixed spellings, for code ported from them.
+# Module-level spellings, for code ported from the documents.
 MODE_DEFAULT, MODE_SPOTLIGHT, MODE_SINGLE = Mode.DEFAULT, Mode.SPOTLIGHT, Mode.SINGLE
 AUDIO_MODE_SPEAKER, AUDIO_MODE_EARPIECE = AudioMode.SPEAKER, AudioMode.EARPIECE
 AUDIO_MODE_HEADPHONES, AUDIO_MODE_BLUETOOTH = AudioMode.HEADPHONES, AudioMode.BLUETOOTH
-AVATAR_MODE_CIRCLE, AVATAR_MODE_SQUARE, AVATAR_MODE_FULLSCREEN = (
-    AvatarMode.CIRCLE,
-    AvatarMode.SQUARE,
-    AvatarMode.FULLSCREEN,
-)
+AVATAR_MODE_CIRCLE, AVATAR_MODE_SQUARE = AvatarMode.CIRCLE, AvatarMode.SQUARE
+AVATAR_MODE_FULLSCREEN = AvatarMode.FULLSCREEN
 
 __all__ = [
     "AspectRatio",

@@ -51,7 +51,7 @@ class RTCRecordingInfo:
     recording_started: bool
     user: RTCUser | None
     at_ms: int = 0
-    file: str | None = None  # set on the side that records
+    directory: str | None = None  # where the files go, on the side that records
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,38 @@ ALIASES = {
 
 
 class CallEventListener:
-    """Base listener with no-op methods; or build one from callables by keyword."""
+    """Base listener: every event as a no-op method; or build one from callables by keyword.
+
+    Subclass and override what you need, or `CallEventListener(on_user_joined=fn, on_call_ended=fn2)`.
+    """
 
     def __init__(self, **handlers: Callable[..., Any]) -> None:
+        known = set(EVENT_NAMES) | set(ALIASES.values())
         for name, handler in handlers.items():
-            if name not in EVENT_NAMES and name not in ALIASES.values():
-                raise TypeError(f"unknown event {name!r}; known: {', '.join(EVENT_NAMES)}")
+            if name not in known:
+                raise TypeError(f"unknown event {name!r}; known: {', '.join(sorted(known))}")
             setattr(self, name, handler)
+
+    def on_user_joined(self, user: RTCUser) -> None: ...
+    def on_user_left(self, user: RTCUser) -> None: ...
+    def on_user_list_changed(self, users: list[RTCUser]) -> None: ...
+    def on_call_ended(self) -> None: ...
+    def on_call_end_button_pressed(self) -> None: ...
+    def on_session_timeout(self) -> None: ...
+    def on_session_timeout_warning(self, seconds_left: int) -> None: ...
+    def on_audio_mode_changed(self, modes: list[AudioModeInfo]) -> None: ...
+    def on_call_switched_to_video(self, info: CallSwitchRequestInfo) -> None: ...
+    def on_user_muted(self, muted_user: RTCMutedUser) -> None: ...
+    def on_recording_toggled(self, info: RTCRecordingInfo) -> None: ...
+    def on_screen_share_started(self) -> None: ...
+    def on_screen_share_stopped(self) -> None: ...
+    def on_media_device_list_updated(self, devices: list[MediaDeviceInfo]) -> None: ...
+    def on_error(self, error: CallError) -> None: ...
+    def on_incoming_call_received(self, call: Any) -> None: ...
+    def on_outgoing_call_accepted(self, call: Any) -> None: ...
+    def on_outgoing_call_rejected(self, call: Any) -> None: ...
+    def on_incoming_call_cancelled(self, call: Any) -> None: ...
+    def on_call_ended_message_received(self, call: Any) -> None: ...
 
 
 class ListenerRegistry:
@@ -135,19 +160,39 @@ class ListenerRegistry:
         return found
 
     def emit(self, event: str, *args: Any) -> None:
-        names = (event, ALIASES[event]) if event in ALIASES else (event,)
         for listener in self.listeners():
-            for name in names:
-                handler = getattr(listener, name, None)
-                if handler is None or not callable(handler):
-                    continue
-                try:
-                    result = handler(*args)
-                    if inspect.isawaitable(result):
-                        task = asyncio.ensure_future(result)
-                        task.add_done_callback(_log_listener_failure)
-                except Exception:
-                    log.exception("listener %r failed in %s", listener, name)
+            handler = _handler(listener, event)
+            if handler is None:
+                continue
+            try:
+                result = handler(*args)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    task.add_done_callback(_log_listener_failure)
+            except Exception:
+                log.exception("listener %r failed in %s", listener, event)
+
+
+def _handler(listener: Any, event: str) -> Callable[..., Any] | None:
+    """The listener's method for `event`: the Python name, else the other platforms' spelling.
+
+    An inherited no-op default does not hide an alias the subclass really implements.
+    """
+    own = getattr(listener, event, None)
+    alias = ALIASES.get(event)
+    other = getattr(listener, alias, None) if alias else None
+    if other is not None and callable(other) and _is_default(listener, event):
+        return other
+    return own if callable(own) else None
+
+
+def _is_default(listener: Any, event: str) -> bool:
+    method = getattr(type(listener), event, None)
+    return (
+        method is not None
+        and method is getattr(CallEventListener, event, None)
+        and event not in vars(listener)
+    )
 
 
 def _log_listener_failure(task: asyncio.Future[Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import statistics
 import time
@@ -187,12 +188,17 @@ class RemotePeer:
             ordered = sorted(self._latencies)
             s.latency_ms_p50 = float(statistics.median(ordered))
             s.latency_ms_p95 = float(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))])
-        if self.closed:
-            return s
-        try:
-            report = await self.pc.getStats()
-        except Exception:  # a peer connection that is closing has no stats; keep the last ones
-            return s
+        if not self.closed:
+            try:
+                report = await self.pc.getStats()
+            except Exception:  # a peer connection that is closing has no stats; keep the last ones
+                report = None
+            if report is not None:
+                self._read_report(report)
+        return dataclasses.replace(s)  # a snapshot: later changes do not show through
+
+    def _read_report(self, report: Any) -> None:
+        s = self.stats
         for item in report.values():
             kind = getattr(item, "kind", None)
             if item.type == "inbound-rtp":
@@ -205,7 +211,6 @@ class RemotePeer:
             elif item.type == "transport":
                 s.bytes_received = item.bytesReceived
                 s.bytes_sent = item.bytesSent
-        return s
 
     async def close(self) -> None:
         if self.closed:

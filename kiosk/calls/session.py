@@ -59,6 +59,7 @@ class CallSession:
         self.active = False
         self.first_remote_frame_ms: float | None = None
         self.recorder: SessionRecorder | None = None
+        self.final_stats: SessionStats | None = None
         self.recording = False
         self.audio_mode: str | None = None
         self.speaker: SpeakerSink | None = None
@@ -94,6 +95,11 @@ class CallSession:
         self.active = True
         self.self_user = RTCUser.from_json(reply["self"])
         self.ice_servers = list(reply.get("iceServers") or [])
+        if reply.get("audioOnly") and not self.audio_only:
+            # The session is an audio call (rung as audio): send no video until someone switches.
+            self.audio_only = True
+            self.video.set_enabled(False)
+        self._view_hook("set_mode", self.mode)
         for data in reply.get("participants", []):
             participant = self._participant_from(data)
             self.participants[participant.user.uid] = participant
@@ -118,8 +124,17 @@ class CallSession:
             self._idle_task.cancel()
         if notify_server and self.calls.signaling.connected:
             with contextlib.suppress(CallsError):
+                if self.recording:
+                    await self.calls.signaling.request(
+                        "recording", sessionId=self.session_id, recording=False
+                    )
                 await self.calls.signaling.request("leave", sessionId=self.session_id)
+        self._view_hook("close")
         await self._stop_recording_files()
+        try:
+            self.final_stats = await self.stats()
+        except Exception:  # stats are a report, never a reason not to hang up
+            log.exception("final stats failed")
         await asyncio.gather(*(peer.close() for peer in self.peers.values()), return_exceptions=True)
         self.peers.clear()
         await self.video.close()
@@ -142,10 +157,15 @@ class CallSession:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if exc is None:
+            return
+        if not self.active:
+            log.debug("session task failed after the session ended: %s", exc)
+        elif isinstance(exc, CallsError):
+            self._emit_error(exc.code, exc.message)
+        else:
             log.error("session task failed", exc_info=exc)
-            if self.active:
-                self._emit_error("INTERNAL", f"{type(exc).__name__}: {exc}")
+            self._emit_error("INTERNAL", f"{type(exc).__name__}: {exc}")
 
     # ----------------------------------------------------------------- participants and media
 
@@ -158,7 +178,9 @@ class CallSession:
         )
 
     def user_list(self) -> list[RTCUser]:
-        return [p.user for p in self.participants.values()]
+        """Everyone in the session, this endpoint first (the documents: "all current participants")."""
+        me = [self.self_user] if self.self_user is not None else []
+        return me + [p.user for p in self.participants.values()]
 
     def _new_peer(self, participant: RemoteParticipant) -> RemotePeer:
         old = self.peers.pop(participant.user.uid, None)
@@ -208,12 +230,7 @@ class CallSession:
             self.first_remote_frame_ms = (time.monotonic() - self.started_at) * 1000
         if self.recorder is not None:
             self.recorder.write(uid, frame)
-        render = getattr(self.view, "render_frame", None)
-        if render is not None:
-            try:
-                render(uid, frame)
-            except Exception:
-                log.exception("view.render_frame failed")
+        self._view_hook("render_frame", uid, frame)
 
     def _on_remote_audio(self, uid: str, frame: av.AudioFrame) -> None:
         if self.speaker is not None:
@@ -228,6 +245,16 @@ class CallSession:
     def _on_peer_state(self, peer: RemotePeer, state: str) -> None:
         if state == "failed" and self.active:
             self._emit_error("PEER_CONNECTION_FAILED", f"media connection to {peer.uid} failed")
+
+    def _view_hook(self, name: str, *args: Any) -> None:
+        """Call the view's method `name` if it has one; a failing view never breaks the call."""
+        hook = getattr(self.view, name, None)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("view.%s failed", name)
 
     def _device_error(self, exc: Exception) -> None:
         code = "DEVICE_ERROR" if isinstance(exc, DeviceError) else "MEDIA_ERROR"
@@ -254,10 +281,7 @@ class CallSession:
             peer = self.peers.pop(uid, None)
             if peer is not None:
                 self._spawn(peer.close())
-            remove = getattr(self.view, "remove_participant", None)
-            if remove is not None:
-                with contextlib.suppress(Exception):
-                    remove(uid)
+            self._view_hook("remove_participant", uid)
             self._update_idle_timer()
             if participant is not None:
                 self.calls.listeners.emit("on_user_left", participant.user)
@@ -309,6 +333,7 @@ class CallSession:
         if self.active and not self.participants:
             await self.calls._end_session_from(self, notify_server=True)
             self.calls.listeners.emit("on_session_timeout")
+            self.calls._session_over(self)
 
     def stay(self) -> None:
         """Restart the idle countdown (the "stay" button of the timeout warning)."""
@@ -354,9 +379,15 @@ class CallSession:
         cameras = self.calls.devices.video_inputs()
         if len(cameras) < 2:
             raise NotSupportedError("switch_camera(): this device has only one camera")
+        current = next((c for c in cameras if c.device_id == self.video.device_id), None)
+        if current is not None and current.facing in ("front", "back"):
+            # Flip front <-> back, as the documents describe, when the cameras say which way they face.
+            flipped = next((c for c in cameras if c.facing not in (None, current.facing)), None)
+            if flipped is not None:
+                self.video.select(flipped.device_id)
+                return
         ids = [c.device_id for c in cameras]
-        current = self.video.device_id
-        following = ids[(ids.index(current) + 1) % len(ids)] if current in ids else ids[0]
+        following = ids[(ids.index(current.device_id) + 1) % len(ids)] if current is not None else ids[0]
         self.video.select(following)
 
     def set_video_input_device(self, device_id: str) -> None:
@@ -432,17 +463,15 @@ class CallSession:
             self.mode = parse_enum(Mode, mode, "mode")
         except ValueError as exc:
             raise CallsError("INVALID_MODE", str(exc)) from None
-        hook = getattr(self.view, "set_mode", None)
-        if hook is not None:
-            hook(self.mode)
+        self._view_hook("set_mode", self.mode)
 
     def set_pip(self, pip: bool) -> None:
         self.pip = pip
-        hook = getattr(self.view, "set_pip", None)
-        if hook is not None:
-            hook(pip)
+        self._view_hook("set_pip", pip)
 
     def start_screen_share(self) -> None:
+        if self.video.sharing_screen:
+            return
         try:
             self.video.share_screen(True)
         except DeviceError as exc:

@@ -44,7 +44,11 @@ class MainVideoContainerSetting:
     user_list_button: ButtonParams = field(default_factory=lambda: ButtonParams(Position.BOTTOM_RIGHT))
 
     def set_main_video_aspect_ratio(self, ratio: AspectRatio | str) -> MainVideoContainerSetting:
-        return dataclasses.replace(self, aspect_ratio=parse_enum(AspectRatio, ratio, "aspect ratio"))
+        try:
+            aspect_ratio = parse_enum(AspectRatio, ratio, "aspect ratio")
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        return dataclasses.replace(self, aspect_ratio=aspect_ratio)
 
     def set_full_screen_button_params(
         self, position: Position | str, visible: bool
@@ -190,6 +194,7 @@ class CallSettingsBuilder:
     # The other platforms' spellings of the same setters.
     set_default_layout_enable = enable_default_layout  # Android
     set_default_layout = enable_default_layout  # iOS
+    default_layout = enable_default_layout  # Flutter (a property there)
     set_is_audio_only = set_is_audio_only_call  # Android, iOS
     set_audio_only_call = set_is_audio_only_call  # Flutter
     set_event_listener = set_call_listener  # Android

@@ -121,13 +121,14 @@ async def start_server(config: ServerConfig) -> RunningServer:
 
 async def _serve(config: ServerConfig) -> None:
     server = await start_server(config)
-    log.info("listening on %s", server.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
+        # Only now: whoever waits for this line may signal at once.
+        log.info("listening on %s", server.url)
         await stop.wait()
         log.info("stopping")
     finally:

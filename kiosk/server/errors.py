@@ -18,7 +18,7 @@ _CODE_FOR_STATUS: dict[int, ErrorCode] = {
     401: ErrorCode.UNAUTHORIZED,
     403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
-    405: ErrorCode.NOT_FOUND,  # no route for this method
+    405: ErrorCode.NOT_FOUND,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
 }
 
@@ -41,13 +41,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _CODE_FOR_STATUS.get(
             exc.status, ErrorCode.INTERNAL if exc.status >= 500 else ErrorCode.BAD_REQUEST
         )
-        if exc.status in (404, 405):
-            message = f"no route {request.method} {request.path}"
-        elif exc.status == 413:
+        status = exc.status
+        if status in (404, 405):
+            # A path that exists for another method is still "no such route" for this request.
+            status, message = 404, f"no route {request.method} {request.path}"
+        elif status == 413:
             message = "request body over 64 KiB"
         else:
             message = exc.reason
-        return error_response(code, message, exc.status)
+        return error_response(code, message, status)
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -24,6 +24,8 @@ HEARTBEAT_SECONDS = 20.0
 # Frames up to this size are read and refused with PAYLOAD_TOO_LARGE (the limit is 64 KiB); larger
 # ones make aiohttp close the connection (1009) instead of buffering arbitrary amounts.
 MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
+# How long closing waits for the client's close frame (server shutdown closes every connection).
+CLOSE_TIMEOUT_SECONDS = 3.0
 
 Handler = Callable[[ServerContext, Connection, User, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
@@ -143,7 +145,9 @@ async def _disconnected(ctx: ServerContext, conn: Connection) -> None:
 @routes.get("/v1/ws")
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     ctx = request.app[CONTEXT]
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_FRAME_BYTES)
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT_SECONDS
+    )
     await ws.prepare(request)
     conn = Connection(ws, request.transport)
     conn.start()

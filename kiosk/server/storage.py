@@ -129,6 +129,11 @@ FROM calls c JOIN users i ON i.uid = c.initiator_uid JOIN users r ON r.uid = c.r
 """
 
 
+_UPDATABLE_COLUMNS = frozenset(
+    {"status", "type", "joined_at", "ended_at", "duration_seconds", "has_recording"}
+)
+
+
 def _call_from_row(row: tuple[Any, ...]) -> Call:
     return Call(
         session_id=row[0],
@@ -239,6 +244,9 @@ class SqliteDatabase:
     def update_call(
         self, session_id: str, if_status: Collection[CallStatus] | None, changes: dict[str, Any]
     ) -> Call | None:
+        unknown = set(changes) - _UPDATABLE_COLUMNS
+        if unknown:  # column names go into the SQL text, so only known ones
+            raise ValueError(f"cannot update {sorted(unknown)}")
         conn = self.connect()
         sets = ", ".join(f"{column} = ?" for column in changes) or "session_id = session_id"
         sql = f"UPDATE calls SET {sets} WHERE session_id = ?"

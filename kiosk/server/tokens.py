@@ -34,8 +34,9 @@ def hash_secret(secret: str) -> str:
 
 
 def new_secret() -> str:
-    """A fresh random auth token or admin key (256 bits, URL-safe)."""
-    return secrets.token_urlsafe(32)
+    """A fresh random auth token or admin key: 256 bits as hex. (Not base64: a leading "-" would make
+    `--auth-token <token>` look like an option to argparse.)"""
+    return secrets.token_hex(32)
 
 
 def _create_exclusive(path: Path, data: bytes) -> bool:

@@ -1,0 +1,74 @@
+"""Pieces the benchmarks share: an embedded call server with users, and loopback-only ICE."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from kiosk.calls import ice
+from kiosk.server.app import RunningServer, start_server
+from kiosk.server.config import ServerConfig
+
+LOOPBACK = ["127.0.0.1"]
+
+
+def loopback_only() -> None:
+    """Host candidates on 127.0.0.1 only, for the SDK and the bare baselines alike (process-wide)."""
+    ice.restrict_host_addresses(LOOPBACK)
+
+
+@dataclass(frozen=True)
+class BenchServer:
+    server: RunningServer
+    tmp: Path
+    tokens: dict[str, str]  # uid -> auth token
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@asynccontextmanager
+async def bench_server(*uids: str) -> AsyncIterator[BenchServer]:
+    """An embedded call server on 127.0.0.1 (port 0) in a temp dir, with these users created."""
+    admin_key = secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="kiosk-bench-") as tmp:
+        config = ServerConfig(host="127.0.0.1", port=0, data_dir=Path(tmp) / "server", admin_key=admin_key)
+        server = await start_server(config)
+        try:
+            tokens = {}
+            async with aiohttp.ClientSession() as http:
+                for uid in uids:
+                    async with http.post(
+                        f"{server.url}/v1/users",
+                        json={"uid": uid, "name": uid},
+                        headers={"X-Admin-Key": admin_key},
+                    ) as response:
+                        body = await response.json()
+                        if response.status != 201:
+                            raise RuntimeError(f"creating user {uid}: {body}")
+                        tokens[uid] = str(body["authToken"])
+            yield BenchServer(server, Path(tmp), tokens)
+        finally:
+            await server.close()
+
+
+def new_session_id() -> str:
+    return "bench-" + uuid.uuid4().hex[:12]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,86 @@
+"""The benchmark harness works end to end in quick mode. It checks the harness, never the speed."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = {"call_setup", "cpu_per_call_second_vp8", "cpu_per_call_second_h264"}
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(output.read_text())
+
+    machine = document["machine"]
+    for key in ("cpu_model", "cores", "python", "aiortc", "av", "date"):
+        assert machine[key], key
+    assert document["mode"] == "quick"
+
+    records = {r["figure"]: r for r in document["records"]}
+    assert set(records) == FIGURES
+    for name, r in records.items():
+        assert "error" not in r, (name, r.get("error"))
+        for key in ("value", "baseline", "ratio", "target"):
+            assert _positive_number(r[key]), (name, key, r[key])
+        assert r["runs"] >= 1 and len(r["samples"]) == r["runs"]
+        assert r["spread"]["min"] <= r["value"] <= r["spread"]["max"]
+        assert isinstance(r["passed"], bool) and r["unit"]
+        assert name in done.stdout  # the table names every figure
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    # bench/ is not an installed package: it is imported from the checkout, as `python -m bench` does.
+    monkeypatch.syspath_prepend(str(ROOT))
+    return importlib.import_module("bench.harness")
+
+
+def _bench(harness: ModuleType, name: str) -> Any:
+    async def run(settings: Any) -> Any:
+        raise AssertionError("not run here")
+
+    return harness.Benchmark(name, "ms", 1.5, "subject", "baseline", run)
+
+
+def test_summary_is_median_based_and_compares_with_target(harness: ModuleType) -> None:
+    samples = harness.Samples([30.0, 10.0, 20.0, 1000.0], [10.0, 10.0, 12.0, 11.0])
+    record = harness.summarise(_bench(harness, "x"), samples)
+    assert record["value"] == 25.0 and record["baseline"] == 10.5
+    assert record["spread"]["min"] == 10.0 and record["spread"]["max"] == 1000.0
+    assert record["ratio"] == pytest.approx(25.0 / 10.5) and record["passed"] is False
+    assert record["runs"] == 4
+
+
+def test_only_selects_by_name_or_prefix(harness: ModuleType) -> None:
+    names = ["call_setup", "cpu_per_call_second_vp8", "cpu_per_call_second_h264"]
+    benches = [_bench(harness, n) for n in names]
+    assert [b.name for b in harness.select(benches, ["cpu_per_call_second"])] == [
+        "cpu_per_call_second_vp8",
+        "cpu_per_call_second_h264",
+    ]
+    assert [b.name for b in harness.select(benches, ["call_setup"])] == ["call_setup"]
+    with pytest.raises(SystemExit):
+        harness.select(benches, ["nothing"])

@@ -1,0 +1,158 @@
+"""The `kiosk` command as a person uses it: server, users, two headless endpoints, and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+KIOSK = [sys.executable, "-m", "kiosk.cli"]
+ADMIN_KEY = "cli-test-admin-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KIOSK, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    port = _free_port()
+    data = tmp_path / "data"
+    env = {**os.environ, "KIOSK_ADMIN_KEY": ADMIN_KEY}
+    proc = subprocess.Popen(
+        [*KIOSK, "server", "--port", str(port), "--data-dir", str(data), "--ring-timeout", "20"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/v1/me", timeout=1)
+        except urllib.error.HTTPError:
+            break  # 401: the server is up
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(
+                    f"server did not start: {proc.stdout.read() if proc.stdout else ''}"
+                ) from None
+            time.sleep(0.1)
+    yield url, data
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _add_user(data: Path, uid: str) -> str:
+    done = _run("users", "add", uid, "--name", uid.title(), "--data-dir", str(data))
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert token and " " not in token
+    return token
+
+
+def _endpoint(url: str, token: str, *args: str, report: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *KIOSK,
+            "endpoint",
+            "--server",
+            url,
+            "--auth-token",
+            token,
+            "--loopback",
+            "--report",
+            str(report),
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_users_add_and_duplicate(server_process):
+    _, data = server_process
+    _add_user(data, "alice")
+    again = _run("users", "add", "alice", "--name", "Alice", "--data-dir", str(data))
+    assert again.returncode == 1
+    assert "alice" in again.stderr and "Traceback" not in again.stderr
+    listed = _run("users", "list", "--data-dir", str(data))
+    assert listed.returncode == 0 and "alice" in listed.stdout
+
+
+def test_two_endpoint_processes_join_one_session(server_process, tmp_path):
+    url, data = server_process
+    tokens = {uid: _add_user(data, uid) for uid in ("door", "desk")}
+    procs = {
+        uid: _endpoint(url, token, "--session", "lobby", "--duration", "4", report=tmp_path / f"{uid}.json")
+        for uid, token in tokens.items()
+    }
+    outputs = {uid: proc.communicate(timeout=40) for uid, proc in procs.items()}
+    for uid, proc in procs.items():
+        out, err = outputs[uid]
+        assert proc.returncode == 0, f"{uid}: {out}\n{err}"
+        assert "Traceback" not in err
+        report = json.loads((tmp_path / f"{uid}.json").read_text())
+        assert report["ok"] is True
+        (other,) = report["stats"]["participants"].values()
+        assert other["video_frames_decoded"] > 10 and other["audio_frames_decoded"] > 10
+        events = [line.get("event") for line in _lines(out)]
+        assert "on_user_list_changed" in events
+
+
+def test_endpoint_calls_and_another_answers(server_process, tmp_path):
+    url, data = server_process
+    caller, callee = _add_user(data, "gate"), _add_user(data, "office")
+    answering = _endpoint(url, callee, "--answer", "--duration", "10", report=tmp_path / "office.json")
+    time.sleep(1.5)  # let the answering endpoint log in before it is called
+    calling = _endpoint(
+        url, caller, "--call", "office", "--audio-only", "--duration", "3", report=tmp_path / "gate.json"
+    )
+    out_caller, err_caller = calling.communicate(timeout=40)
+    out_callee, err_callee = answering.communicate(timeout=40)
+    assert calling.returncode == 0, f"{out_caller}\n{err_caller}"
+    assert answering.returncode == 0, f"{out_callee}\n{err_callee}"
+    callee_events = [line.get("event") for line in _lines(out_callee)]
+    assert "on_incoming_call_received" in callee_events and "on_call_ended" in callee_events
+    report = json.loads((tmp_path / "gate.json").read_text())
+    (office,) = report["stats"]["participants"].values()
+    assert office["audio_frames_decoded"] > 10 and office["video_frames_decoded"] == 0
+
+
+def test_endpoint_with_a_bad_token_says_so(server_process, tmp_path):
+    url, _ = server_process
+    proc = _endpoint(url, "wrong-token", "--session", "x", "--duration", "1", report=tmp_path / "r.json")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert any(line.get("data", {}).get("code") == "UNAUTHORIZED" for line in _lines(out))
+    assert "Traceback" not in err
+
+
+def test_demo_exits_zero_when_media_flows():
+    done = _run("demo", "--duration", "2", timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo: media flowed both ways" in done.stdout
+    assert "front-door received from reception" in done.stdout
