@@ -208,6 +208,28 @@ async def test_call_token(
     assert jwt.decode(again["token"], options={"verify_signature": False})["jti"] != claims["jti"]
 
 
+async def test_a_rung_calls_session_gives_tokens_only_to_its_parties(
+    call_server: RunningServer, http: aiohttp.ClientSession, create_user: CreateUser
+) -> None:
+    amy, ben, eve = await create_user("amy"), await create_user("ben"), await create_user("eve")
+    status, call = await fetch(
+        http,
+        "POST",
+        f"{call_server.url}/v1/calls",
+        json={"receiverUid": "ben", "callType": "video"},
+        headers=amy.headers,
+    )
+    assert status == 201
+    url = f"{call_server.url}/v1/calls/token"
+    for party in (amy, ben):
+        status, _ = await fetch(
+            http, "POST", url, json={"sessionId": call["sessionId"]}, headers=party.headers
+        )
+        assert status == 200
+    status, error = await fetch(http, "POST", url, json={"sessionId": call["sessionId"]}, headers=eve.headers)
+    assert_error(status, error, 403, "FORBIDDEN")
+
+
 @pytest.mark.parametrize("body", [{}, {"sessionId": 5}, {"sessionId": "has space"}, {"sessionId": ""}])
 async def test_call_token_bad_body_is_400(
     call_server: RunningServer, http: aiohttp.ClientSession, create_user: CreateUser, body: dict[str, Any]

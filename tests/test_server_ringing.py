@@ -197,13 +197,18 @@ async def test_end_before_answer_cancels_and_end_of_ongoing_ends_the_session(
     call = await rest.ring(amy, "bob")
     session_id = call["sessionId"]
     await rest.act(bob, session_id, "accept")
+    # A third user may not get into the two parties' session.
     cat = await create_user("cat")
-    cat_ws = await ws_connect(cat)
-    for ws in (amy_ws, bob_ws, cat_ws):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{rest.server.url}/v1/calls/token", json={"sessionId": session_id}, headers=cat.headers
+        ) as r:
+            assert r.status == 403
+    for ws in (amy_ws, bob_ws):
         await ws.join(session_id)
     status, ended = await rest.act(bob, session_id, "end")
     assert status == 200 and ended["status"] == "ended"
-    for ws in (amy_ws, bob_ws, cat_ws):
+    for ws in (amy_ws, bob_ws):
         over = await ws.wait_for("session.ended")
         assert over == {"type": "session.ended", "sessionId": session_id, "reason": "ended", "by": bob.public}
     for ws in (amy_ws, bob_ws):
@@ -286,12 +291,32 @@ async def test_unanswered_after_the_ring_timeout(
     assert unanswered["sessionId"] == call["sessionId"] and unanswered["endedAt"] is not None
     status, error = await rest.act(bob, call["sessionId"], "accept")
     assert (status, error["error"]["code"]) == (409, "INVALID_STATE")
-    # Answered calls are not timed out.
+    # Answered and joined calls are not timed out.
     call = await rest.ring(amy, "bob")
     await rest.act(bob, call["sessionId"], "accept")
+    await updated(amy_ws, "ongoing")
+    await bob_ws.join(call["sessionId"])
     await asyncio.sleep(0.5)
     status, current = await rest("GET", f"/calls/{call['sessionId']}", amy)
     assert current["status"] == "ongoing"
+    await bob_ws.call("leave", sessionId=call["sessionId"])
+    await updated(amy_ws, "ended")
+
+
+@pytest.mark.parametrize("call_server", [0.3], indirect=True)
+async def test_an_accepted_call_nobody_joins_ends_after_the_ring_timeout(
+    rest: Rest, pair: tuple[TestUser, TestUser, SignalingClient, SignalingClient]
+) -> None:
+    amy, bob, amy_ws, bob_ws = pair
+    call = await rest.ring(amy, "bob")
+    status, _ = await rest.act(bob, call["sessionId"], "accept")
+    assert status == 200
+    await updated(amy_ws, "ongoing")
+    ended = await updated(amy_ws, "ended")
+    assert ended["sessionId"] == call["sessionId"]
+    # nobody is left busy: bob can be called again and it rings
+    again = await rest.ring(amy, "bob")
+    assert again["status"] == "initiated"
 
 
 async def test_call_requests_are_checked(

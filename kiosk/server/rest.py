@@ -95,7 +95,12 @@ async def call_token(request: web.Request) -> web.Response:
     user = await _user(request)
     body = await read_json_object(request)
     ctx = _ctx(request)
-    issued = ctx.tokens.issue(user.uid, require_id(body, "sessionId"))
+    session_id = require_id(body, "sessionId")
+    call = await ctx.storage.get_call(session_id)
+    if call is not None and user.uid not in (call.initiator.uid, call.receiver.uid):
+        # A rung call's session belongs to its two parties; nobody else may listen in.
+        raise ProtocolError(ErrorCode.FORBIDDEN, "this session belongs to a call between two other users")
+    issued = ctx.tokens.issue(user.uid, session_id)
     return web.json_response(
         {
             "token": issued.token,

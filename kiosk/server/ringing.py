@@ -119,7 +119,9 @@ class Calls:
             _require_initiated(call)
             return Change(status=CallStatus.ONGOING, joined_at=now_ms())
 
-        return await self._change(session_id, decide)
+        call = await self._change(session_id, decide)
+        self._timers[session_id] = asyncio.create_task(self._join_deadline(session_id))
+        return call
 
     async def reject(self, user: User, session_id: str, status: CallStatus) -> Call:
         def decide(call: Call) -> Change:
@@ -191,6 +193,29 @@ class Calls:
             pass  # answered or ended meanwhile
         except Exception:
             log.exception("ring timeout of call %s failed", session_id)
+        finally:
+            self._timers.pop(session_id, None)
+
+    async def _join_deadline(self, session_id: str) -> None:
+        """An accepted call that nobody joins (the app crashed after accepting) must not leave both
+        users busy for ever: after the ring timeout with an empty session, it ends."""
+        await asyncio.sleep(self._config.ring_timeout)
+        session = await self._state.get_session(session_id)
+        if session is not None and session.participants:
+            self._timers.pop(session_id, None)
+            return
+
+        def decide(call: Call) -> Change:
+            if call.status != CallStatus.ONGOING:
+                raise ProtocolError(ErrorCode.INVALID_STATE, "not ongoing")
+            return _final(call, CallStatus.ENDED)
+
+        try:
+            await self._change(session_id, decide)
+        except ProtocolError:
+            pass  # ended meanwhile
+        except Exception:
+            log.exception("join deadline of call %s failed", session_id)
         finally:
             self._timers.pop(session_id, None)
 
