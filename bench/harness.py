@@ -231,9 +231,11 @@ async def run_all(benchmarks: list[Benchmark], settings: RunSettings) -> list[di
     return records
 
 
-def write_results(path: Path, settings: RunSettings, records: list[dict[str, Any]]) -> None:
+def write_results(
+    path: Path, settings: RunSettings, machine: dict[str, Any], records: list[dict[str, Any]]
+) -> None:
     document = {
-        "machine": machine_description(),
+        "machine": machine,
         "mode": "quick" if settings.quick else "full",
         "repeat_override": settings.repeat,
         "records": records,
@@ -271,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = RunSettings(quick=args.quick, repeat=args.repeat)
     chosen = select(benchmarks, args.only)
+    machine = machine_description()  # before the run: its date and load average are the starting ones
     records = asyncio.run(run_all(chosen, settings))
-    write_results(args.output, settings, records)
+    write_results(args.output, settings, machine, records)
     print(format_table(records))
     print(f"results written to {args.output}")
     # Exit status says whether the harness worked, not whether targets were met.
