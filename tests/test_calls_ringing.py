@@ -140,7 +140,10 @@ async def test_unanswered_after_the_ring_timeout(tmp_path):
 
 
 async def test_an_audio_call_answered_with_default_settings_stays_audio(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "door", "desk") as (door, desk):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "door", "desk") as (door, desk),
+    ):
         call = await door.calls.initiate_call("desk", CallType.AUDIO)
         await desk.events.wait_for("on_incoming_call_received")
         await desk.calls.accept_call(call.session_id)

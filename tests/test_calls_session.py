@@ -335,7 +335,10 @@ async def test_screen_share_when_the_device_has_a_screen(tmp_path):
 
 
 async def test_losing_the_server_ends_the_call_cleanly(tmp_path):
-    async with running_server(tmp_path / "server") as server, endpoints(server.url, tmp_path, "alice", "bob") as (a, b):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
         session = new_session_id()
         settings = CallSettingsBuilder().set_call_listener(a.events).build()
         a.calls.remove_call_event_listener("test")  # alice hears events only through her settings
@@ -352,3 +355,30 @@ async def test_losing_the_server_ends_the_call_cleanly(tmp_path):
             a.calls.mute_audio(True)
         # the session's settings listener hears nothing after its session
         assert a.calls.listeners.listeners() == []
+
+
+async def test_default_audio_mode_and_output_device_selection(tmp_path):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice") as (a,),
+    ):
+        settings = CallSettingsBuilder().set_default_audio_mode("BLUETOOTH").build()
+        await a.join(new_session_id(), settings)
+        # no Bluetooth device: the call starts on the first present mode, and says so
+        error = (await a.events.wait_for("on_error"))[0]
+        assert error.code == "AUDIO_MODE_UNAVAILABLE" and "BLUETOOTH" in error.message
+        assert a.calls.session.audio_mode == "SPEAKER"
+        outputs = {d.audio_mode: d.device_id for d in a.calls.get_audio_output_devices()}
+        a.calls.set_audio_output_device(outputs["EARPIECE"])
+        assert a.calls.session.audio_mode == "EARPIECE"
+        modes = a.events.of("on_audio_mode_changed")[-1][0]
+        assert [m.mode for m in modes if m.selected] == ["EARPIECE"]
+        # a headset appears: the mode list grows and it can be chosen
+        from kiosk.media.devices import MediaDeviceInfo
+
+        a.devices.plug(MediaDeviceInfo("bt-1", "Headset", "audiooutput", audio_mode="BLUETOOTH"))
+        await wait_until(
+            lambda: any(m.mode == "BLUETOOTH" for m in a.events.of("on_audio_mode_changed")[-1][0]), 3, "BT"
+        )
+        a.calls.set_audio_mode("AUDIO_MODE_BLUETOOTH")
+        assert a.calls.session.audio_mode == "BLUETOOTH"

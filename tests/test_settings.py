@@ -152,3 +152,13 @@ def test_each_event_reaches_a_listener_once_under_its_platform_spelling():
 def test_a_plain_call_event_listener_is_a_valid_settings_listener():
     settings = CallSettingsBuilder().set_call_listener(CallEventListener()).build()
     assert isinstance(settings.listener, CallEventListener)
+
+
+def test_constants_accept_the_documents_prefixed_spellings():
+    from kiosk.calls import AUDIO_MODE_EARPIECE, MODE_SINGLE
+
+    assert Mode.MODE_SPOTLIGHT is Mode.SPOTLIGHT and list(Mode) == [Mode.DEFAULT, Mode.SPOTLIGHT, Mode.SINGLE]
+    assert AudioMode.AUDIO_MODE_BLUETOOTH is AudioMode.BLUETOOTH and AUDIO_MODE_EARPIECE == "EARPIECE"
+    assert AvatarMode.AVATAR_MODE_SQUARE is AvatarMode.SQUARE
+    settings = CallSettingsBuilder().set_mode(MODE_SINGLE).default_layout(False).build()
+    assert settings.mode is Mode.SINGLE and settings.default_layout is False

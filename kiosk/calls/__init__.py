@@ -14,6 +14,16 @@ See docs/api.md for every name and how it maps to the documents.
 
 from kiosk.calls.client import Call, CallLogPage, Calls, GenerateToken
 from kiosk.calls.constants import (
+    AUDIO_MODE_BLUETOOTH,
+    AUDIO_MODE_EARPIECE,
+    AUDIO_MODE_HEADPHONES,
+    AUDIO_MODE_SPEAKER,
+    AVATAR_MODE_CIRCLE,
+    AVATAR_MODE_FULLSCREEN,
+    AVATAR_MODE_SQUARE,
+    MODE_DEFAULT,
+    MODE_SINGLE,
+    MODE_SPOTLIGHT,
     AspectRatio,
     AudioMode,
     AvatarMode,
@@ -45,6 +55,16 @@ from kiosk.calls.settings import CallSettings, CallSettingsBuilder, MainVideoCon
 from kiosk.media.devices import MediaDeviceInfo
 
 __all__ = [
+    "AUDIO_MODE_BLUETOOTH",
+    "AUDIO_MODE_EARPIECE",
+    "AUDIO_MODE_HEADPHONES",
+    "AUDIO_MODE_SPEAKER",
+    "AVATAR_MODE_CIRCLE",
+    "AVATAR_MODE_FULLSCREEN",
+    "AVATAR_MODE_SQUARE",
+    "MODE_DEFAULT",
+    "MODE_SINGLE",
+    "MODE_SPOTLIGHT",
     "AspectRatio",
     "AudioMode",
     "AudioModeInfo",

@@ -398,7 +398,10 @@ class CallSession:
 
     def set_audio_output_device(self, device_id: str) -> None:
         device = self.calls.devices.find(device_id, "audiooutput")
+        before = self.audio_mode
         self._open_speaker(device)
+        if self.audio_mode != before:
+            self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
 
     def _open_speaker(self, device: MediaDeviceInfo) -> None:
         new = self.calls.devices.open_speaker(device.device_id)
@@ -413,6 +416,11 @@ class CallSession:
         modes = self.calls.devices.audio_modes()
         wanted = self.settings.default_audio_mode
         mode = wanted if wanted in modes else (modes[0] if modes else None)
+        if wanted is not None and wanted not in modes:
+            self._emit_error(
+                "AUDIO_MODE_UNAVAILABLE",
+                f"default audio mode {wanted} has no device now; using {mode or 'none'}",
+            )
         if mode is not None:
             device = self.calls.devices.output_for_mode(mode)
             if device is not None:
