@@ -104,3 +104,20 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: 
 
 def new_session_id() -> str:
     return "s-" + uuid.uuid4().hex[:12]
+
+
+async def video_frames(endpoint: Endpoint, uid: str) -> int:
+    """Video frames `endpoint` has decoded from `uid` so far."""
+    stats = await endpoint.stats_from(uid)
+    return stats.video_frames_decoded if stats else 0
+
+
+async def audio_frames(endpoint: Endpoint, uid: str) -> int:
+    stats = await endpoint.stats_from(uid)
+    return stats.audio_frames_decoded if stats else 0
+
+
+async def audio_level(endpoint: Endpoint, uid: str) -> float:
+    """RMS level of what `endpoint` heard from `uid` over the last 200 ms (0..1)."""
+    stats = await endpoint.stats_from(uid)
+    return stats.audio_level if stats else 0.0

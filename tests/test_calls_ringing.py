@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from calls_support import endpoints, running_server, wait_until
+from calls_support import audio_frames, endpoints, running_server, video_frames, wait_until
 
 from kiosk.calls import CallsError, CallStatus, CallType
 
@@ -37,7 +37,7 @@ async def test_accept_then_end_call_both_sides_and_logs(tmp_path):
         await desk.join(call.session_id)
         assert await door.calls.get_call_participant_count(call.session_id, "default") == 2
         assert await door.calls.get_call_participant_count(call.session_id, "direct") == 0
-        await wait_until(lambda: _frames(desk, "door"), 15, "media")
+        await wait_until(lambda: video_frames(desk, "door"), 15, "media")
         await asyncio.sleep(1.1)  # a call that lasts at least a second
 
         # the documents' ringing end: end_call, then the other side gets on_call_ended
@@ -52,11 +52,6 @@ async def test_accept_then_end_call_both_sides_and_logs(tmp_path):
             entry = await _log_entry(ep, call.session_id)
             assert entry is not None and entry.status == CallStatus.ENDED
             assert entry.direction == direction and entry.duration_seconds >= 1
-
-
-async def _frames(endpoint, uid):
-    stats = await endpoint.stats_from(uid)
-    return stats.video_frames_decoded if stats else 0
 
 
 async def test_reject(tmp_path):
@@ -139,7 +134,7 @@ async def test_unanswered_after_the_ring_timeout(tmp_path):
         assert (await desk.calls.get_call_logs(status="ended")).total == 0
 
 
-async def test_an_audio_call_answered_with_default_settings_stays_audio(tmp_path):
+async def test_an_audio_call_answered_with_default_settings_staysaudio_frames(tmp_path):
     async with (
         running_server(tmp_path / "server") as server,
         endpoints(server.url, tmp_path, "door", "desk") as (door, desk),
@@ -149,14 +144,9 @@ async def test_an_audio_call_answered_with_default_settings_stays_audio(tmp_path
         await desk.calls.accept_call(call.session_id)
         await door.join(call.session_id)
         await desk.join(call.session_id)  # default settings: video allowed, but the call is audio
-        await wait_until(lambda: _audio(door, "desk"), 15, "desk's audio at the door")
+        await wait_until(lambda: audio_frames(door, "desk"), 15, "desk's audio at the door")
         await asyncio.sleep(1.0)
-        assert await _frames(door, "desk") == 0 and await _frames(desk, "door") == 0
+        assert await video_frames(door, "desk") == 0 and await video_frames(desk, "door") == 0
         assert desk.calls.session.audio_only
         door.calls.switch_to_video_call()
-        await wait_until(lambda: _frames(door, "desk"), 10, "video after the switch")
-
-
-async def _audio(endpoint, uid):
-    stats = await endpoint.stats_from(uid)
-    return stats.audio_frames_decoded if stats else 0
+        await wait_until(lambda: video_frames(door, "desk"), 10, "video after the switch")

@@ -6,7 +6,14 @@ import asyncio
 
 import av
 import pytest
-from calls_support import endpoints, new_session_id, running_server, wait_until
+from calls_support import (
+    audio_level,
+    endpoints,
+    new_session_id,
+    running_server,
+    video_frames,
+    wait_until,
+)
 
 from kiosk.calls import (
     CallsError,
@@ -17,16 +24,6 @@ from kiosk.calls import (
     SessionNotActiveError,
 )
 from kiosk.calls.peer import SILENCE_RMS
-
-
-async def _video_frames(endpoint, uid: str) -> int:
-    stats = await endpoint.stats_from(uid)
-    return stats.video_frames_decoded if stats else 0
-
-
-async def _audio_level(endpoint, uid: str) -> float:
-    stats = await endpoint.stats_from(uid)
-    return stats.audio_level if stats else 0.0
 
 
 async def test_two_endpoints_media_both_ways_and_events(tmp_path):
@@ -46,8 +43,8 @@ async def test_two_endpoints_media_both_ways_and_events(tmp_path):
         assert [u.uid for u in b.events.of("on_user_list_changed")[-1][0]] == ["bob", "alice"]
 
         for receiver, sender in ((a, "bob"), (b, "alice")):
-            await wait_until(lambda r=receiver, s=sender: _video_frames(r, s), 15, f"video at {receiver.uid}")
-            await wait_until(lambda r=receiver, s=sender: _audio_level(r, s), 15, f"audio at {receiver.uid}")
+            await wait_until(lambda r=receiver, s=sender: video_frames(r, s), 15, f"video at {receiver.uid}")
+            await wait_until(lambda r=receiver, s=sender: audio_level(r, s), 15, f"audio at {receiver.uid}")
         stats = await a.calls.get_session_stats()
         bob = stats.participants["bob"]
         assert bob.audio_level > 0.05, "the tone reaches the other side at a clear level"
@@ -69,8 +66,8 @@ async def test_mute_and_pause_reach_the_other_side(tmp_path):
         session = new_session_id()
         await a.join(session)
         await b.join(session)
-        await wait_until(lambda: _audio_level(b, "alice"), 15, "alice's audio at bob")
-        await wait_until(lambda: _video_frames(b, "alice"), 15, "alice's video at bob")
+        await wait_until(lambda: audio_level(b, "alice"), 15, "alice's audio at bob")
+        await wait_until(lambda: video_frames(b, "alice"), 15, "alice's video at bob")
 
         a.calls.mute_audio(True)
         muted = (await b.events.wait_for("on_user_muted"))[0]
@@ -82,29 +79,29 @@ async def test_mute_and_pause_reach_the_other_side(tmp_path):
         paused = (await b.events.wait_for("on_user_muted", count=2))[0]
         assert paused.audio_muted and paused.video_muted
         await asyncio.sleep(0.5)  # let frames in flight arrive
-        before = await _video_frames(b, "alice")
+        before = await video_frames(b, "alice")
         await asyncio.sleep(1.0)
-        assert await _video_frames(b, "alice") - before <= 1, "no new picture while paused"
+        assert await video_frames(b, "alice") - before <= 1, "no new picture while paused"
         # bob's video to alice keeps flowing: the pause is alice's alone
-        before_bob = await _video_frames(a, "bob")
+        before_bob = await video_frames(a, "bob")
         await asyncio.sleep(0.5)
-        assert await _video_frames(a, "bob") > before_bob
+        assert await video_frames(a, "bob") > before_bob
 
         a.calls.mute_audio(False)
         a.calls.pause_video(False)
-        await wait_until(lambda: _audio_level(b, "alice"), 5, "sound back at bob")
-        resumed = await _video_frames(b, "alice")
+        await wait_until(lambda: audio_level(b, "alice"), 5, "sound back at bob")
+        resumed = await video_frames(b, "alice")
         await wait_until(lambda: _more_frames(b, "alice", resumed + 5), 5, "picture back at bob")
         last = b.events.of("on_user_muted")[-1][0]
         assert not last.audio_muted and not last.video_muted
 
 
 async def _level_below(endpoint, uid: str, level: float) -> bool:
-    return await _audio_level(endpoint, uid) < level
+    return await audio_level(endpoint, uid) < level
 
 
 async def _more_frames(endpoint, uid: str, count: int) -> bool:
-    return await _video_frames(endpoint, uid) >= count
+    return await video_frames(endpoint, uid) >= count
 
 
 async def test_three_endpoints_all_see_each_other(tmp_path):
@@ -118,7 +115,7 @@ async def test_three_endpoints_all_see_each_other(tmp_path):
         for ep in eps:
             others = [o.uid for o in eps if o is not ep]
             for other in others:
-                await wait_until(lambda e=ep, o=other: _video_frames(e, o), 20, f"{other} at {ep.uid}")
+                await wait_until(lambda e=ep, o=other: video_frames(e, o), 20, f"{other} at {ep.uid}")
             listed = [u.uid for u in ep.calls.session.user_list()]
             assert listed[0] == ep.uid and set(listed[1:]) == set(others)
         assert await eps[0].calls.get_call_participant_count(session, "direct") == 3
@@ -144,17 +141,17 @@ async def test_start_muted_and_audio_only_then_switch_to_video(tmp_path):
         # bob hears that alice joined muted
         muted = (await b.events.wait_for("on_user_muted"))[0]
         assert muted.uid == "alice" and muted.audio_muted
-        await wait_until(lambda: _audio_level(a, "bob"), 15, "bob's audio at alice")
+        await wait_until(lambda: audio_level(a, "bob"), 15, "bob's audio at alice")
         await asyncio.sleep(1.0)
-        assert await _video_frames(a, "bob") == 0 and await _video_frames(b, "alice") == 0
-        assert await _audio_level(b, "alice") < SILENCE_RMS
+        assert await video_frames(a, "bob") == 0 and await video_frames(b, "alice") == 0
+        assert await audio_level(b, "alice") < SILENCE_RMS
 
         b.calls.switch_to_video_call()
         info = (await a.events.wait_for("on_call_switched_to_video"))[0]
         assert info.requested_by.uid == "bob"
         # both sides now send video, with no renegotiation
-        await wait_until(lambda: _video_frames(a, "bob"), 10, "bob's video at alice")
-        await wait_until(lambda: _video_frames(b, "alice"), 10, "alice's video at bob")
+        await wait_until(lambda: video_frames(a, "bob"), 10, "bob's video at alice")
+        await wait_until(lambda: video_frames(b, "alice"), 10, "alice's video at bob")
 
 
 async def test_idle_timeout_warns_then_ends(tmp_path):
@@ -226,14 +223,14 @@ async def test_devices_switch_camera_audio_modes_and_hotplug(tmp_path):
         session = new_session_id()
         await a.join(session)
         await b.join(session)
-        await wait_until(lambda: _video_frames(b, "alice"), 15, "alice's video at bob")
+        await wait_until(lambda: video_frames(b, "alice"), 15, "alice's video at bob")
 
         cameras = a.calls.get_video_input_devices()
         assert [c.facing for c in cameras] == ["front", "back"]
         assert a.calls.session.video.device_id == cameras[0].device_id
         a.calls.switch_camera()
         assert a.calls.session.video.device_id == cameras[1].device_id
-        count = await _video_frames(b, "alice")
+        count = await video_frames(b, "alice")
         await wait_until(lambda: _more_frames(b, "alice", count + 10), 5, "video continues after switch")
 
         modes = a.calls.get_audio_output_modes()
@@ -261,8 +258,8 @@ async def test_devices_switch_camera_audio_modes_and_hotplug(tmp_path):
         error = (await a.events.wait_for("on_error", timeout=5))[0]
         assert error.code == "DEVICE_ERROR" and cameras[1].device_id in error.message
         await asyncio.sleep(0.3)
-        assert await _audio_level(b, "alice") > 0.05, "audio goes on without the camera"
-        stalled = await _video_frames(b, "alice")
+        assert await audio_level(b, "alice") > 0.05, "audio goes on without the camera"
+        stalled = await video_frames(b, "alice")
         a.calls.set_video_input_device(cameras[0].device_id)  # the app picks the other camera
         await wait_until(lambda: _more_frames(b, "alice", stalled + 10), 5, "video from the other camera")
 
@@ -281,7 +278,7 @@ async def test_a_listener_that_raises_breaks_nothing(tmp_path):
         await a.join(session)
         await b.join(session)
         await a.events.wait_for("on_user_joined")
-        await wait_until(lambda: _video_frames(a, "bob"), 15, "media despite the broken listener")
+        await wait_until(lambda: video_frames(a, "bob"), 15, "media despite the broken listener")
         # the same id replaces; removal stops delivery
         a.calls.add_call_event_listener("test", a.events)
         a.calls.remove_call_event_listener("broken")
@@ -296,7 +293,7 @@ async def test_recording_writes_playable_files_and_tells_everyone(tmp_path):
         session = new_session_id()
         await a.join(session)
         await b.join(session)
-        await wait_until(lambda: _video_frames(a, "bob"), 15, "media")
+        await wait_until(lambda: video_frames(a, "bob"), 15, "media")
         a.calls.start_recording()
         remote = (await b.events.wait_for("on_recording_toggled"))[0]
         assert remote.recording_started and remote.user.uid == "alice"
@@ -344,7 +341,7 @@ async def test_losing_the_server_ends_the_call_cleanly(tmp_path):
         a.calls.remove_call_event_listener("test")  # alice hears events only through her settings
         await a.join(session, settings)
         await b.join(session)
-        await wait_until(lambda: _video_frames(a, "bob"), 15, "media")
+        await wait_until(lambda: video_frames(a, "bob"), 15, "media")
         await server.close()
         error = (await a.events.wait_for("on_error"))[0]
         assert error.code == "CONNECTION_LOST"

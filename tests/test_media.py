@@ -94,3 +94,23 @@ async def test_muted_microphone_sends_silence_and_slow_readers_do_not_queue():
     await asyncio.sleep(0.3)  # 15 frames produced, nobody reading
     assert len(track._frames) <= 2
     await capture.close()
+
+
+async def test_lost_microphone_keeps_the_stream_with_silence_and_comes_back():
+    devices = EmulatedDevices()
+    errors: list[Exception] = []
+    capture = AudioCapture(devices, "emulated-mic", errors.append)
+    track = capture.subscribe()
+    await asyncio.wait_for(track.recv(), 2)
+    mic = devices.unplug("emulated-mic")
+    await asyncio.sleep(0.3)
+    track._frames.clear()
+    silent = await asyncio.wait_for(track.recv(), 2)
+    assert np.abs(silent.to_ndarray()).max() == 0
+    assert len(errors) == 1 and "emulated-mic" in str(errors[0])
+    devices.plug(mic)
+    await asyncio.sleep(1.3)  # one retry interval
+    track._frames.clear()
+    back = await asyncio.wait_for(track.recv(), 2)
+    assert np.abs(back.to_ndarray()).max() > 5000 and len(errors) == 1
+    await capture.close()

@@ -68,9 +68,11 @@ class OutgoingTrack(MediaStreamTrack):
 
 
 class _Capture:
-    """Common plumbing: subscribers, and a pump task that runs only while someone listens."""
+    """Common plumbing: subscribers, the open source and its failures, and a pump task that runs only
+    while someone listens."""
 
     kind = ""
+    what = ""  # "camera" or "microphone", for messages
     depth = 1
 
     def __init__(self, devices: MediaDevices, device_id: str | None, on_error: ErrorCallback) -> None:
@@ -81,7 +83,11 @@ class _Capture:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
+        self._source: CameraSource | MicrophoneSource | None = None
+        self._failed_device: str | None = None  # reported once per device until it works again
+        self._retry_at = 0.0
         self.frames_captured = 0
+        self.on_restored: Callable[[], None] | None = None
 
     def subscribe(self) -> OutgoingTrack:
         track = OutgoingTrack(self.kind, self, self.depth)
@@ -116,11 +122,62 @@ class _Capture:
     async def _pump(self) -> None:
         raise NotImplementedError
 
-    def _report(self, exc: Exception) -> None:
+    def _open(self, device_id: str) -> CameraSource | MicrophoneSource:
+        raise NotImplementedError
+
+    def _ensure_source(self) -> bool:
+        """Open the selected device if it is not open; at most one attempt per retry interval."""
+        if self._source is not None:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
         try:
-            self._on_error(exc)
-        except Exception:
-            log.exception("error callback failed")
+            if self.device_id is None:
+                raise DeviceError(self.what, f"no {self.what} present")
+            self._source = self._open(self.device_id)
+            return True
+        except DeviceError as exc:
+            self._failed(exc)
+            return False
+
+    async def _read(self) -> av.frame.Frame | None:
+        """The next frame of the open source, or None if it failed (reported) or was swapped."""
+        source = self._source
+        assert source is not None
+        try:
+            frame = await source.next_frame()
+        except DeviceError as exc:
+            if source is self._source:  # not closed on purpose by a device switch
+                self._close_source()
+                self._failed(exc)
+            return None
+        if self._failed_device is not None:
+            self._failed_device = None
+            if self.on_restored is not None:
+                self.on_restored()
+        return frame
+
+    def _failed(self, exc: DeviceError) -> None:
+        self._retry_at = time.monotonic() + DEVICE_RETRY_SECONDS
+        if self._failed_device != self.device_id:
+            self._failed_device = self.device_id
+            try:
+                self._on_error(exc)
+            except Exception:
+                log.exception("error callback failed")
+
+    def _close_source(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    def select(self, device_id: str) -> None:
+        """Use `device_id` from the next frame on, on the same tracks (no renegotiation)."""
+        self.devices.find(device_id, "videoinput" if self.kind == "video" else "audioinput")
+        self.device_id = device_id
+        self._retry_at = 0.0
+        self._close_source()
+        self._wake.set()
 
     async def close(self) -> None:
         self._closed = True
@@ -132,9 +189,6 @@ class _Capture:
                 await self._task
         self._close_source()
 
-    def _close_source(self) -> None:
-        raise NotImplementedError
-
 
 class VideoCapture(_Capture):
     """The camera (or the screen, while sharing) feeding every outgoing video track.
@@ -145,6 +199,7 @@ class VideoCapture(_Capture):
     """
 
     kind = "video"
+    what = "camera"
     depth = 1
 
     def __init__(self, devices: MediaDevices, device_id: str | None, on_error: ErrorCallback) -> None:
@@ -152,8 +207,6 @@ class VideoCapture(_Capture):
         self.enabled = False
         self.paused = False
         self.sharing_screen = False
-        self._source: CameraSource | None = None
-        self.on_restored: Callable[[], None] | None = None
 
     @property
     def flowing(self) -> bool:
@@ -167,13 +220,16 @@ class VideoCapture(_Capture):
         self.paused = paused
         self._wake.set()
 
+    def _open(self, device_id: str) -> CameraSource:
+        return self.devices.open_camera(device_id)
+
     def select(self, device_id: str) -> None:
-        """Switch camera: the next frame comes from `device_id`, on the same tracks (no renegotiation)."""
-        self.devices.find(device_id, "videoinput")
-        self.device_id = device_id
-        if not self.sharing_screen:
-            self._close_source()
-        self._wake.set()
+        if self.sharing_screen:
+            # Sharing goes on; the chosen camera takes over when it stops.
+            self.devices.find(device_id, "videoinput")
+            self.device_id = device_id
+            return
+        super().select(device_id)
 
     def share_screen(self, sharing: bool) -> None:
         if sharing:
@@ -185,45 +241,17 @@ class VideoCapture(_Capture):
         self.sharing_screen = sharing
         self._wake.set()
 
-    def _close_source(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
-
     async def _pump(self) -> None:
-        failed_device: str | None = None
         while not self._closed:
             if not self.flowing:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._source is None:
-                try:
-                    if self.device_id is None:
-                        raise DeviceError("camera", "no camera present")
-                    self._source = self.devices.open_camera(self.device_id)
-                except DeviceError as exc:
-                    if failed_device != self.device_id:
-                        failed_device = self.device_id
-                        self._report(exc)
-                    await self._sleep_or_wake(DEVICE_RETRY_SECONDS)
-                    continue
-            source = self._source
-            try:
-                frame = await source.next_frame()
-            except DeviceError as exc:
-                if source is not self._source:
-                    continue  # closed on purpose (camera switched or screen share toggled)
-                self._close_source()
-                if failed_device != self.device_id:
-                    failed_device = self.device_id
-                    self._report(exc)
+            if not self._ensure_source():
+                await self._sleep_or_wake(max(0.0, self._retry_at - time.monotonic()))
                 continue
-            if failed_device is not None:
-                failed_device = None
-                if self.on_restored is not None:
-                    self.on_restored()
-            if self.flowing:
+            frame = await self._read()
+            if frame is not None and self.flowing:
                 frame.pts = int(time.monotonic() * 90000)
                 frame.time_base = VIDEO_TIME_BASE
                 self._publish(frame)
@@ -235,30 +263,24 @@ class VideoCapture(_Capture):
 
 
 class AudioCapture(_Capture):
-    """The microphone feeding every outgoing audio track. Muted, it sends digital silence."""
+    """The microphone feeding every outgoing audio track. Muted, or with no microphone, it sends
+    digital silence, paced by the clock, so the stream never stalls."""
 
     kind = "audio"
+    what = "microphone"
     depth = 2
 
     def __init__(self, devices: MediaDevices, device_id: str | None, on_error: ErrorCallback) -> None:
         super().__init__(devices, device_id, on_error)
         self.muted = False
-        self._source: MicrophoneSource | None = None
         self._samples = 0
         self._silence = np.zeros((1, AUDIO_FRAME_SAMPLES), dtype=np.int16)
 
     def set_muted(self, muted: bool) -> None:
         self.muted = muted
 
-    def select(self, device_id: str) -> None:
-        self.devices.find(device_id, "audioinput")
-        self.device_id = device_id
-        self._close_source()
-
-    def _close_source(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
+    def _open(self, device_id: str) -> MicrophoneSource:
+        return self.devices.open_microphone(device_id)
 
     def _silent_frame(self) -> av.AudioFrame:
         frame = av.AudioFrame.from_ndarray(self._silence, format="s16", layout="mono")
@@ -266,36 +288,14 @@ class AudioCapture(_Capture):
         return frame
 
     async def _pump(self) -> None:
-        failed_device: str | None = None
         started = time.monotonic()
         while not self._closed:
             if not self._subscribers:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            frame: av.AudioFrame | None = None
-            if self._source is None:
-                try:
-                    if self.device_id is None:
-                        raise DeviceError("microphone", "no microphone present")
-                    self._source = self.devices.open_microphone(self.device_id)
-                except DeviceError as exc:
-                    if failed_device != self.device_id:
-                        failed_device = self.device_id
-                        self._report(exc)
-            source = self._source
-            if source is not None:
-                try:
-                    frame = await source.next_frame()
-                    failed_device = None
-                except DeviceError as exc:
-                    if source is self._source:  # not closed on purpose by select()
-                        self._close_source()
-                        if failed_device != self.device_id:
-                            failed_device = self.device_id
-                            self._report(exc)
+            frame = await self._read() if self._ensure_source() else None
             if frame is None:
-                # No microphone: keep the stream alive with silence, paced by the clock.
                 due = started + (self._samples + AUDIO_FRAME_SAMPLES) / AUDIO_SAMPLE_RATE
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
             if frame is None or self.muted:
