@@ -114,3 +114,32 @@ async def test_lost_microphone_keeps_the_stream_with_silence_and_comes_back():
     back = await asyncio.wait_for(track.recv(), 2)
     assert np.abs(back.to_ndarray()).max() > 5000 and len(errors) == 1
     await capture.close()
+
+
+async def test_microphone_plays_a_sound_file_and_speaker_records_to_wav(tmp_path):
+    import wave
+
+    rate = 16000  # not 48 kHz, so the file is resampled on the way in
+    t = np.arange(rate) / rate
+    samples = (0.5 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+    source = tmp_path / "chime.wav"
+    with wave.open(str(source), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    devices = EmulatedDevices(sound_file=source, speaker_dir=tmp_path / "speaker")
+    mic = devices.open_microphone("emulated-mic")
+    frame = await mic.next_frame()
+    assert frame.sample_rate == 48000 and frame.samples == 960
+    data = frame.to_ndarray().reshape(-1).astype(np.float64)
+    # a 1 kHz tone at 48 kHz: the strongest bin of a 960-sample FFT is 20 (= 1000 Hz / 50 Hz)
+    assert int(np.argmax(np.abs(np.fft.rfft(data)))) == 20
+    speaker = devices.open_speaker("emulated-speaker")
+    for _ in range(5):
+        speaker.write("bob", await mic.next_frame())
+    speaker.close()
+    with wave.open(str(tmp_path / "speaker" / "emulated-speaker" / "bob.wav")) as written:
+        assert written.getframerate() == 48000 and written.getnframes() == 5 * 960
+    with pytest.raises(DeviceError, match="cannot open sound file"):
+        EmulatedDevices(sound_file=tmp_path / "missing.wav").open_microphone("emulated-mic")
