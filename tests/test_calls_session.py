@@ -313,6 +313,12 @@ async def test_recording_writes_playable_files_and_tells_everyone(tmp_path):
         assert kinds == {"audio", "video"}
         assert decoded >= 10, f"only {decoded} frames recorded"
 
+        # leaving while recording: both sides hear that it stopped
+        a.calls.start_recording()
+        await b.events.wait_for("on_recording_toggled", count=3)
+        await a.calls.end_session()
+        assert not a.events.of("on_recording_toggled")[-1][0].recording_started
+
 
 async def test_screen_share_when_the_device_has_a_screen(tmp_path):
     from kiosk.media.emulated import EmulatedDevices

@@ -49,6 +49,8 @@ async def test_each_bad_token_has_its_own_code(tmp_path):
         with pytest.raises(CallsError) as garbage:
             await a.calls.start_session("not-a-token")
         assert garbage.value.code == "TOKEN_INVALID"
+        # a refused start leaves nothing open behind it
+        assert a.devices.opened_speakers == []
 
         # the same connection is still usable: a fresh token, used within its one second, is accepted
         fresh = await a.calls.generate_token(session)

@@ -140,13 +140,18 @@ def test_each_event_reaches_a_listener_once_under_its_platform_spelling():
         def on_audio_modes_updated(self, modes):
             seen.append(("rn", modes))
 
+    class PlainWeb:
+        def on_user_list_updated(self, users):
+            seen.append(("plain", users))
+
     registry = ListenerRegistry()
     registry.add("both", Both())
     registry.add("web", WebStyle())
     registry.add("kw", CallEventListener(on_user_list_updated=lambda users: seen.append(("kw", users))))
+    registry.add("plain", PlainWeb())
     registry.emit("on_user_list_changed", ["u"])
     registry.emit("on_audio_mode_changed", ["m"])
-    assert seen == [("changed", ["u"]), ("web", ["u"]), ("kw", ["u"]), ("rn", ["m"])]
+    assert seen == [("changed", ["u"]), ("web", ["u"]), ("kw", ["u"]), ("plain", ["u"]), ("rn", ["m"])]
 
 
 def test_a_plain_call_event_listener_is_a_valid_settings_listener():

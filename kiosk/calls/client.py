@@ -527,7 +527,9 @@ class Calls:
             self.listeners.emit("on_call_ended_message_received", call)
 
     async def _on_session_ended(self, session: CallSession, message: dict[str, Any]) -> None:
-        one_to_one = message.get("reason") == "hangup" or len(session.participants) <= 1
+        reason = message.get("reason")
+        # on_call_ended is for 1:1 calls: a hangup, or an end for everyone with one other participant.
+        one_to_one = reason == "hangup" or (reason == "ended" and len(session.participants) == 1)
         remaining = list(session.participants.values())
         await self._end_session_from(session, notify_server=False)
         if one_to_one:

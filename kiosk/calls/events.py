@@ -181,7 +181,7 @@ def _handler(listener: Any, event: str) -> Callable[..., Any] | None:
     own = getattr(listener, event, None)
     alias = ALIASES.get(event)
     other = getattr(listener, alias, None) if alias else None
-    if other is not None and callable(other) and _is_default(listener, event):
+    if callable(other) and (not callable(own) or _is_default(listener, event)):
         return other
     return own if callable(own) else None
 

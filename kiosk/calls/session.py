@@ -57,6 +57,7 @@ class CallSession:
         self.pip = False
         self.ice_servers: list[dict[str, Any]] = []
         self.active = False
+        self._torn_down = False
         self.first_remote_frame_ms: float | None = None
         self.recorder: SessionRecorder | None = None
         self.final_stats: SessionStats | None = None
@@ -81,7 +82,6 @@ class CallSession:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self, call_token: str) -> None:
-        self._choose_initial_audio_mode()
         self._known_devices = self.calls.devices.list_devices()
         self._known_modes = self.calls.devices.audio_modes()
         reply = await self.calls.signaling.request(
@@ -93,6 +93,7 @@ class CallSession:
             audioOnly=self.audio_only,
         )
         self.active = True
+        self._choose_initial_audio_mode()
         self.self_user = RTCUser.from_json(reply["self"])
         self.ice_servers = list(reply.get("iceServers") or [])
         if reply.get("audioOnly") and not self.audio_only:
@@ -116,18 +117,25 @@ class CallSession:
 
     async def close(self, notify_server: bool) -> None:
         """Tear everything down. `notify_server`: send `leave` (False when the server ended it)."""
-        if not self.active:
+        if self._torn_down:
             return
-        self.active = False
+        self._torn_down = True
+        was_active, self.active = self.active, False
         current = asyncio.current_task()
         if self._idle_task is not None and self._idle_task is not current:
             self._idle_task.cancel()
-        if notify_server and self.calls.signaling.connected:
-            with contextlib.suppress(CallsError):
-                if self.recording:
+        if self.recording:
+            self.recording = False
+            self.calls.listeners.emit(
+                "on_recording_toggled", RTCRecordingInfo(False, self.self_user, int(time.time() * 1000))
+            )
+            if was_active and notify_server and self.calls.signaling.connected:
+                with contextlib.suppress(CallsError):
                     await self.calls.signaling.request(
                         "recording", sessionId=self.session_id, recording=False
                     )
+        if was_active and notify_server and self.calls.signaling.connected:
+            with contextlib.suppress(CallsError):
                 await self.calls.signaling.request("leave", sessionId=self.session_id)
         self._view_hook("close")
         await self._stop_recording_files()

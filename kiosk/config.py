@@ -1,0 +1,352 @@
+"""The device's configuration: one TOML file, checked at start.
+
+`/etc/kiosk/kiosk.toml` on a device; `config/kiosk.toml` documents every key; `config/emulated.toml`
+runs with no hardware. `load_config(path)` returns a `KioskConfig` or raises `ConfigError` whose
+message names the offending key (`buttons.mute.pin: pin 17 is also used by buttons.end.pin`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kiosk.media.devices import AUDIO_MODES
+
+DEFAULT_PATH = Path("/etc/kiosk/kiosk.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem, in words a person fixing the file can act on."""
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    url: str = "http://127.0.0.1:8080"
+    auth_token: str = ""  # this device's user auth token (`kiosk users add`)
+    auth_token_file: str = ""  # or a file holding it (kept out of the config, mode 0600)
+    embedded: bool = False  # run a call server inside this process (demo, a single kiosk)
+    data_dir: str = "/var/lib/kiosk"
+
+
+@dataclass(frozen=True)
+class IdentitySection:
+    uid: str = ""
+    name: str = "Kiosk"
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    id: str = "camera"
+    backend: Literal["emulated", "picamera2", "v4l2"] = "emulated"
+    label: str = ""
+    facing: Literal["front", "back", ""] = ""
+    device: str = ""  # v4l2: /dev/video0
+    camera_num: int = 0  # picamera2: which camera
+    width: int = 640
+    height: int = 480
+    fps: int = 30
+    h264_passthrough: bool = False  # picamera2: send the camera's own H.264, no re-encoding
+    keyframe_interval: int = 60  # frames between keyframes (with headers repeated) in passthrough
+
+
+@dataclass(frozen=True)
+class AudioModeDevice:
+    playback: str  # ALSA PCM name for this mode's output
+    capture: str = ""  # optional ALSA PCM to capture from while in this mode (a headset's microphone)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class AudioSection:
+    backend: Literal["emulated", "alsa"] = "emulated"
+    capture: str = "default"  # ALSA capture PCM when the mode names none
+    period_ms: int = 20
+    default_mode: str = "SPEAKER"
+    fallback_order: list[str] = field(default_factory=lambda: list(AUDIO_MODES))
+    poll_interval: float = 1.0
+    modes: dict[str, AudioModeDevice] = field(default_factory=dict)
+    echo_cancellation: bool = True
+    noise_suppression: bool = True
+    auto_gain_control: bool = True
+    tone_hz: float = 440.0  # emulated microphone
+    sound_file: str = ""  # emulated microphone: play this file instead of a tone
+    speaker_dir: str = ""  # emulated speakers: write what they play here as WAV
+
+
+@dataclass(frozen=True)
+class ButtonSection:
+    pin: int
+    pull_up: bool = True
+    bounce_ms: int = 30
+    hold_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class EndButtonSection(ButtonSection):
+    press_answers: bool = True  # while ringing, a press answers
+    hold_rejects: bool = True  # while ringing, a hold rejects
+
+
+@dataclass(frozen=True)
+class CallButtonSection(ButtonSection):
+    contact: str = ""  # uid to call
+
+
+@dataclass(frozen=True)
+class ButtonsSection:
+    pin_factory: Literal["default", "lgpio", "rpigpio", "pigpio", "mock"] = "default"
+    mute: ButtonSection | None = None
+    end: EndButtonSection | None = None
+    audio_mode: ButtonSection | None = None
+    call: CallButtonSection | None = None
+
+
+@dataclass(frozen=True)
+class LedsSection:
+    in_call: int | None = None
+    muted: int | None = None
+    ringing: int | None = None  # blinks while ringing
+    active_high: bool = True
+
+
+@dataclass(frozen=True)
+class Contact:
+    uid: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class UiSection:
+    fullscreen: bool = True
+    width: int = 800
+    height: int = 480
+    contacts: list[Contact] = field(default_factory=list)
+    auto_answer_after: float = 0.0  # seconds; 0 = never (intercom use: answer by itself)
+    avatar_mode: str = "circle"
+    mode: str = "DEFAULT"
+    idle_timeout: int = 180
+
+
+@dataclass(frozen=True)
+class RecordingSection:
+    directory: str = "/var/lib/kiosk/recordings"
+    auto_record: bool = False
+
+
+@dataclass(frozen=True)
+class EmulationSection:
+    keyboard: bool = True  # keys drive the buttons: m mute, e end (hold: E), a audio mode, c call
+    control_socket: str = ""  # a Unix socket accepting the same commands, one per line
+
+
+@dataclass(frozen=True)
+class KioskConfig:
+    server: ServerSection = field(default_factory=ServerSection)
+    identity: IdentitySection = field(default_factory=IdentitySection)
+    cameras: list[CameraSection] = field(default_factory=lambda: [CameraSection()])
+    audio: AudioSection = field(default_factory=AudioSection)
+    buttons: ButtonsSection = field(default_factory=ButtonsSection)
+    leds: LedsSection = field(default_factory=LedsSection)
+    ui: UiSection = field(default_factory=UiSection)
+    recording: RecordingSection = field(default_factory=RecordingSection)
+    emulation: EmulationSection = field(default_factory=EmulationSection)
+    source: str = ""  # the file it came from
+
+    def auth_token(self) -> str:
+        if self.server.auth_token:
+            return self.server.auth_token
+        if self.server.auth_token_file:
+            try:
+                return Path(self.server.auth_token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"server.auth_token_file: cannot read it: {exc.strerror}") from None
+        return ""
+
+
+# ----------------------------------------------------------------------------- building from TOML
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list,):
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a table"
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        for option in options:
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {k: _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # a bug in this module, not in the file
+
+
+def _build(cls: Any, table: Any, prefix: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{prefix or 'file'}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{key}: unknown key (known here: {known})")
+        values[name] = _convert(value, hints[name], key)
+    for name, f in fields.items():
+        if (
+            name not in values
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
+            raise ConfigError(f"{prefix}.{name}: missing (required)")
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------- checks across keys
+
+
+def _check(config: KioskConfig, check_devices: bool) -> None:
+    ids = [c.id for c in config.cameras]
+    for i, camera in enumerate(config.cameras):
+        key = f"cameras[{i}]"
+        if ids.count(camera.id) > 1:
+            raise ConfigError(f"{key}.id: camera id {camera.id!r} is used twice")
+        if (
+            not (16 <= camera.width <= 4096 and 16 <= camera.height <= 4096)
+            or camera.width % 2
+            or camera.height % 2
+        ):
+            raise ConfigError(f"{key}.width/height: {camera.width}x{camera.height} must be even, 16 to 4096")
+        if not 1 <= camera.fps <= 120:
+            raise ConfigError(f"{key}.fps: {camera.fps} is not between 1 and 120")
+        if camera.backend == "v4l2":
+            if not camera.device:
+                raise ConfigError(f"{key}.device: a v4l2 camera needs its device, e.g. /dev/video0")
+            if check_devices and not Path(camera.device).exists():
+                raise ConfigError(f"{key}.device: {camera.device} does not exist (is the camera plugged in?)")
+        if camera.h264_passthrough and camera.backend != "picamera2":
+            raise ConfigError(f"{key}.h264_passthrough: only the picamera2 backend has its own H.264 encoder")
+        if camera.keyframe_interval < 1:
+            raise ConfigError(f"{key}.keyframe_interval: must be at least 1")
+
+    audio = config.audio
+    if not 10 <= audio.period_ms <= 20:
+        raise ConfigError(f"audio.period_ms: {audio.period_ms} is not between 10 and 20")
+    for mode in list(audio.modes) + list(audio.fallback_order) + [audio.default_mode]:
+        if mode not in AUDIO_MODES:
+            raise ConfigError(f"audio: {mode!r} is not an audio mode ({', '.join(AUDIO_MODES)})")
+    if len(set(audio.fallback_order)) != len(audio.fallback_order):
+        raise ConfigError("audio.fallback_order: a mode is listed twice")
+    if audio.backend == "alsa":
+        if not audio.modes:
+            raise ConfigError(
+                "audio.modes: the alsa backend needs at least one mode, e.g. [audio.modes.SPEAKER]"
+            )
+        if audio.default_mode not in audio.modes:
+            raise ConfigError(
+                f"audio.default_mode: {audio.default_mode} has no [audio.modes.{audio.default_mode}]"
+            )
+    if audio.poll_interval <= 0:
+        raise ConfigError("audio.poll_interval: must be more than 0")
+
+    pins: dict[int, str] = {}
+    for name in ("mute", "end", "audio_mode", "call"):
+        button = getattr(config.buttons, name)
+        if button is not None:
+            _claim_pin(pins, button.pin, f"buttons.{name}.pin")
+            if button.bounce_ms < 0 or button.hold_s <= 0:
+                raise ConfigError(f"buttons.{name}: bounce_ms must be 0 or more and hold_s more than 0")
+    if config.buttons.call is not None and not config.buttons.call.contact:
+        raise ConfigError("buttons.call.contact: the call button needs the uid to call")
+    for name in ("in_call", "muted", "ringing"):
+        pin = getattr(config.leds, name)
+        if pin is not None:
+            _claim_pin(pins, pin, f"leds.{name}")
+
+    if config.ui.auto_answer_after < 0:
+        raise ConfigError("ui.auto_answer_after: must be 0 (off) or more")
+    if not config.server.url.startswith(("http://", "https://")):
+        raise ConfigError(f"server.url: {config.server.url!r} must start with http:// or https://")
+
+
+def _claim_pin(pins: dict[int, str], pin: int, key: str) -> None:
+    if not 0 <= pin <= 53:
+        raise ConfigError(f"{key}: GPIO {pin} does not exist (0 to 53)")
+    if pin in pins:
+        raise ConfigError(f"{key}: pin {pin} is also used by {pins[pin]}")
+    pins[pin] = key
+
+
+def parse_config(text: str, source: str = "<text>", check_devices: bool = True) -> KioskConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    config = _build(KioskConfig, data, "")
+    config = dataclasses.replace(config, source=source)
+    _check(config, check_devices)
+    return config
+
+
+def load_config(path: str | Path | None = None, check_devices: bool = True) -> KioskConfig:
+    """Read and check the config at `path` (default: $KIOSK_CONFIG, else /etc/kiosk/kiosk.toml)."""
+    chosen = Path(path or os.environ.get("KIOSK_CONFIG") or DEFAULT_PATH)
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read the config file: {exc.strerror}") from None
+    return parse_config(text, str(chosen), check_devices)
