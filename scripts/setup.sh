@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config)
+# libasound2-dev and gcc build pyalsaaudio; alsa-utils gives aplay/arecord for checking a device.
+APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libasound2-dev alsa-utils)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,371 @@
+"""The kiosk's call logic, as a client of the Calls SDK.
+
+Touch buttons (the UI), GPIO buttons and the keyboard of an emulated device all drive the same
+`KioskController` actions, so a press of the physical mute button does exactly what the on-screen
+mute button does. The controller follows the ringing flow of the documents: it rings and answers
+through `initiate_call` / `accept_call`, starts the session when a call is accepted, and ends a call
+with `end_call` followed by `end_session` (the end-call coordination the documents describe).
+
+Actions are plain methods that schedule their work on the event loop and return the task, so a
+GPIO callback (handed to the loop) or a Kivy button can call them without awaiting; a test can
+await the returned task. Failures become a message in the state, never an exception in a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from kiosk.calls import (
+    Call,
+    CallEventListener,
+    Calls,
+    CallsError,
+    CallSettings,
+    CallSettingsBuilder,
+    CallStatus,
+    CallType,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    RINGING_IN = "ringing_in"  # someone calls us
+    RINGING_OUT = "ringing_out"  # we call someone
+    IN_CALL = "in_call"
+
+
+@dataclass(frozen=True)
+class KioskState:
+    """What a screen or a set of LEDs shows."""
+
+    phase: Phase = Phase.IDLE
+    call: Call | None = None
+    peer_name: str = ""
+    muted: bool = False
+    video_paused: bool = False
+    audio_mode: str | None = None
+    message: str = ""  # the last outcome or error, in words ("Reception is busy")
+
+
+SettingsFactory = Callable[[Call | None], CallSettings]
+Observer = Callable[[KioskState], None]
+
+_OUTCOME_WORDS = {
+    CallStatus.REJECTED: "{name} declined the call",
+    CallStatus.BUSY: "{name} is busy",
+    CallStatus.UNANSWERED: "{name} did not answer",
+    CallStatus.CANCELLED: "{name} hung up before you answered",
+    CallStatus.ENDED: "Call with {name} ended",
+}
+
+
+class KioskController:
+    def __init__(
+        self,
+        calls: Calls,
+        *,
+        auto_answer_after: float = 0.0,
+        settings_factory: SettingsFactory | None = None,
+        view: Any = None,
+    ) -> None:
+        self.calls = calls
+        self.auto_answer_after = auto_answer_after
+        self.settings_factory = settings_factory or _default_settings
+        self.view = view
+        self.state = KioskState()
+        self._observers: list[Observer] = []
+        self._auto_answer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._hanging_up = False  # our own end_call is in flight: its on_call_ended is not "they hung up"
+        calls.add_call_event_listener("kiosk-controller", _ControllerListener(self))
+
+    # ----------------------------------------------------------------- state
+
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.append(observer)
+        observer(self.state)
+
+    def _set(self, **changes: Any) -> None:
+        self.state = dataclasses.replace(self.state, **changes)
+        for observer in list(self._observers):
+            try:
+                observer(self.state)
+            except Exception:
+                log.exception("state observer failed")
+
+    def _run(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
+        async def guarded() -> Any:
+            try:
+                return await coro
+            except CallsError as exc:
+                log.warning("%s failed: %s", what, exc)
+                self._set(message=f"Could not {what}: {exc.message}")
+            except Exception as exc:  # a kiosk shows a message, not a traceback
+                log.exception("%s failed", what)
+                self._set(message=f"Could not {what}: {exc}")
+            return None
+
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ----------------------------------------------------------------- actions
+
+    def call(self, uid: str, call_type: CallType = CallType.VIDEO) -> asyncio.Task[Any]:
+        return self._run(self._call(uid, call_type), f"call {uid}")
+
+    async def _call(self, uid: str, call_type: CallType) -> None:
+        if self.state.phase != Phase.IDLE:
+            self._set(message="Already in a call")
+            return
+        call = await self.calls.initiate_call(uid, call_type)
+        if call.status != CallStatus.INITIATED:
+            self._set(phase=Phase.IDLE, call=call, message=_outcome(call, call.receiver.name or uid))
+            self.calls.clear_active_call()
+            return
+        self._set(phase=Phase.RINGING_OUT, call=call, peer_name=call.receiver.name or uid, message="Calling…")
+
+    def answer(self) -> asyncio.Task[Any]:
+        return self._run(self._answer(), "answer")
+
+    async def _answer(self) -> None:
+        call = self.state.call
+        if self.state.phase != Phase.RINGING_IN or call is None:
+            return
+        self._cancel_auto_answer()
+        accepted = await self.calls.accept_call(call.session_id)
+        await self._start_session(accepted)
+
+    def reject(self) -> asyncio.Task[Any]:
+        return self._run(self._reject(), "reject")
+
+    async def _reject(self) -> None:
+        call = self.state.call
+        if self.state.phase != Phase.RINGING_IN or call is None:
+            return
+        self._cancel_auto_answer()
+        await self.calls.reject_call(call.session_id, CallStatus.REJECTED)
+        self.calls.clear_active_call()
+        self._set(phase=Phase.IDLE, call=None, message=f"Declined the call from {self.state.peer_name}")
+
+    def hang_up(self) -> asyncio.Task[Any]:
+        """End the call in progress, or cancel the one we are ringing."""
+        return self._run(self._hang_up(), "hang up")
+
+    async def _hang_up(self) -> None:
+        call = self.state.call
+        if self.state.phase == Phase.RINGING_OUT and call is not None:
+            await self.calls.reject_call(call.session_id, CallStatus.CANCELLED)
+            self.calls.clear_active_call()
+            self._set(phase=Phase.IDLE, call=None, message="Call cancelled")
+        elif self.state.phase == Phase.IN_CALL:
+            await self._end_call()
+
+    async def _end_call(self) -> None:
+        # The documents' ringing-flow end: end the call (the other side gets on_call_ended), clear the
+        # active call, then end the session to release camera and microphone.
+        call = self.state.call
+        self._hanging_up = True
+        try:
+            if call is not None and self.calls.get_active_call() is not None:
+                try:
+                    await self.calls.end_call(call.session_id)
+                except CallsError as exc:
+                    log.info("end_call: %s", exc)  # already over on the server: just leave
+            self.calls.clear_active_call()
+            await self.calls.end_session()
+        finally:
+            self._hanging_up = False
+        self._finish(f"Call with {self.state.peer_name} ended" if self.state.peer_name else "Call ended")
+
+    def end_pressed(self, *, press_answers: bool = True) -> asyncio.Task[Any] | None:
+        """The end button's press: answers while ringing (when so configured), else hangs up."""
+        if self.state.phase == Phase.RINGING_IN:
+            return self.answer() if press_answers else None
+        if self.state.phase == Phase.IN_CALL and self.calls.session is not None:
+            # Through the SDK's end-call button event, as a touch on the on-screen button does.
+            self.calls.press_end_call_button()
+            return None
+        return self.hang_up()
+
+    def end_held(self, *, hold_rejects: bool = True) -> asyncio.Task[Any] | None:
+        """The end button held: rejects while ringing (when so configured), else hangs up."""
+        if self.state.phase == Phase.RINGING_IN:
+            return self.reject() if hold_rejects else None
+        return self.hang_up()
+
+    def toggle_mute(self) -> None:
+        if self.calls.session is None:
+            return
+        muted = not self.calls.session.audio_muted
+        self.calls.mute_audio(muted)
+        self._set(muted=muted)
+
+    def toggle_video(self) -> None:
+        if self.calls.session is None:
+            return
+        paused = not self.calls.session.video_muted
+        self.calls.pause_video(paused)
+        self._set(video_paused=paused)
+
+    def cycle_audio_mode(self) -> None:
+        """Next available audio mode, in the order the device offers them."""
+        if self.calls.session is None:
+            return
+        modes = [m.mode for m in self.calls.get_audio_output_modes()]
+        if not modes:
+            self._set(message="No audio output available")
+            return
+        current = self.calls.session.audio_mode
+        following = modes[(modes.index(current) + 1) % len(modes)] if current in modes else modes[0]
+        try:
+            self.calls.set_audio_mode(following)
+        except CallsError as exc:
+            self._set(message=exc.message)
+            return
+        self._set(audio_mode=following)
+
+    def dispatch(self, action: str, **options: Any) -> Any:
+        """Run an action by name (for the keyboard and the control socket): mute, video, end,
+        end_hold, answer, reject, audio_mode, call:<uid>."""
+        if action.startswith("call:"):
+            return self.call(action.split(":", 1)[1])
+        handlers: dict[str, Callable[[], Any]] = {
+            "mute": self.toggle_mute,
+            "video": self.toggle_video,
+            "end": lambda: self.end_pressed(**options),
+            "end_hold": lambda: self.end_held(**options),
+            "answer": self.answer,
+            "reject": self.reject,
+            "audio_mode": self.cycle_audio_mode,
+        }
+        handler = handlers.get(action)
+        if handler is None:
+            raise ValueError(f"unknown action {action!r}")
+        return handler()
+
+    # ----------------------------------------------------------------- sessions
+
+    async def _start_session(self, call: Call) -> None:
+        settings = self.settings_factory(call)
+        token = await self.calls.generate_token(call.session_id)
+        self._set(phase=Phase.IN_CALL, call=call, message="")
+        try:
+            await self.calls.start_session(token, settings, self.view)
+        except CallsError:
+            self._set(phase=Phase.IDLE, call=None)
+            raise
+        session = self.calls.session
+        self._set(
+            muted=bool(session and session.audio_muted),
+            video_paused=bool(session and session.video_muted),
+            audio_mode=session.audio_mode if session else None,
+        )
+
+    def _finish(self, message: str) -> None:
+        self._cancel_auto_answer()
+        self._set(phase=Phase.IDLE, call=None, muted=False, video_paused=False, message=message)
+
+    def _cancel_auto_answer(self) -> None:
+        if self._auto_answer is not None:
+            self._auto_answer.cancel()
+            self._auto_answer = None
+
+    # ----------------------------------------------------------------- SDK events
+
+    def _incoming(self, call: Call) -> None:
+        if self.state.phase != Phase.IDLE:
+            return  # the SDK answers busy for us
+        self._set(
+            phase=Phase.RINGING_IN, call=call, peer_name=call.initiator.name or call.initiator.uid, message=""
+        )
+        if self.auto_answer_after > 0:
+            loop = asyncio.get_running_loop()
+            self._auto_answer = loop.call_later(self.auto_answer_after, self.answer)
+
+    def _outgoing_accepted(self, call: Call) -> None:
+        if self.state.phase == Phase.RINGING_OUT:
+            self._run(self._start_session(call), "start the call")
+
+    def _outgoing_over(self, call: Call) -> None:
+        if (
+            self.state.phase == Phase.RINGING_OUT
+            and self.state.call
+            and call.session_id == self.state.call.session_id
+        ):
+            self.calls.clear_active_call()
+            self._set(phase=Phase.IDLE, call=None, message=_outcome(call, self.state.peer_name))
+
+    def _incoming_over(self, call: Call) -> None:
+        if (
+            self.state.phase == Phase.RINGING_IN
+            and self.state.call
+            and call.session_id == self.state.call.session_id
+        ):
+            self._cancel_auto_answer()
+            self.calls.clear_active_call()
+            self._set(phase=Phase.IDLE, call=None, message=_outcome(call, self.state.peer_name))
+
+    def _call_ended(self) -> None:
+        # The other side hung up: clear the active call and release the media (documents: remote side).
+        if self.state.phase == Phase.IN_CALL and not self._hanging_up:
+            self.calls.clear_active_call()
+            self._run(self._after_remote_end(), "end the call")
+
+    async def _after_remote_end(self) -> None:
+        await self.calls.end_session()
+        self._finish(f"{self.state.peer_name} hung up" if self.state.peer_name else "Call ended")
+
+
+class _ControllerListener(CallEventListener):
+    def __init__(self, controller: KioskController) -> None:
+        super().__init__()
+        self.controller = controller
+
+    def on_incoming_call_received(self, call: Call) -> None:
+        self.controller._incoming(call)
+
+    def on_outgoing_call_accepted(self, call: Call) -> None:
+        self.controller._outgoing_accepted(call)
+
+    def on_outgoing_call_rejected(self, call: Call) -> None:
+        self.controller._outgoing_over(call)
+
+    def on_incoming_call_cancelled(self, call: Call) -> None:
+        self.controller._incoming_over(call)
+
+    def on_call_end_button_pressed(self) -> None:
+        self.controller.hang_up()
+
+    def on_call_ended(self) -> None:
+        self.controller._call_ended()
+
+    def on_session_timeout(self) -> None:
+        self.controller._finish("The call ended because nobody else was in it")
+
+    def on_audio_mode_changed(self, modes: Any) -> None:
+        selected = next((m.mode for m in modes if m.selected), None)
+        if selected is not None and selected != self.controller.state.audio_mode:
+            self.controller._set(audio_mode=selected)
+
+    def on_error(self, error: Any) -> None:
+        self.controller._set(message=error.message)
+
+
+def _outcome(call: Call, name: str) -> str:
+    template = _OUTCOME_WORDS.get(call.status, "Call {status}")
+    return template.format(name=name or "They", status=call.status)
+
+
+def _default_settings(call: Call | None) -> CallSettings:
+    audio_only = call is not None and call.type == CallType.AUDIO
+    return CallSettingsBuilder().set_is_audio_only_call(audio_only).build()
