@@ -36,6 +36,19 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(duration=args.duration))
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    from kiosk.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"kiosk: {exc}", file=sys.stderr)
+        return 2
+    cameras = ", ".join(f"{c.id} ({c.backend})" for c in config.cameras) or "none"
+    print(f"config ok: {config.source}\n  cameras: {cameras}\n  audio: {config.audio.backend}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kiosk.server.cli import add_server_parser, add_users_parser
 
@@ -74,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ring-wait", type=float, default=60.0, help="seconds to wait for an answer or a call"
     )
     endpoint.set_defaults(func=_endpoint)
+
+    check = sub.add_parser("check-config", help="check a device configuration file and say what is wrong")
+    check.add_argument(
+        "--config", type=Path, default=None, help="default: $KIOSK_CONFIG or /etc/kiosk/kiosk.toml"
+    )
+    check.set_defaults(func=_check_config)
 
     demo = sub.add_parser(
         "demo", help="embedded server, two emulated endpoints, one call; exit 0 if media flowed"

@@ -193,6 +193,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if len(options) == 1:  # Optional[X]: X's own message is the precise one
+            return _convert(value, options[0], key)
         for option in options:
             try:
                 return _convert(value, option, key)
@@ -263,7 +265,7 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
     ids = [c.id for c in config.cameras]
     for i, camera in enumerate(config.cameras):
         key = f"cameras[{i}]"
-        if ids.count(camera.id) > 1:
+        if camera.id in ids[:i]:
             raise ConfigError(f"{key}.id: camera id {camera.id!r} is used twice")
         if (
             not (16 <= camera.width <= 4096 and 16 <= camera.height <= 4096)
