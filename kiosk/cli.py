@@ -26,6 +26,8 @@ def _endpoint(args: argparse.Namespace) -> int:
         codec=args.codec,
         loopback=args.loopback,
         ring_wait=args.ring_wait,
+        record=args.record,
+        recording_dir=args.recording_dir,
     )
     return asyncio.run(run_endpoint(options))
 
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     endpoint.add_argument(
         "--ring-wait", type=float, default=60.0, help="seconds to wait for an answer or a call"
+    )
+    endpoint.add_argument("--record", action="store_true", help="record the call from its start")
+    endpoint.add_argument(
+        "--recording-dir",
+        type=Path,
+        help="where recordings go (default $KIOSK_RECORDING_DIR or ./recordings)",
     )
     endpoint.set_defaults(func=_endpoint)
 

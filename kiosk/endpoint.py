@@ -109,6 +109,8 @@ class EndpointOptions:
     codec: str | None = None
     loopback: bool = False
     ring_wait: float = 60.0
+    record: bool = False
+    recording_dir: Path | None = None
 
 
 async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> int:
@@ -120,6 +122,7 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         devices=EmulatedDevices(),
         video_codec=options.codec,
         ice_host_addresses=["127.0.0.1"] if options.loopback else None,
+        recording_dir=options.recording_dir,
     )
     calls.add_call_event_listener("endpoint", events)
     report: dict[str, Any] = {"ok": False}
@@ -132,7 +135,12 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         session_id, call_type = reached
         # An answered audio call stays audio-only unless asked otherwise.
         audio_only = options.audio_only or call_type == CallType.AUDIO
-        settings = CallSettingsBuilder().set_is_audio_only_call(audio_only).build()
+        settings = (
+            CallSettingsBuilder()
+            .set_is_audio_only_call(audio_only)
+            .auto_record_on_call_start(options.record)
+            .build()
+        )
         token = await calls.generate_token(session_id)
         await calls.start_session(token, settings)
         _say(out, "session_started", {"sessionId": session_id})

@@ -43,6 +43,11 @@ async def make_user(server_url: str, uid: str, name: str | None = None) -> str:
             return str(body["authToken"])
 
 
+def tone_for(uid: str) -> float:
+    """Each test user's emulated microphone has its own tone (alice 330 Hz, bob 550 Hz, ...)."""
+    return 330.0 + 110.0 * (sum(map(ord, uid)) % 5)
+
+
 class Endpoint:
     """One Calls client with its emulated devices and an EventRecorder listening to everything."""
 
@@ -50,7 +55,7 @@ class Endpoint:
         self.uid = uid
         self.token = token
         self.devices: EmulatedDevices = options.pop("devices", None) or EmulatedDevices(
-            width=320, height=240, fps=15, tone_hz=440 + 110 * (hash(uid) % 4)
+            width=320, height=240, fps=15, tone_hz=tone_for(uid)
         )
         self.calls = Calls(
             server_url,

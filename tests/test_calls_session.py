@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from calls_support import (
     audio_level,
     endpoints,
     new_session_id,
     running_server,
+    tone_for,
     video_frames,
     wait_until,
 )
@@ -285,39 +288,56 @@ async def test_a_listener_that_raises_breaks_nothing(tmp_path):
         assert len(a.calls.listeners.listeners()) == 1
 
 
-async def test_recording_writes_playable_files_and_tells_everyone(tmp_path):
+def _dominant_tones(samples: np.ndarray, count: int) -> set[int]:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    hz_per_bin = 48000 / len(samples)
+    peaks = np.argsort(spectrum)[-count * 3 :]
+    return {int(round(p * hz_per_bin / 10.0) * 10) for p in peaks}
+
+
+async def test_recording_mixes_everyone_into_one_playable_file_and_the_log_says_so(tmp_path):
     async with (
         running_server(tmp_path / "server") as server,
         endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
     ):
-        session = new_session_id()
-        await a.join(session)
-        await b.join(session)
+        call = await a.calls.initiate_call("bob", "video")
+        await b.events.wait_for("on_incoming_call_received")
+        await b.calls.accept_call(call.session_id)
+        await a.join(call.session_id)
+        await b.join(call.session_id)
         await wait_until(lambda: video_frames(a, "bob"), 15, "media")
         a.calls.start_recording()
         remote = (await b.events.wait_for("on_recording_toggled"))[0]
         assert remote.recording_started and remote.user.uid == "alice"
-        assert a.events.of("on_recording_toggled")[0][0].recording_started
-        await asyncio.sleep(2.0)
+        mine = a.events.of("on_recording_toggled")[0][0]
+        assert mine.recording_started and mine.file.endswith(".mkv")
+        await asyncio.sleep(2.5)
         a.calls.stop_recording()
         stopped = (await b.events.wait_for("on_recording_toggled", count=2))[0]
         assert not stopped.recording_started
-        files = []
-        await wait_until(
-            lambda: files.extend((tmp_path / "recordings" / "alice").glob("*.mkv")) or files, 10, "file"
-        )
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: a.calls.session.recorder is None, 10, "recording closed")
+        files = list((tmp_path / "recordings" / "alice").glob("*.mkv"))
+        assert [f.name for f in files] == [Path(mine.file).name]
         with av.open(str(files[0])) as container:
-            kinds = {s.type for s in container.streams}
+            assert {s.type for s in container.streams} == {"audio", "video"}
             decoded = sum(1 for _ in container.decode(video=0))
-        assert kinds == {"audio", "video"}
-        assert decoded >= 10, f"only {decoded} frames recorded"
+        with av.open(str(files[0])) as container:
+            audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+        assert decoded >= 20, f"only {decoded} frames recorded"
+        assert len(audio) >= 48000 * 2
+        # both voices are in the mix: alice's own microphone and bob's, heard through the call
+        middle = audio[48000 // 2 : 48000 // 2 + 48000]
+        assert {tone_for("alice"), tone_for("bob")} <= _dominant_tones(middle, 2)
 
         # leaving while recording: both sides hear that it stopped
         a.calls.start_recording()
         await b.events.wait_for("on_recording_toggled", count=3)
+        await a.calls.end_call(call.session_id)
         await a.calls.end_session()
         assert not a.events.of("on_recording_toggled")[-1][0].recording_started
+        entry = (await b.calls.get_call_logs()).calls[0]
+        assert entry.session_id == call.session_id and entry.has_recording
+        assert (await b.calls.get_call_logs(has_recording=True)).total == 1
 
 
 async def test_screen_share_when_the_device_has_a_screen(tmp_path):

@@ -156,3 +156,47 @@ def test_demo_exits_zero_when_media_flows():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo: media flowed both ways" in done.stdout
     assert "front-door received from reception" in done.stdout
+
+
+def test_recording_survives_a_crash(server_process, tmp_path):
+    """The recording endpoint is killed mid-call (a power cut, a crash): its file still plays."""
+    import signal
+
+    import av
+
+    url, data = server_process
+    door, desk = _add_user(data, "door"), _add_user(data, "desk")
+    recordings = tmp_path / "recordings"
+    recorder = _endpoint(
+        url,
+        door,
+        "--session",
+        "hall",
+        "--record",
+        "--recording-dir",
+        str(recordings),
+        report=tmp_path / "d.json",
+    )
+    other = _endpoint(url, desk, "--session", "hall", "--duration", "20", report=tmp_path / "k.json")
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            files = list(recordings.glob("*.mkv"))
+            if files and files[0].stat().st_size > 60_000:  # a few seconds of call on disk
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the recording never grew")
+        time.sleep(1.0)
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait(10)
+    finally:
+        other.kill()
+        other.wait(10)
+        recorder.kill()
+    (path,) = recordings.glob("*.mkv")
+    with av.open(str(path)) as container:
+        video = sum(1 for _ in container.decode(video=0))
+    with av.open(str(path)) as container:
+        audio = sum(f.samples for f in container.decode(audio=0))
+    assert video >= 15 and audio >= 48000, (video, audio)

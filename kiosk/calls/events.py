@@ -52,6 +52,7 @@ class RTCRecordingInfo:
     user: RTCUser | None
     at_ms: int = 0
     directory: str | None = None  # where the files go, on the side that records
+    file: str | None = None  # the recording file, on the side that records
 
 
 @dataclass(frozen=True)

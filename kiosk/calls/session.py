@@ -27,7 +27,7 @@ from kiosk.calls.events import (
     RTCUser,
 )
 from kiosk.calls.peer import RemoteParticipant, RemotePeer, SessionStats
-from kiosk.calls.recorder import SessionRecorder
+from kiosk.calls.recorder import CallRecorder
 from kiosk.calls.settings import CallSettings
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, SpeakerSink
@@ -59,7 +59,8 @@ class CallSession:
         self.active = False
         self._torn_down = False
         self.first_remote_frame_ms: float | None = None
-        self.recorder: SessionRecorder | None = None
+        self.recorder: CallRecorder | None = None
+        self.recordings: list[Path] = []  # files this session recorded
         self.final_stats: SessionStats | None = None
         self.recording = False
         self.audio_mode: str | None = None
@@ -287,6 +288,8 @@ class CallSession:
             uid = message["participant"]["uid"]
             participant = self.participants.pop(uid, None)
             peer = self.peers.pop(uid, None)
+            if self.recorder is not None and self.recorder.main_uid == uid:
+                self.recorder.main_uid = next(iter(self.participants), None)
             if peer is not None:
                 self._spawn(peer.close())
             self._view_hook("remove_participant", uid)
@@ -506,13 +509,26 @@ class CallSession:
         if self.recording:
             return
         directory = Path(self.calls.recording_dir)
-        self.recorder = SessionRecorder(directory, self.session_id, with_video=not self.audio_only)
+        path = directory / f"{self.session_id}_{time.strftime('%Y%m%d-%H%M%S')}.mkv"
+        try:
+            recorder = CallRecorder(path, with_video=not self.audio_only)
+        except (OSError, av.FFmpegError) as exc:
+            raise CallsError("RECORDING_FAILED", f"cannot record to {path}: {exc}") from None
+        # The main video: the first remote participant (the one a 1:1 call shows large).
+        recorder.main_uid = next(iter(self.participants), None)
+        self.recorder = recorder
+        self.recordings.append(path)
+        self.audio.taps.append(self._record_local_audio)
         self.recording = True
         self._send("recording", recording=True)
         self.calls.listeners.emit(
             "on_recording_toggled",
-            RTCRecordingInfo(True, self.self_user, int(time.time() * 1000), str(directory)),
+            RTCRecordingInfo(True, self.self_user, int(time.time() * 1000), str(directory), str(path)),
         )
+
+    def _record_local_audio(self, frame: av.frame.Frame) -> None:
+        if self.recorder is not None and self.self_user is not None:
+            self.recorder.write(self.self_user.uid, frame)
 
     def stop_recording(self) -> None:
         if not self.recording:
@@ -524,11 +540,12 @@ class CallSession:
             "on_recording_toggled", RTCRecordingInfo(False, self.self_user, int(time.time() * 1000))
         )
 
-    async def _stop_recording_files(self) -> list[Path]:
+    async def _stop_recording_files(self) -> None:
         recorder, self.recorder = self.recorder, None
-        if recorder is None:
-            return []
-        return await asyncio.to_thread(recorder.close)
+        if self._record_local_audio in self.audio.taps:
+            self.audio.taps.remove(self._record_local_audio)
+        if recorder is not None:
+            await asyncio.to_thread(recorder.close)
 
     async def stats(self) -> SessionStats:
         result = SessionStats(

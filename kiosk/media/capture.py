@@ -88,6 +88,8 @@ class _Capture:
         self._retry_at = 0.0
         self.frames_captured = 0
         self.on_restored: Callable[[], None] | None = None
+        # Called with every published frame (the call recorder listens to the local microphone here).
+        self.taps: list[Callable[[av.frame.Frame], None]] = []
 
     def subscribe(self) -> OutgoingTrack:
         track = OutgoingTrack(self.kind, self, self.depth)
@@ -109,6 +111,11 @@ class _Capture:
         self.frames_captured += 1
         for track in list(self._subscribers):
             track._offer(frame)
+        for tap in list(self.taps):
+            try:
+                tap(frame)
+            except Exception:
+                log.exception("capture tap failed")
 
     async def _pump_forever(self) -> None:
         try:
