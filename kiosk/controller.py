@@ -134,6 +134,23 @@ class KioskController:
             return
         self._set(phase=Phase.RINGING_OUT, call=call, peer_name=call.receiver.name or uid, message="Calling…")
 
+    def join(self, session_id: str, settings: CallSettings | None = None) -> asyncio.Task[Any]:
+        """Join a session directly (the documents' session-only flow: no ringing)."""
+        return self._run(self._join(session_id, settings), f"join {session_id}")
+
+    async def _join(self, session_id: str, settings: CallSettings | None) -> None:
+        if self.state.phase != Phase.IDLE:
+            self._set(message="Already in a call")
+            return
+        token = await self.calls.generate_token(session_id)
+        self._set(phase=Phase.IN_CALL, call=None, peer_name="", message="")
+        try:
+            await self.calls.start_session(token, settings or self.settings_factory(None), self.view)
+        except CallsError:
+            self._set(phase=Phase.IDLE)
+            raise
+        self._sync_session_state()
+
     def answer(self) -> asyncio.Task[Any]:
         return self._run(self._answer(), "answer")
 
@@ -264,6 +281,9 @@ class KioskController:
         except CallsError:
             self._set(phase=Phase.IDLE, call=None)
             raise
+        self._sync_session_state()
+
+    def _sync_session_state(self) -> None:
         session = self.calls.session
         self._set(
             muted=bool(session and session.audio_muted),

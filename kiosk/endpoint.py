@@ -21,11 +21,12 @@ from kiosk.calls import (
     CallEventListener,
     Calls,
     CallsError,
+    CallSettings,
     CallSettingsBuilder,
-    CallStatus,
     CallType,
 )
 from kiosk.calls.events import EVENT_NAMES
+from kiosk.controller import KioskController, KioskState, Phase
 from kiosk.media.emulated import EmulatedDevices
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ class EndpointOptions:
 
 
 async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> int:
-    """Run one endpoint to the end of its call; 0 if a call happened and media arrived."""
+    """Run one endpoint to the end of its call; 0 if a call happened and media arrived.
+
+    The call is driven by a KioskController, as on a kiosk, so buttons, keys and the control socket
+    act on it exactly as they would on the device.
+    """
     events = EventRecorder(out=out)
     calls = Calls(
         options.server,
@@ -125,35 +130,48 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         recording_dir=options.recording_dir,
     )
     calls.add_call_event_listener("endpoint", events)
-    report: dict[str, Any] = {"ok": False}
-    try:
-        user = await calls.login()
-        _say(out, "logged_in", to_jsonable(user))
-        reached = await _reach_session(calls, events, options, out)
-        if reached is None:
-            return 1
-        session_id, call_type = reached
+
+    def settings_for(call: Call | None) -> CallSettings:
         # An answered audio call stays audio-only unless asked otherwise.
-        audio_only = options.audio_only or call_type == CallType.AUDIO
-        settings = (
+        audio_only = options.audio_only or (call is not None and call.type == CallType.AUDIO)
+        return (
             CallSettingsBuilder()
             .set_is_audio_only_call(audio_only)
             .auto_record_on_call_start(options.record)
             .build()
         )
-        token = await calls.generate_token(session_id)
-        await calls.start_session(token, settings)
-        _say(out, "session_started", {"sessionId": session_id})
-        ended = asyncio.ensure_future(_first_of(events, "on_call_ended", "on_session_timeout"))
-        try:
-            await asyncio.wait_for(asyncio.shield(ended), options.duration)
-        except TimeoutError:
-            pass
-        if calls.session is not None and calls.active_call is not None:
-            await calls.end_call(session_id)
-        await calls.end_session()
+
+    controller = KioskController(calls, settings_factory=settings_for)
+    phase_changed = asyncio.Event()
+
+    def observe(state: KioskState) -> None:
+        phase_changed.set()
+        _say(out, "state", {"phase": state.phase.value, "peer": state.peer_name, "message": state.message})
+
+    controller.add_observer(observe)
+    report: dict[str, Any] = {"ok": False}
+    try:
+        user = await calls.login()
+        _say(out, "logged_in", to_jsonable(user))
+        if options.session:
+            await controller.join(options.session)
+        elif options.call:
+            await controller.call(options.call, CallType.AUDIO if options.audio_only else CallType.VIDEO)
+            await _wait_phase(controller, phase_changed, {Phase.IN_CALL, Phase.IDLE}, options.ring_wait)
+        elif options.answer:
+            _say(out, "waiting_for_call", {})
+            if await _wait_phase(controller, phase_changed, {Phase.RINGING_IN}, options.ring_wait):
+                await controller.answer()
+        else:
+            raise CallsError("BAD_REQUEST", "give --session, --call or --answer")
+        if controller.state.phase != Phase.IN_CALL:
+            report["outcome"] = controller.state.message or "no call"
+            return 1
+        await _wait_phase(controller, phase_changed, {Phase.IDLE}, options.duration)
+        if controller.state.phase == Phase.IN_CALL:
+            await controller.hang_up()
+        await calls.end_session()  # waits for a session the server is ending
         stats = calls.last_session_stats
-        ended.cancel()
         if stats is not None:
             report["stats"] = stats.to_json()
             report["ok"] = bool(stats.participants) and all(
@@ -171,54 +189,21 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         await calls.close()
 
 
-async def _reach_session(
-    calls: Calls, events: EventRecorder, options: EndpointOptions, out: IO[str]
-) -> tuple[str, CallType | None] | None:
-    """The session id to join and the call's type: given, reached by calling someone, or by answering."""
-    if options.session:
-        return options.session, None
-    if options.call:
-        kind = CallType.AUDIO if options.audio_only else CallType.VIDEO
-        call = await calls.initiate_call(options.call, kind)
-        _say(out, "calling", to_jsonable(call))
-        if call.status != CallStatus.INITIATED:
-            return None
-        outcome = await _first_of(
-            events, "on_outgoing_call_accepted", "on_outgoing_call_rejected", timeout=options.ring_wait
-        )
-        if outcome is None or outcome[0] != "on_outgoing_call_accepted":
-            _say(out, "not_answered", to_jsonable(outcome[1][0]) if outcome else {"status": "no answer"})
-            return None
-        return call.session_id, call.type
-    if options.answer:
-        _say(out, "waiting_for_call", {})
-        found = await _first_of(events, "on_incoming_call_received", timeout=options.ring_wait)
-        if found is None:
-            return None
-        incoming: Call = found[1][0]
-        await calls.accept_call(incoming.session_id)
-        return incoming.session_id, incoming.type
-    raise CallsError("BAD_REQUEST", "give --session, --call or --answer")
-
-
-async def _first_of(
-    events: EventRecorder, *names: str, timeout: float | None = None
-) -> tuple[str, tuple[Any, ...]] | None:
-    start = len(events.events)
+async def _wait_phase(
+    controller: KioskController, changed: asyncio.Event, phases: set[Phase], timeout: float | None
+) -> bool:
+    """Wait until the controller is in one of `phases`; False on timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        for name, args in events.events[start:]:
-            if name in names:
-                return name, args
-        start = len(events.events)
+    while controller.state.phase not in phases:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            return None
-        events._changed.clear()
+            return False
+        changed.clear()
         try:
-            await asyncio.wait_for(events._changed.wait(), remaining)
+            await asyncio.wait_for(changed.wait(), remaining)
         except TimeoutError:
-            return None
+            return False
+    return True
 
 
 def _say(out: IO[str], what: str, data: Any) -> None:
