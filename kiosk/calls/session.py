@@ -247,7 +247,7 @@ class CallSession:
                 self.speaker.write(uid, frame)
             except DeviceError as exc:
                 self._device_error(exc)
-                self._fall_back_audio_mode()
+                self._fall_back_audio_mode(failed=self._audio_output_id)
         if self.recorder is not None:
             self.recorder.write(uid, frame)
 
@@ -415,11 +415,16 @@ class CallSession:
             self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
 
     def _open_speaker(self, device: MediaDeviceInfo) -> None:
+        # Open the new output before closing the old one, so the switch leaves no audible gap.
         new = self.calls.devices.open_speaker(device.device_id)
         old, self.speaker = self.speaker, new
         self._audio_output_id = device.device_id
         if device.audio_mode:
             self.audio_mode = device.audio_mode
+            # A mode may bring its own microphone (a handset, a headset): capture follows the output.
+            microphone = self.calls.devices.input_for_mode(device.audio_mode)
+            if microphone is not None and microphone.device_id != self.audio.device_id:
+                self.audio.select(microphone.device_id)
         if old is not None:
             old.close()
 
@@ -456,12 +461,21 @@ class CallSession:
     def audio_modes(self) -> list[AudioModeInfo]:
         return [AudioModeInfo(m, m == self.audio_mode) for m in self.calls.devices.audio_modes()]
 
-    def _fall_back_audio_mode(self) -> None:
-        modes = self.calls.devices.audio_modes()
-        if modes:
-            device = self.calls.devices.output_for_mode(modes[0])
-            if device is not None:
+    def _fall_back_audio_mode(self, failed: str | None = None) -> None:
+        """Move playback to the first present mode in the configured order, skipping the output that
+        just failed (a device that opens but fails on write must not be reopened in a loop)."""
+        if self.speaker is not None and failed is not None:
+            self.speaker.close()
+            self.speaker = None
+        for mode in self.calls.devices.audio_modes():
+            device = self.calls.devices.output_for_mode(mode)
+            if device is None or device.device_id == failed:
+                continue
+            try:
                 self._open_speaker(device)
+                break
+            except DeviceError as exc:
+                self._device_error(exc)
         self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
 
     def check_devices(self) -> None:

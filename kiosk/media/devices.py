@@ -103,6 +103,11 @@ class MediaDevices(ABC):
     def output_for_mode(self, mode: str) -> MediaDeviceInfo | None:
         return next((d for d in self.audio_outputs() if d.audio_mode == mode), None)
 
+    def input_for_mode(self, mode: str) -> MediaDeviceInfo | None:
+        """The microphone that goes with an audio mode (a handset's own), or None for "keep the
+        current one"."""
+        return None
+
     def find(self, device_id: str, kind: DeviceKind) -> MediaDeviceInfo:
         for device in self.list_devices():
             if device.device_id == device_id and device.kind == kind:
