@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = {"call_setup", "cpu_per_call_second_vp8", "cpu_per_call_second_h264"}
+FIGURES = {
+    "call_setup",
+    "cpu_per_call_second_vp8",
+    "cpu_per_call_second_h264",
+    "echo_erle",
+    "aec_cpu_per_second",
+}
 
 
 def _positive_number(value: object) -> bool:

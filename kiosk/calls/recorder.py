@@ -19,6 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from kiosk.media.mixer import frame_to_mono
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
@@ -28,17 +30,6 @@ VIDEO_TIME_BASE = Fraction(1, 90000)
 AUDIO_TIME_BASE = Fraction(1, SAMPLE_RATE)
 # Matroska written as a live stream, one cluster a second, flushed as it goes.
 CONTAINER_OPTIONS = {"live": "1", "cluster_time_limit": "1000", "flush_packets": "1"}
-
-
-def _mono(frame: av.AudioFrame) -> np.ndarray:
-    """A frame as int16 mono samples (stereo is averaged)."""
-    data = frame.to_ndarray()
-    channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        samples = data.astype(np.int32).mean(axis=0)
-    else:
-        samples = data.reshape(-1, channels).astype(np.int32).mean(axis=1)
-    return samples.astype(np.int16)
 
 
 class CallRecorder:
@@ -71,7 +62,7 @@ class CallRecorder:
 
     def write(self, uid: str, frame: av.frame.Frame) -> None:
         if isinstance(frame, av.AudioFrame):
-            self._add_audio(uid, _mono(frame) if frame.sample_rate == SAMPLE_RATE else None)
+            self._add_audio(uid, frame_to_mono(frame))
         elif isinstance(frame, av.VideoFrame) and self._video_stream is not None:
             if self.main_uid is None:
                 self.main_uid = uid
@@ -81,7 +72,7 @@ class CallRecorder:
 
     def _add_audio(self, uid: str, samples: np.ndarray | None) -> None:
         if samples is None:
-            return  # not 48 kHz: aiortc and the devices always give 48 kHz, so this is not expected
+            return  # not s16 at 48 kHz: aiortc and the devices always give that, so this is not expected
         with self._lock:
             pending = self._pending.pop(uid, None)
             if pending is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from kiosk.media.aec import ReferenceCallback, ReferenceMixer
 from kiosk.media.devices import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_SAMPLE_RATE,
@@ -131,9 +132,16 @@ class EmulatedSpeaker(SpeakerSink):
         self._record_dir = record_dir
         self._files: dict[str, wave.Wave_write] = {}
         self.frames_written = 0
+        self._reference: ReferenceMixer | None = None
+
+    def set_reference_tap(self, callback: ReferenceCallback | None) -> None:
+        """Report what is "played" (all participants mixed, mono) to `callback`, e.g. an echo canceller."""
+        self._reference = ReferenceMixer(callback) if callback is not None else None
 
     def write(self, participant_uid: str, frame: av.AudioFrame) -> None:
         self.frames_written += 1
+        if self._reference is not None:
+            self._reference.add(participant_uid, frame)
         if self._record_dir is None:
             return
         out = self._files.get(participant_uid)
