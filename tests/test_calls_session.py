@@ -405,3 +405,23 @@ async def test_default_audio_mode_and_output_device_selection(tmp_path):
         )
         a.calls.set_audio_mode("AUDIO_MODE_BLUETOOTH")
         assert a.calls.session.audio_mode == "BLUETOOTH"
+
+
+async def test_an_output_that_fails_in_use_falls_back_and_is_not_reopened(tmp_path):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
+    ):
+        session = new_session_id()
+        await a.join(session)
+        await b.join(session)
+        await wait_until(lambda: audio_level(a, "bob"), 15, "bob's audio at alice")
+        assert a.calls.session.audio_mode == "SPEAKER"
+        a.devices.break_device("emulated-speaker")  # still listed, but every write fails
+        error = (await a.events.wait_for("on_error"))[0]
+        assert error.code == "DEVICE_ERROR" and "emulated-speaker" in error.message
+        await wait_until(lambda: a.calls.session.audio_mode == "EARPIECE", 3, "fallback to the next mode")
+        await asyncio.sleep(0.5)
+        speakers = [s.device.device_id for s in a.devices.opened_speakers]
+        assert speakers.count("emulated-speaker") == 1, speakers  # not reopened in a loop
+        assert a.devices.opened_speakers[-1].frames_written > 10, "bob is heard on the earpiece"

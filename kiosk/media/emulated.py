@@ -127,8 +127,11 @@ def _load_sound(path: Path) -> np.ndarray:
 class EmulatedSpeaker(SpeakerSink):
     """Discards audio, or writes each participant's decoded audio to `<dir>/<uid>.wav`."""
 
-    def __init__(self, device: MediaDeviceInfo, record_dir: Path | None) -> None:
+    def __init__(
+        self, device: MediaDeviceInfo, record_dir: Path | None, owner: EmulatedDevices | None = None
+    ) -> None:
         self.device = device
+        self._owner = owner
         self._record_dir = record_dir
         self._files: dict[str, wave.Wave_write] = {}
         self.frames_written = 0
@@ -139,6 +142,8 @@ class EmulatedSpeaker(SpeakerSink):
         self._reference = ReferenceMixer(callback) if callback is not None else None
 
     def write(self, participant_uid: str, frame: av.AudioFrame) -> None:
+        if self._owner is not None and self.device.device_id in self._owner.broken:
+            raise DeviceError(self.device.device_id, "write failed: Input/output error")
         self.frames_written += 1
         if self._reference is not None:
             self._reference.add(participant_uid, frame)
@@ -194,6 +199,7 @@ class EmulatedDevices(MediaDevices):
             ),
         ]
         self.opened_speakers: list[EmulatedSpeaker] = []
+        self.broken: set[str] = set()
 
     def list_devices(self) -> list[MediaDeviceInfo]:
         return list(self._devices)
@@ -204,6 +210,13 @@ class EmulatedDevices(MediaDevices):
     def plug(self, device: MediaDeviceInfo) -> None:
         if not self.is_present(device.device_id):
             self._devices.append(device)
+
+    def break_device(self, device_id: str, broken: bool = True) -> None:
+        """Make a device fail in use while it stays listed (an output that opens but cannot play)."""
+        if broken:
+            self.broken.add(device_id)
+        else:
+            self.broken.discard(device_id)
 
     def unplug(self, device_id: str) -> MediaDeviceInfo:
         device = next((d for d in self._devices if d.device_id == device_id), None)
@@ -222,7 +235,7 @@ class EmulatedDevices(MediaDevices):
 
     def open_speaker(self, device_id: str) -> SpeakerSink:
         device = self.find(device_id, "audiooutput")
-        speaker = EmulatedSpeaker(device, self.speaker_dir / device_id if self.speaker_dir else None)
+        speaker = EmulatedSpeaker(device, self.speaker_dir / device_id if self.speaker_dir else None, self)
         self.opened_speakers.append(speaker)
         return speaker
 
