@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from stand_in_support import pi  # noqa: F401  (the picamera2 stand-in fixture, for every test module)
 
 from kiosk.server import RunningServer, ServerConfig, start_server
 

@@ -93,6 +93,7 @@ class RemotePeer:
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
         on_connection_state: Callable[[RemotePeer, str], None],
+        on_keyframe_request: Callable[[], None] | None = None,
     ) -> None:
         self.participant = participant
         self.uid = participant.user.uid
@@ -101,6 +102,16 @@ class RemotePeer:
         self._local_tracks = (audio_track, video_track)
         self.pc.addTransceiver(audio_track, direction="sendrecv")
         video = self.pc.addTransceiver(video_track, direction="sendrecv")
+        if on_keyframe_request is not None:
+            # A camera that encodes by itself must hear the receiver's picture-loss requests (PLI/FIR);
+            # aiortc acts on them only when it encodes, through this hook of its sender.
+            ask_encoder = video.sender._send_keyframe
+
+            def keyframe() -> None:
+                ask_encoder()
+                on_keyframe_request()
+
+            video.sender._send_keyframe = keyframe  # type: ignore[method-assign]
         if video_codec:
             wanted = f"video/{video_codec}".lower()
             codecs = [

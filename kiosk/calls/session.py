@@ -205,6 +205,7 @@ class CallSession:
             on_video_frame=self._on_remote_video,
             on_audio_frame=self._on_remote_audio,
             on_connection_state=self._on_peer_state,
+            on_keyframe_request=self.video.request_keyframe,
         )
         self.peers[participant.user.uid] = peer
         return peer

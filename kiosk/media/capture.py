@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 VIDEO_TIME_BASE = Fraction(1, 90000)
 AUDIO_TIME_BASE = Fraction(1, AUDIO_SAMPLE_RATE)
 DEVICE_RETRY_SECONDS = 1.0
+# Encoded video (a camera's own H.264) cannot drop arbitrary packets: a reader that falls this far
+# behind skips to the next keyframe instead, and the camera is asked for one.
+PACKET_DEPTH = 8
 
 ErrorCallback = Callable[[Exception], None]
 
@@ -45,20 +48,36 @@ class OutgoingTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self._capture = capture
-        self._frames: collections.deque[av.frame.Frame] = collections.deque(maxlen=depth)
+        self._frames: collections.deque[av.frame.Frame | av.Packet] = collections.deque(maxlen=depth)
+        self._packets: collections.deque[av.Packet] = collections.deque()
+        self._need_keyframe = True  # a new reader of encoded video starts at a keyframe
         self._ready = asyncio.Event()
 
-    def _offer(self, frame: av.frame.Frame) -> None:
-        self._frames.append(frame)  # the deque's maxlen drops the oldest
+    def _offer(self, frame: av.frame.Frame | av.Packet) -> None:
+        if isinstance(frame, av.Packet):
+            self._offer_packet(frame)
+        else:
+            self._frames.append(frame)  # the deque's maxlen drops the oldest
         self._ready.set()
 
-    async def recv(self) -> av.frame.Frame:
-        while not self._frames:
+    def _offer_packet(self, packet: av.Packet) -> None:
+        if len(self._packets) >= PACKET_DEPTH:
+            self._packets.clear()
+            self._need_keyframe = True
+        if self._need_keyframe:
+            if not packet.is_keyframe:
+                self._capture.request_keyframe()
+                return
+            self._need_keyframe = False
+        self._packets.append(packet)
+
+    async def recv(self) -> av.frame.Frame | av.Packet:
+        while not self._frames and not self._packets:
             if self.readyState != "live":
                 raise MediaStreamError
             self._ready.clear()
             await self._ready.wait()
-        return self._frames.popleft()
+        return self._packets.popleft() if self._packets else self._frames.popleft()
 
     def stop(self) -> None:
         if self.readyState == "live":
@@ -95,10 +114,17 @@ class _Capture:
         track = OutgoingTrack(self.kind, self, self.depth)
         self._subscribers.add(track)
         self._ensure_pump()
+        self.request_keyframe()  # a new peer of an encoding camera should not wait a whole interval
         return track
 
     def unsubscribe(self, track: OutgoingTrack) -> None:
         self._subscribers.discard(track)
+
+    def request_keyframe(self) -> None:
+        """Ask a source that encodes by itself (a camera's own H.264) for a keyframe soon."""
+        request = getattr(self._source, "request_keyframe", None)
+        if request is not None:
+            request()
 
     def _ensure_pump(self) -> None:
         if self._task is None or self._task.done():
