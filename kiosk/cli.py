@@ -12,11 +12,18 @@ from kiosk import __version__
 
 
 def _endpoint(args: argparse.Namespace) -> int:
+    from kiosk.config import ConfigError
     from kiosk.endpoint import EndpointOptions, run_endpoint
+    from kiosk.hardware import HardwareError
 
+    if args.config is None and not (args.server and args.auth_token):
+        print("kiosk endpoint: give --server and --auth-token, or --config", file=sys.stderr)
+        return 2
     options = EndpointOptions(
-        server=args.server,
-        auth_token=args.auth_token,
+        server=args.server or "",
+        auth_token=args.auth_token or "",
+        config=args.config,
+        idle=args.idle,
         session=args.session,
         call=args.call,
         answer=args.answer,
@@ -29,7 +36,11 @@ def _endpoint(args: argparse.Namespace) -> int:
         record=args.record,
         recording_dir=args.recording_dir,
     )
-    return asyncio.run(run_endpoint(options))
+    try:
+        return asyncio.run(run_endpoint(options))
+    except (ConfigError, HardwareError) as exc:
+        print(f"kiosk: {exc}", file=sys.stderr)
+        return 2
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -70,9 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint = sub.add_parser(
         "endpoint", help="a headless endpoint with emulated media, printing events as JSON lines"
     )
-    endpoint.add_argument("--server", required=True, help="call server URL, e.g. http://127.0.0.1:8080")
-    endpoint.add_argument("--auth-token", required=True, help="this endpoint's user auth token")
+    endpoint.add_argument(
+        "--server", help="call server URL, e.g. http://127.0.0.1:8080 (default: the config's)"
+    )
+    endpoint.add_argument("--auth-token", help="this endpoint's user auth token (default: the config's)")
+    endpoint.add_argument(
+        "--config",
+        type=Path,
+        help="device config: its cameras, audio, buttons, LEDs, keyboard and control socket",
+    )
     what = endpoint.add_mutually_exclusive_group(required=True)
+    what.add_argument("--idle", action="store_true", help="wait: calls come and go by buttons, keys, socket")
     what.add_argument("--session", metavar="ID", help="join this session directly")
     what.add_argument("--call", metavar="UID", help="ring this user and join when they accept")
     what.add_argument("--answer", action="store_true", help="wait for an incoming call and accept it")

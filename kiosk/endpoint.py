@@ -26,7 +26,11 @@ from kiosk.calls import (
     CallType,
 )
 from kiosk.calls.events import EVENT_NAMES
+from kiosk.config import load_config
 from kiosk.controller import KioskController, KioskState, Phase
+from kiosk.device import build_devices
+from kiosk.hardware import Controls, start_controls
+from kiosk.media.devices import MediaDevices
 from kiosk.media.emulated import EmulatedDevices
 
 log = logging.getLogger(__name__)
@@ -99,8 +103,10 @@ class EventRecorder(CallEventListener):
 
 @dataclasses.dataclass
 class EndpointOptions:
-    server: str
-    auth_token: str
+    server: str = ""  # default: the config's server.url
+    auth_token: str = ""  # default: the config's token
+    config: Path | None = None  # a device config: its devices, buttons, LEDs, keyboard, control socket
+    idle: bool = False  # no call of its own: wait for calls, buttons and keys
     session: str | None = None
     call: str | None = None
     answer: bool = False
@@ -121,13 +127,24 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
     act on it exactly as they would on the device.
     """
     events = EventRecorder(out=out)
+    config = load_config(options.config) if options.config is not None else None  # ConfigError: caller
+    devices: MediaDevices = EmulatedDevices()
+    codec, recording_dir, poll, auto_answer = options.codec, options.recording_dir, 1.0, 0.0
+    server, token = options.server, options.auth_token
+    if config is not None:
+        devices, choices = build_devices(config)
+        codec = codec or choices.video_codec
+        recording_dir = recording_dir or choices.recording_dir
+        poll, auto_answer = config.audio.poll_interval, config.ui.auto_answer_after
+        server, token = server or config.server.url, token or config.auth_token()
     calls = Calls(
-        options.server,
-        auth_token=options.auth_token,
-        devices=EmulatedDevices(),
-        video_codec=options.codec,
+        server,
+        auth_token=token,
+        devices=devices,
+        video_codec=codec,
         ice_host_addresses=["127.0.0.1"] if options.loopback else None,
-        recording_dir=options.recording_dir,
+        recording_dir=recording_dir,
+        device_poll_interval=poll,
     )
     calls.add_call_event_listener("endpoint", events)
 
@@ -141,7 +158,7 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
             .build()
         )
 
-    controller = KioskController(calls, settings_factory=settings_for)
+    controller = KioskController(calls, settings_factory=settings_for, auto_answer_after=auto_answer)
     phase_changed = asyncio.Event()
 
     def observe(state: KioskState) -> None:
@@ -150,9 +167,18 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
 
     controller.add_observer(observe)
     report: dict[str, Any] = {"ok": False}
+    controls: Controls | None = None
     try:
         user = await calls.login()
         _say(out, "logged_in", to_jsonable(user))
+        if config is not None:
+            controls = await start_controls(config, controller)
+            _say(out, "controls", _describe_controls(controls))
+        if options.idle:
+            # A kiosk at rest: calls come in and go out through buttons, keys and the control socket.
+            await _idle(controller, phase_changed, options.duration)
+            report["ok"] = True
+            return 0
         if options.session:
             await controller.join(options.session)
         elif options.call:
@@ -183,10 +209,35 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         report["error"] = {"code": exc.code, "message": exc.message}
         return 2
     finally:
+        if controls is not None:
+            await controls.close()
         report["events"] = events.names()
         if options.report is not None:
             options.report.write_text(json.dumps(report, indent=2))
         await calls.close()
+
+
+async def _idle(controller: KioskController, changed: asyncio.Event, duration: float | None) -> None:
+    """Run until `duration` is over (or for ever); a call in progress then is hung up."""
+    deadline = None if duration is None else time.monotonic() + duration
+    while deadline is None or time.monotonic() < deadline:
+        changed.clear()
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(changed.wait(), remaining)
+        except TimeoutError:
+            break
+    if controller.state.phase != Phase.IDLE:
+        await controller.hang_up()
+
+
+def _describe_controls(controls: Controls) -> dict[str, Any]:
+    return {
+        "buttons": controls.buttons is not None,
+        "lights": controls.lights is not None,
+        "keyboard": controls.keyboard is not None,
+        "controlSocket": str(controls.control.path) if controls.control is not None else None,
+    }
 
 
 async def _wait_phase(

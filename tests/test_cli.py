@@ -200,3 +200,74 @@ def test_recording_survives_a_crash(server_process, tmp_path):
     with av.open(str(path)) as container:
         audio = sum(f.samples for f in container.decode(audio=0))
     assert video >= 15 and audio >= 48000, (video, audio)
+
+
+def _socket_command(path: Path, command: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(command.encode() + b"\n")
+        return s.makefile().readline().strip()
+
+
+def test_an_idle_kiosk_is_driven_by_its_control_socket(server_process, tmp_path):
+    """The emulated device with no Pi: answer, mute and hang up through the control socket."""
+    url, data = server_process
+    kiosk_token, caller_token = _add_user(data, "kiosk"), _add_user(data, "visitor")
+    sock = tmp_path / "control.sock"
+    config = tmp_path / "kiosk.toml"
+    text = (Path(__file__).resolve().parent.parent / "config" / "emulated.toml").read_text()
+    config.write_text(text.replace('control_socket = "kiosk-control.sock"', f'control_socket = "{sock}"'))
+    kiosk = subprocess.Popen(
+        [
+            *KIOSK,
+            "endpoint",
+            "--config",
+            str(config),
+            "--server",
+            url,
+            "--auth-token",
+            kiosk_token,
+            "--idle",
+            "--loopback",
+            "--duration",
+            "25",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    caller = None
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert kiosk.poll() is None and time.monotonic() < deadline, (
+                kiosk.stderr.read() if kiosk.stderr else ""
+            )
+            time.sleep(0.1)
+        caller = _endpoint(
+            url, caller_token, "--call", "kiosk", "--duration", "6", report=tmp_path / "v.json"
+        )
+        deadline = time.monotonic() + 15
+        while json.loads(_socket_command(sock, "state"))["phase"] != "ringing_in":
+            assert time.monotonic() < deadline, "the kiosk never rang"
+            time.sleep(0.1)
+        assert _socket_command(sock, "answer") == "ok"
+        deadline = time.monotonic() + 15
+        while json.loads(_socket_command(sock, "state"))["phase"] != "in_call":
+            assert time.monotonic() < deadline, "not answered"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert _socket_command(sock, "mute") == "ok"
+        assert json.loads(_socket_command(sock, "state"))["muted"] is True
+        assert _socket_command(sock, "bogus").startswith("error")
+        out, err = caller.communicate(timeout=40)
+        assert caller.returncode == 0, out + err
+        muted = [line for line in _lines(out) if line.get("event") == "on_user_muted"]
+        assert muted and muted[0]["data"]["uid"] == "kiosk" and muted[0]["data"]["audio_muted"] is True
+    finally:
+        if caller is not None and caller.poll() is None:
+            caller.kill()
+        kiosk.terminate()
+        kiosk.wait(15)
