@@ -44,9 +44,15 @@ def _endpoint(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from kiosk.config import ConfigError
     from kiosk.demo import run_demo
+    from kiosk.hardware import HardwareError
 
-    return asyncio.run(run_demo(duration=args.duration))
+    try:
+        return asyncio.run(run_demo(duration=args.duration, config_path=args.config))
+    except (ConfigError, HardwareError) as exc:
+        print(f"kiosk: {exc}", file=sys.stderr)
+        return 2
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -125,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="embedded server, two emulated endpoints, one call; exit 0 if media flowed"
     )
     demo.add_argument("--duration", type=float, default=5.0, help="seconds of call (default 5)")
+    demo.add_argument(
+        "--config",
+        type=Path,
+        help="device config for the front door (e.g. config/emulated.toml): keys and buttons act",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

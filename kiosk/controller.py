@@ -93,6 +93,25 @@ class KioskController:
         self._observers.append(observer)
         observer(self.state)
 
+    async def wait_for_phase(self, *phases: Phase, timeout: float | None = None) -> bool:
+        """Wait until the kiosk is in one of `phases`; False if `timeout` passes first."""
+        if self.state.phase in phases:
+            return True
+        reached = asyncio.get_running_loop().create_future()
+
+        def watch(state: KioskState) -> None:
+            if state.phase in phases and not reached.done():
+                reached.set_result(True)
+
+        self._observers.append(watch)
+        try:
+            await asyncio.wait_for(reached, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._observers.remove(watch)
+
     def _set(self, **changes: Any) -> None:
         self.state = dataclasses.replace(self.state, **changes)
         for observer in list(self._observers):

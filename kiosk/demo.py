@@ -7,7 +7,6 @@ stats, and exits 0 only if media flowed both ways.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import sys
@@ -17,8 +16,13 @@ from typing import IO
 
 import aiohttp
 
-from kiosk.calls import Calls, CallSettingsBuilder, CallType, SessionStats
+from kiosk.calls import Calls, SessionStats
+from kiosk.config import load_config
+from kiosk.controller import KioskController, Phase
+from kiosk.device import build_devices
 from kiosk.endpoint import EventRecorder, to_jsonable
+from kiosk.hardware import Controls, start_controls
+from kiosk.media.devices import MediaDevices
 from kiosk.media.emulated import EmulatedDevices
 from kiosk.server.app import start_server
 from kiosk.server.config import ServerConfig
@@ -46,50 +50,67 @@ def media_flowed(stats: SessionStats, audio_only: bool = False) -> bool:
     return True
 
 
-async def run_demo(duration: float = 5.0, data_dir: Path | None = None, out: IO[str] = sys.stdout) -> int:
+async def run_demo(
+    duration: float = 5.0,
+    data_dir: Path | None = None,
+    out: IO[str] = sys.stdout,
+    config_path: Path | None = None,
+) -> int:
+    """The demo call; with `config_path`, the front door uses that device config (its devices, and its
+    buttons, keyboard and control socket act on the call)."""
+    config = load_config(config_path) if config_path is not None else None  # ConfigError: the caller's
     with tempfile.TemporaryDirectory(prefix="kiosk-demo-") as tmp:
-        config = ServerConfig(
-            host="127.0.0.1", port=0, data_dir=data_dir or Path(tmp), admin_key=secrets.token_urlsafe(24)
+        admin_key = secrets.token_urlsafe(24)
+        server = await start_server(
+            ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir or Path(tmp), admin_key=admin_key)
         )
-        server = await start_server(config)
         door = desk = None
+        controls: Controls | None = None
         try:
             out.write(f"call server on {server.url}\n")
-            door_token = await create_user(server.url, config.admin_key or "", "front-door", "Front door")
-            desk_token = await create_user(server.url, config.admin_key or "", "reception", "Reception desk")
+            door_token = await create_user(server.url, admin_key, "front-door", "Front door")
+            desk_token = await create_user(server.url, admin_key, "reception", "Reception desk")
             common = {"ice_host_addresses": ["127.0.0.1"], "recording_dir": Path(tmp) / "recordings"}
-            door = Calls(server.url, auth_token=door_token, devices=EmulatedDevices(tone_hz=440), **common)
+            door_devices: MediaDevices = EmulatedDevices(tone_hz=440)
+            codec = None
+            if config is not None:
+                door_devices, choices = build_devices(config)
+                codec = choices.video_codec
+            door = Calls(server.url, auth_token=door_token, devices=door_devices, video_codec=codec, **common)
             desk = Calls(server.url, auth_token=desk_token, devices=EmulatedDevices(tone_hz=660), **common)
-            door_events, desk_events = EventRecorder("front-door", out), EventRecorder("reception", out)
-            door.add_call_event_listener("demo", door_events)
-            desk.add_call_event_listener("demo", desk_events)
+            door.add_call_event_listener("demo", EventRecorder("front-door", out))
+            desk.add_call_event_listener("demo", EventRecorder("reception", out))
             await door.login()
             await desk.login()
+            door_kiosk = KioskController(door)
+            desk_kiosk = KioskController(desk, auto_answer_after=0.5)  # the desk answers by itself
+            if config is not None:
+                controls = await start_controls(config, door_kiosk)
+                out.write("front-door controls: keys m (mute), v (video), e (end), a (audio mode)\n")
 
-            call = await door.initiate_call("reception", CallType.VIDEO)
-            out.write(f"front-door calls reception: session {call.session_id}, status {call.status}\n")
-            incoming = (await desk_events.wait_for("on_incoming_call_received"))[0]
-            await desk.accept_call(incoming.session_id)
-            await door_events.wait_for("on_outgoing_call_accepted")
+            out.write("front-door calls reception\n")
+            await door_kiosk.call("reception")
+            if not (
+                await door_kiosk.wait_for_phase(Phase.IN_CALL, timeout=15)
+                and await desk_kiosk.wait_for_phase(Phase.IN_CALL, timeout=15)
+            ):
+                out.write(f"demo: FAILED, no call: {door_kiosk.state.message}\n")
+                return 1
+            # The call runs for `duration`, unless someone hangs up first (the end key, with --config).
+            await door_kiosk.wait_for_phase(Phase.IDLE, timeout=duration)
+            if door_kiosk.state.phase == Phase.IN_CALL:
+                await door_kiosk.hang_up()
+            await desk_kiosk.wait_for_phase(Phase.IDLE, timeout=15)
+            await desk.end_session()
 
-            settings = CallSettingsBuilder().build()
-            await door.start_session(await door.generate_token(call.session_id), settings)
-            await desk.start_session(await desk.generate_token(call.session_id), settings)
-            await door_events.wait_for("on_user_joined")
-            await asyncio.sleep(duration)
-
-            door_stats = await door.get_session_stats()
-            desk_stats = await desk.get_session_stats()
-            await door.end_call(call.session_id)
-            await desk_events.wait_for("on_call_ended")
-            await door.end_session()
-
+            door_stats, desk_stats = door.last_session_stats, desk.last_session_stats
             logs = await desk.get_call_logs()
-            for name, stats in (("front-door", door_stats), ("reception", desk_stats)):
-                out.write(f"stats {name}: {json.dumps(stats.to_json())}\n")
             out.write(f"call log of reception: {json.dumps(to_jsonable(logs.calls[:1]))}\n")
-            ok = media_flowed(door_stats) and media_flowed(desk_stats)
+            ok = bool(door_stats and desk_stats and media_flowed(door_stats) and media_flowed(desk_stats))
             for name, stats in (("front-door", door_stats), ("reception", desk_stats)):
+                if stats is None:
+                    continue
+                out.write(f"stats {name}: {json.dumps(stats.to_json())}\n")
                 for uid, p in stats.participants.items():
                     out.write(
                         f"{name} received from {uid}: {p.video_frames_decoded} video frames, "
@@ -101,6 +122,8 @@ async def run_demo(duration: float = 5.0, data_dir: Path | None = None, out: IO[
             )
             return 0 if ok else 1
         finally:
+            if controls is not None:
+                await controls.close()
             for client in (door, desk):
                 if client is not None:
                     await client.close()

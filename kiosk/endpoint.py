@@ -159,10 +159,8 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         )
 
     controller = KioskController(calls, settings_factory=settings_for, auto_answer_after=auto_answer)
-    phase_changed = asyncio.Event()
 
     def observe(state: KioskState) -> None:
-        phase_changed.set()
         _say(out, "state", {"phase": state.phase.value, "peer": state.peer_name, "message": state.message})
 
     controller.add_observer(observe)
@@ -176,24 +174,24 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
             _say(out, "controls", _describe_controls(controls))
         if options.idle:
             # A kiosk at rest: calls come in and go out through buttons, keys and the control socket.
-            await _idle(controller, phase_changed, options.duration)
+            await _idle(controller, options.duration)
             report["ok"] = True
             return 0
         if options.session:
             await controller.join(options.session)
         elif options.call:
             await controller.call(options.call, CallType.AUDIO if options.audio_only else CallType.VIDEO)
-            await _wait_phase(controller, phase_changed, {Phase.IN_CALL, Phase.IDLE}, options.ring_wait)
+            await controller.wait_for_phase(Phase.IN_CALL, Phase.IDLE, timeout=options.ring_wait)
         elif options.answer:
             _say(out, "waiting_for_call", {})
-            if await _wait_phase(controller, phase_changed, {Phase.RINGING_IN}, options.ring_wait):
+            if await controller.wait_for_phase(Phase.RINGING_IN, timeout=options.ring_wait):
                 await controller.answer()
         else:
             raise CallsError("BAD_REQUEST", "give --session, --call or --answer")
         if controller.state.phase != Phase.IN_CALL:
             report["outcome"] = controller.state.message or "no call"
             return 1
-        await _wait_phase(controller, phase_changed, {Phase.IDLE}, options.duration)
+        await controller.wait_for_phase(Phase.IDLE, timeout=options.duration)
         if controller.state.phase == Phase.IN_CALL:
             await controller.hang_up()
         await calls.end_session()  # waits for a session the server is ending
@@ -217,16 +215,11 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         await calls.close()
 
 
-async def _idle(controller: KioskController, changed: asyncio.Event, duration: float | None) -> None:
-    """Run until `duration` is over (or for ever); a call in progress then is hung up."""
-    deadline = None if duration is None else time.monotonic() + duration
-    while deadline is None or time.monotonic() < deadline:
-        changed.clear()
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            await asyncio.wait_for(changed.wait(), remaining)
-        except TimeoutError:
-            break
+async def _idle(controller: KioskController, duration: float | None) -> None:
+    """Run for `duration` seconds (or until stopped); a call still going then is hung up."""
+    if duration is None:
+        await asyncio.Event().wait()  # until the process is stopped
+    await asyncio.sleep(duration or 0)
     if controller.state.phase != Phase.IDLE:
         await controller.hang_up()
 
@@ -238,23 +231,6 @@ def _describe_controls(controls: Controls) -> dict[str, Any]:
         "keyboard": controls.keyboard is not None,
         "controlSocket": str(controls.control.path) if controls.control is not None else None,
     }
-
-
-async def _wait_phase(
-    controller: KioskController, changed: asyncio.Event, phases: set[Phase], timeout: float | None
-) -> bool:
-    """Wait until the controller is in one of `phases`; False on timeout."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while controller.state.phase not in phases:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            return False
-        changed.clear()
-        try:
-            await asyncio.wait_for(changed.wait(), remaining)
-        except TimeoutError:
-            return False
-    return True
 
 
 def _say(out: IO[str], what: str, data: Any) -> None:
