@@ -93,6 +93,15 @@ class KioskController:
         self._observers.append(observer)
         observer(self.state)
 
+    def remove_observer(self, observer: Observer) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _live_session(self) -> Any:
+        """The session if it is up (a press while it is still starting does nothing)."""
+        session = self.calls.session
+        return session if session is not None and session.active else None
+
     async def wait_for_phase(self, *phases: Phase, timeout: float | None = None) -> bool:
         """Wait until the kiosk is in one of `phases`; False if `timeout` passes first."""
         if self.state.phase in phases:
@@ -227,7 +236,7 @@ class KioskController:
         """The end button's press: answers while ringing (when so configured), else hangs up."""
         if self.state.phase == Phase.RINGING_IN:
             return self.answer() if press_answers else None
-        if self.state.phase == Phase.IN_CALL and self.calls.session is not None:
+        if self.state.phase == Phase.IN_CALL and self._live_session() is not None:
             # Through the SDK's end-call button event, as a touch on the on-screen button does.
             self.calls.press_end_call_button()
             return None
@@ -240,28 +249,31 @@ class KioskController:
         return self.hang_up()
 
     def toggle_mute(self) -> None:
-        if self.calls.session is None:
+        session = self._live_session()
+        if session is None:
             return
-        muted = not self.calls.session.audio_muted
+        muted = not session.audio_muted
         self.calls.mute_audio(muted)
         self._set(muted=muted)
 
     def toggle_video(self) -> None:
-        if self.calls.session is None:
+        session = self._live_session()
+        if session is None:
             return
-        paused = not self.calls.session.video_muted
+        paused = not session.video_muted
         self.calls.pause_video(paused)
         self._set(video_paused=paused)
 
     def cycle_audio_mode(self) -> None:
         """Next available audio mode, in the order the device offers them."""
-        if self.calls.session is None:
+        session = self._live_session()
+        if session is None:
             return
         modes = [m.mode for m in self.calls.get_audio_output_modes()]
         if not modes:
             self._set(message="No audio output available")
             return
-        current = self.calls.session.audio_mode
+        current = session.audio_mode
         following = modes[(modes.index(current) + 1) % len(modes)] if current in modes else modes[0]
         try:
             self.calls.set_audio_mode(following)

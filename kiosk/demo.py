@@ -86,7 +86,9 @@ async def run_demo(
             desk_kiosk = KioskController(desk, auto_answer_after=0.5)  # the desk answers by itself
             if config is not None:
                 controls = await start_controls(config, door_kiosk)
-                out.write("front-door controls: keys m (mute), v (video), e (end), a (audio mode)\n")
+                out.write(
+                    "front-door controls: keys m mute, v video, e end, E end (hold), a audio mode, y answer, n reject, c call\n"
+                )
 
             out.write("front-door calls reception\n")
             await door_kiosk.call("reception")

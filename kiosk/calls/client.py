@@ -495,8 +495,10 @@ class Calls:
                 self._ending = asyncio.ensure_future(self._on_session_ended(session, message))
         else:
             session = self.session
-            if session is not None and session.active and session.session_id == message.get("sessionId"):
-                session.handle(message)
+            if session is not None and session.session_id == message.get("sessionId"):
+                # Messages can arrive between the server accepting our join and start() resuming;
+                # the session keeps them until it is active.
+                session.receive(message)
 
     def _on_call_incoming(self, call: Call) -> None:
         busy = self.session is not None or (

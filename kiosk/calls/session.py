@@ -58,6 +58,7 @@ class CallSession:
         self.ice_servers: list[dict[str, Any]] = []
         self.active = False
         self._torn_down = False
+        self._early: list[dict[str, Any]] = []  # messages that came before the join completed
         self.first_remote_frame_ms: float | None = None
         self.recorder: CallRecorder | None = None
         self.recordings: list[Path] = []  # files this session recorded
@@ -110,8 +111,13 @@ class CallSession:
         for participant in self.participants.values():
             if participant.audio_muted or participant.video_muted:
                 self._emit_muted(participant)
+        # We offer to those already in the session (the joined reply); anyone who joined after us
+        # offers to us. So the early messages are replayed only after these offers are on their way.
         for participant in list(self.participants.values()):
             self._spawn(self._offer_to(participant))
+        early, self._early = self._early, []
+        for message in early:
+            self.handle(message)
         self._update_idle_timer()
         if self.settings.auto_record_on_call_start:
             self.start_recording()
@@ -274,6 +280,12 @@ class CallSession:
         self.calls.listeners.emit("on_error", CallError(code, message))
 
     # ----------------------------------------------------------------- signaling from the server
+
+    def receive(self, message: dict[str, Any]) -> None:
+        if self.active:
+            self.handle(message)
+        elif not self._torn_down:
+            self._early.append(message)
 
     def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]

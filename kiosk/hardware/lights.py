@@ -80,7 +80,8 @@ class StatusLights:
 
     def close(self) -> None:
         """Switch the LEDs off and release their pins."""
-        self._closed = True  # the controller has no remove_observer: the observer stays, doing nothing
+        self._closed = True
+        self.controller.remove_observer(self._show)
         for led in self.leds.values():
             try:
                 led.off()
