@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kiosk.config import ConfigError, KioskConfig
+from kiosk.config import AudioSection, ConfigError, KioskConfig
 from kiosk.media.devices import (
     CameraSource,
     DeviceError,
@@ -20,6 +21,9 @@ from kiosk.media.devices import (
     MicrophoneSource,
     SpeakerSink,
 )
+
+if TYPE_CHECKING:
+    from kiosk.media.alsa import AlsaAudio
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,7 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
             audio = AlsaAudio(audio_section)
         except DeviceError as exc:
             raise ConfigError(f"audio: {exc}") from None
+        _require_alsa_devices(audio, audio_section)
     else:
         from kiosk.media.emulated import EmulatedDevices
 
@@ -119,3 +124,14 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
     passthrough = any(c.h264_passthrough for c in config.cameras)
     devices = KioskDevices(cameras, audio, audio_section.fallback_order, processor)
     return devices, DeviceChoices("H264" if passthrough else None, Path(config.recording.directory))
+
+
+def _require_alsa_devices(audio: AlsaAudio, section: AudioSection) -> None:
+    """A kiosk that cannot hear or cannot be heard should not start as if all were well. Outputs
+    may come and go (a headset), but at least one must be there at start."""
+    inputs = {d.device_id for d in audio.audio_inputs()}
+    if audio.input_id(section.capture) not in inputs:
+        raise ConfigError(f"audio.capture: the ALSA capture device {section.capture!r} is not present")
+    if not audio.audio_outputs():
+        pcms = ", ".join(f"{mode}={spec.playback}" for mode, spec in section.modes.items())
+        raise ConfigError(f"audio.modes: none of the playback devices is present ({pcms})")

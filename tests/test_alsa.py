@@ -412,3 +412,23 @@ async def test_call_plays_remote_audio_and_falls_back_when_the_speaker_goes(
         assert [(m.mode, m.selected) for m in changed] == [("EARPIECE", True)]
         await wait_until(lambda: rms(recent(ear)) > AUDIBLE, 3, "bob's tone in ear.raw")
         assert abs(spectrum_peaks(recent(ear), 1)[0] - 660) < 10
+
+
+def test_a_kiosk_without_its_microphone_or_any_output_does_not_start(
+    alsa_config: AlsaConfig, tmp_path: Path
+) -> None:
+    from kiosk.config import ConfigError, KioskConfig
+    from kiosk.device import build_devices
+
+    alsa_config.add_playback("spk", tmp_path / "spk.raw")
+    alsa_config.add_capture("mic", tmp_path / "silence.raw")
+    (tmp_path / "silence.raw").write_bytes(bytes(9600))
+    alsa_config.write()
+    devices, _ = build_devices(KioskConfig(audio=audio_section({"SPEAKER": ("spk", "")})))
+    assert devices.audio_modes() == ["SPEAKER"]
+    with pytest.raises(ConfigError, match="audio.capture: the ALSA capture device 'usbmic' is not present"):
+        build_devices(KioskConfig(audio=audio_section({"SPEAKER": ("spk", "")}, capture="usbmic")))
+    with pytest.raises(
+        ConfigError, match=r"audio.modes: none of the playback devices is present \(SPEAKER=gone\)"
+    ):
+        build_devices(KioskConfig(audio=audio_section({"SPEAKER": ("gone", "")})))
