@@ -24,6 +24,7 @@ from kiosk.media.devices import (
 
 if TYPE_CHECKING:
     from kiosk.media.alsa import AlsaAudio
+    from kiosk.media.cameras import CameraSet
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class KioskDevices(MediaDevices):
 
     def __init__(
         self,
-        cameras: MediaDevices,
+        cameras: MediaDevices | CameraSet,
         audio: MediaDevices,
         fallback_order: list[str],
         processor: object | None = None,
@@ -60,9 +61,6 @@ class KioskDevices(MediaDevices):
 
     def open_camera(self, device_id: str) -> CameraSource:
         return self.cameras.open_camera(device_id)
-
-    def open_screen(self) -> CameraSource:
-        return self.cameras.open_screen()
 
     def open_microphone(self, device_id: str) -> MicrophoneSource:
         source = self.audio.open_microphone(device_id)

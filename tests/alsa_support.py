@@ -15,16 +15,9 @@ import av
 import numpy as np
 
 from kiosk.config import AudioModeDevice, AudioSection
-from kiosk.media.alsa import AlsaAudio
 from kiosk.media.devices import (
     AUDIO_SAMPLE_RATE,
-    CameraSource,
-    MediaDeviceInfo,
-    MediaDevices,
-    MicrophoneSource,
-    SpeakerSink,
 )
-from kiosk.media.emulated import EmulatedDevices
 
 SYSTEM_CONFIG = "/usr/share/alsa/alsa.conf"
 
@@ -117,26 +110,3 @@ def sound(samples: np.ndarray) -> np.ndarray:
 
 def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if len(samples) else 0.0
-
-
-class ComposedDevices(MediaDevices):
-    """Cameras from one backend, audio from AlsaAudio (what the lead's composition will do)."""
-
-    def __init__(self, cameras: EmulatedDevices, audio: AlsaAudio) -> None:
-        self.cameras = cameras
-        self.audio = audio
-
-    def list_devices(self) -> list[MediaDeviceInfo]:
-        return self.cameras.video_inputs() + self.audio.list_devices()
-
-    def audio_modes(self) -> list[str]:
-        return self.audio.audio_modes()
-
-    def open_camera(self, device_id: str) -> CameraSource:
-        return self.cameras.open_camera(device_id)
-
-    def open_microphone(self, device_id: str) -> MicrophoneSource:
-        return self.audio.open_microphone(device_id)
-
-    def open_speaker(self, device_id: str) -> SpeakerSink:
-        return self.audio.open_speaker(device_id)

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from alsa_support import (
     AlsaConfig,
-    ComposedDevices,
     audio_frame,
     audio_section,
     read_raw,
@@ -28,6 +27,7 @@ from alsa_support import (
 )
 from calls_support import audio_level, endpoints, new_session_id, running_server, wait_until
 
+from kiosk.device import KioskDevices
 from kiosk.media import alsa as alsa_module
 from kiosk.media.alsa import AlsaAudio, AlsaMicrophone, AlsaSpeaker
 from kiosk.media.devices import AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE, DeviceError
@@ -381,7 +381,9 @@ async def test_call_plays_remote_audio_and_falls_back_when_the_speaker_goes(
     alsa_config.add_capture("mic", tmp_path / "mic.raw")
     alsa_config.write()
     alsa = AlsaAudio(audio_section({"SPEAKER": ("spk", ""), "EARPIECE": ("ear", "")}))
-    alice_devices = ComposedDevices(EmulatedDevices(width=160, height=120, fps=10), alsa)
+    alice_devices = KioskDevices(
+        EmulatedDevices(width=160, height=120, fps=10), alsa, alsa.section.fallback_order
+    )
     bob_devices = EmulatedDevices(width=160, height=120, fps=10, tone_hz=660)
 
     def recent(path: Path) -> np.ndarray:

@@ -24,15 +24,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 import kiosk.media.picamera as picamera_module
 from kiosk.calls.ice import restrict_host_addresses
 from kiosk.config import CameraSection
+from kiosk.device import KioskDevices
 from kiosk.media.cameras import CameraSet, LatestHandoff, PacketHandoff
 from kiosk.media.capture import VideoCapture
 from kiosk.media.devices import (
+    AUDIO_MODES,
     CameraSource,
     DeviceError,
-    MediaDeviceInfo,
-    MediaDevices,
-    MicrophoneSource,
-    SpeakerSink,
 )
 from kiosk.media.emulated import EmulatedDevices
 from kiosk.media.pattern import TestPattern, read_stamp
@@ -85,25 +83,9 @@ def expected_picture(sim: Any, frame: av.VideoFrame) -> tuple[float, np.ndarray]
     return found
 
 
-class CameraDevices(MediaDevices):
-    """CameraSet for video plus the emulated audio devices: the composition the SDK will make."""
-
-    def __init__(self, cameras: CameraSet) -> None:
-        self.cameras = cameras
-        self.audio = EmulatedDevices()
-
-    def list_devices(self) -> list[MediaDeviceInfo]:
-        audio = [d for d in self.audio.list_devices() if d.kind != "videoinput"]
-        return self.cameras.list_devices() + audio
-
-    def open_camera(self, device_id: str) -> CameraSource:
-        return self.cameras.open_camera(device_id)
-
-    def open_microphone(self, device_id: str) -> MicrophoneSource:
-        return self.audio.open_microphone(device_id)
-
-    def open_speaker(self, device_id: str) -> SpeakerSink:
-        return self.audio.open_speaker(device_id)
+def camera_devices(cameras: CameraSet) -> KioskDevices:
+    """The configured cameras with emulated audio, composed as the kiosk composes its device."""
+    return KioskDevices(cameras, EmulatedDevices(), list(AUDIO_MODES))
 
 
 async def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -178,7 +160,7 @@ async def test_pi_failure_mid_stream_reported_and_recovered_through_capture(
 ) -> None:
     monkeypatch.setattr(picamera_module, "default_stall_timeout", lambda fps: 0.3)
     sim = pi.add_camera("imx219")
-    devices = CameraDevices(CameraSet([pi_section(id="desk", label="Desk camera")]))
+    devices = camera_devices(CameraSet([pi_section(id="desk", label="Desk camera")]))
     errors: list[Exception] = []
     restored: list[bool] = []
     capture = VideoCapture(devices, "desk", errors.append)
@@ -546,7 +528,7 @@ async def test_camera_set_lists_present_cameras_and_opens_each_backend(
 
 async def test_select_switches_cameras_on_the_same_track(pi: Any) -> None:
     pi.add_camera(hue=90)
-    devices = CameraDevices(
+    devices = camera_devices(
         CameraSet(
             [
                 CameraSection(id="front", facing="front", width=320, height=240, fps=30),

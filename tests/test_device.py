@@ -85,3 +85,22 @@ keyframe_interval = 15
         finally:
             await door.calls.close()
             await desk.calls.close()
+
+
+async def test_a_configured_kiosk_refuses_screen_share_clearly(tmp_path):
+    from kiosk.calls import NotSupportedError
+
+    devices, _ = build_devices(load_config(ROOT / "config" / "emulated.toml"))
+    async with running_server(tmp_path / "server") as server:
+        kiosk = Endpoint(server.url, "kiosk", await make_user(server.url, "kiosk"), tmp_path, devices=devices)
+        try:
+            await kiosk.join(new_session_id())
+            try:
+                kiosk.calls.start_screen_share()
+            except NotSupportedError as exc:
+                assert "no screen source" in exc.message
+            else:
+                raise AssertionError("a kiosk with no screen source must refuse screen share")
+            assert kiosk.calls.session.active
+        finally:
+            await kiosk.calls.close()

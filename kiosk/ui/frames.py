@@ -1,0 +1,74 @@
+"""The SDK's `view`: keeps only the newest decoded frame of each participant, never a queue.
+
+The session calls `render_frame` on the event loop for every decoded remote frame; the screen takes
+the newest one at its own rate (a Kivy Clock), so a slow screen drops frames instead of falling behind.
+Nothing here imports Kivy, so the store can be used (and tested) without a window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+
+LOCAL = "__local__"  # the uid under which the local camera preview is stored
+
+
+@dataclass
+class Slot:
+    frame: av.VideoFrame | None = None
+    received: int = 0  # frames handed to us
+    version: int = 0  # bumps on every new frame, so a reader can tell a new one from one it has shown
+
+
+@dataclass
+class FrameStore:
+    slots: dict[str, Slot] = field(default_factory=dict)
+    mode: str = "DEFAULT"
+    pip: bool = False
+    # Told of a participant appearing or leaving, and of layout changes (not of every frame).
+    on_layout: Callable[[], None] | None = None
+
+    # ----------------------------------------------------------------- the SDK's view hooks
+
+    def render_frame(self, uid: str, frame: av.VideoFrame) -> None:
+        slot = self.slots.get(uid)
+        new = slot is None
+        if slot is None:
+            slot = self.slots[uid] = Slot()
+        slot.frame = frame  # replaces any frame not yet shown: stale frames are dropped
+        slot.received += 1
+        slot.version += 1
+        if new and uid != LOCAL:
+            self._layout_changed()
+
+    def remove_participant(self, uid: str) -> None:
+        if self.slots.pop(uid, None) is not None:
+            self._layout_changed()
+
+    def set_mode(self, mode: Any) -> None:
+        self.mode = str(getattr(mode, "value", mode))
+        self._layout_changed()
+
+    def set_pip(self, pip: bool) -> None:
+        self.pip = bool(pip)
+        self._layout_changed()
+
+    def close(self) -> None:
+        self.slots.clear()
+        self._layout_changed()
+
+    # ----------------------------------------------------------------- for the screen
+
+    def latest(self, uid: str) -> tuple[av.VideoFrame | None, int]:
+        slot = self.slots.get(uid)
+        return (slot.frame, slot.version) if slot is not None else (None, 0)
+
+    def remote_uids(self) -> list[str]:
+        return [uid for uid in self.slots if uid != LOCAL]
+
+    def _layout_changed(self) -> None:
+        if self.on_layout is not None:
+            self.on_layout()
