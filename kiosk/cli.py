@@ -68,6 +68,12 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from kiosk.doctor import run_doctor
+
+    return run_doctor(args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kiosk.server.cli import add_server_parser, add_users_parser
 
@@ -126,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, default=None, help="default: $KIOSK_CONFIG or /etc/kiosk/kiosk.toml"
     )
     check.set_defaults(func=_check_config)
+
+    doctor = sub.add_parser(
+        "doctor", help="check this device: config, cameras, sound, GPIO pins, server, token and clock"
+    )
+    doctor.add_argument(
+        "--config", type=Path, default=None, help="default: $KIOSK_CONFIG or /etc/kiosk/kiosk.toml"
+    )
+    doctor.set_defaults(func=_doctor)
 
     demo = sub.add_parser(
         "demo", help="embedded server, two emulated endpoints, one call; exit 0 if media flowed"

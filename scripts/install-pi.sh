@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# Install the kiosk on Raspberry Pi OS Bookworm (Pi 4, Pi 5) from this checkout, as root:
+#
+#   sudo scripts/install-pi.sh [--with-server] [--start]
+#
+# System packages, the project in /opt/kiosk/.venv (with the OS's picamera2 and lgpio visible), the
+# `kiosk` user and its groups, /etc/kiosk/kiosk.toml (only if there is none), and the systemd unit,
+# enabled. Running it again changes only what differs: it is also the update command.
+#
+# Options:
+#   --with-server  also install and enable the call server (kiosk-server.service, user kiosk-server)
+#   --start        start (or restart) the services at the end
+#   --no-enable    install the units but do not enable them
+#   --root DIR     install under DIR instead of / (a test or an image build): files, directories and
+#                  unit links are made there; apt, users, chown, the venv and running services are
+#                  only printed
+#   --dry-run      change nothing, print what would be done
+# See docs/install.md.
+set -euo pipefail
+# What is installed must be readable by the kiosk user, whatever root's own umask is.
+umask 022
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=/
+DRY_RUN=0
+WITH_SERVER=0
+START=0
+ENABLE=1
+
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while (($#)); do
+    case $1 in
+    --root)
+        [ $# -ge 2 ] || { echo "install-pi: --root needs a directory" >&2; exit 2; }
+        ROOT=$2
+        shift 2
+        ;;
+    --root=*) ROOT=${1#--root=}; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --with-server) WITH_SERVER=1; shift ;;
+    --start) START=1; shift ;;
+    --no-enable) ENABLE=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "install-pi: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+ROOT=$(realpath -m "$ROOT")
+# On the real root everything is done; under a prefix, what touches the running system is printed.
+LIVE=0
+if [ "$ROOT" = / ]; then
+    LIVE=1
+    P=""
+else
+    P=$ROOT
+fi
+if ((LIVE && !DRY_RUN)) && [ "$(id -u)" -ne 0 ]; then
+    echo "install-pi: run as root (sudo $0)" >&2
+    exit 1
+fi
+
+WORK=""
+trap '[ -z "$WORK" ] || rm -rf "$WORK"' EXIT
+
+OPT=/opt/kiosk
+VENV=$OPT/.venv
+CHANGES=0
+
+say() { echo "install-pi: $*"; }
+changed() { CHANGES=$((CHANGES + 1)); say "$*"; }
+
+# Run a command that changes the live system; printed instead under --dry-run or --root.
+live() {
+    if ((DRY_RUN || !LIVE)); then
+        say "would run: $*"
+        return 0
+    fi
+    "$@"
+}
+
+# ----------------------------------------------------------------------------- helpers for files
+
+ensure_dir() { # path mode [owner:group]
+    local dir=$P$1 mode=$2 owner=${3:-}
+    if [ ! -d "$dir" ]; then
+        if ((DRY_RUN)); then say "would create $1/"; else mkdir -p "$dir"; changed "created $1/"; fi
+    fi
+    if [ -d "$dir" ] && [ "$(stat -c %a "$dir")" != "${mode#0}" ]; then
+        if ((DRY_RUN)); then say "would chmod $mode $1"; else chmod "$mode" "$dir"; changed "chmod $mode $1"; fi
+    fi
+    [ -z "$owner" ] || ensure_owner "$1" "$owner"
+}
+
+ensure_owner() { # path owner:group (live only: a prefix has no kiosk user)
+    local path=$P$1 owner=$2
+    ((LIVE)) || return 0
+    if [ ! -e "$path" ] || [ "$(stat -c %U:%G "$path")" = "$owner" ]; then return 0; fi
+    if ((DRY_RUN)); then say "would chown $owner $1"; else chown "$owner" "$path"; changed "chown $owner $1"; fi
+}
+
+install_file() { # source target mode [owner:group]: copies only when the content differs
+    local source=$1 target=$P$2 mode=$3 owner=${4:-}
+    if [ ! -f "$target" ] || ! cmp -s "$source" "$target"; then
+        if ((DRY_RUN)); then
+            say "would install $2"
+        else
+            mkdir -p "$(dirname "$target")"
+            # A temporary file and a rename: a running kiosk never reads a half-written file.
+            cp "$source" "$target.new.$$"
+            chmod "$mode" "$target.new.$$"
+            mv -f "$target.new.$$" "$target"
+            changed "installed $2"
+        fi
+    elif [ "$(stat -c %a "$target")" != "${mode#0}" ]; then
+        if ((DRY_RUN)); then say "would chmod $mode $2"; else chmod "$mode" "$target"; changed "chmod $mode $2"; fi
+    fi
+    [ -z "$owner" ] || ensure_owner "$2" "$owner"
+}
+
+install_if_absent() { # source target mode [owner:group]: a person's own config is never replaced
+    local target=$P$2
+    if [ -e "$target" ]; then
+        say "kept the existing $2"
+        [ -z "${4:-}" ] || ensure_owner "$2" "$4"
+        return 0
+    fi
+    install_file "$@"
+}
+
+sync_tree() { # source-dir target-dir: the target ends up with exactly the source's files
+    local from=$1 to=$2 rel
+    while IFS= read -r -d '' rel; do
+        install_file "$from/$rel" "$to/$rel" 0644
+    done < <(cd "$from" && find . -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -printf '%P\0' | sort -z)
+    [ -d "$P$to" ] || return 0
+    while IFS= read -r -d '' rel; do
+        if [ ! -e "$from/$rel" ]; then
+            if ((DRY_RUN)); then say "would remove $to/$rel"; else rm -f "$P$to/$rel"; changed "removed $to/$rel"; fi
+        fi
+    done < <(cd "$P$to" && find . -type f -printf '%P\0' | sort -z)
+}
+
+# ----------------------------------------------------------------------------- 1. system packages
+
+# python3-picamera2 and python3-lgpio come from Raspberry Pi OS's own repository: picamera2 needs
+# the libcamera bindings only it ships, and a Pi 5 has GPIO only through lgpio. gcc, python3-dev and
+# libasound2-dev build pyalsaaudio; the GL, EGL, GLES, DRM/GBM and SDL2 libraries let Kivy draw on
+# KMS/DRM with no X server; libmtdev1 is Kivy's multitouch input.
+APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libasound2-dev alsa-utils
+    python3-picamera2 python3-lgpio python3-numpy
+    libgl1 libgl1-mesa-dri libegl1 libgles2 libgbm1 libdrm2
+    libsdl2-2.0-0 libsdl2-image-2.0-0 libsdl2-mixer-2.0-0 libsdl2-ttf-2.0-0 libmtdev1)
+# Only on a Pi are these two expected; elsewhere (a test machine) they are skipped with a warning.
+PI_ONLY_PACKAGES=" python3-picamera2 python3-lgpio "
+
+install_packages() {
+    if ((!LIVE)); then
+        say "would run: apt-get install ${APT_PACKAGES[*]}"
+        return 0
+    fi
+    local missing=() pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        # Outputs are captured, not piped into `grep -q`: with pipefail its early exit fails the pipe.
+        [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    live apt-get update -qq
+    local available=()
+    for pkg in "${missing[@]}"; do
+        if [[ $(apt-cache policy "$pkg" 2>/dev/null) =~ Candidate:\ [0-9] ]]; then
+            available+=("$pkg")
+        elif [[ $PI_ONLY_PACKAGES == *" $pkg "* ]]; then
+            say "warning: $pkg is not available here (not Raspberry Pi OS?); skipping it"
+        else
+            echo "install-pi: package $pkg is not available from apt" >&2
+            exit 1
+        fi
+    done
+    ((${#available[@]})) || return 0
+    if ((DRY_RUN)); then
+        say "would run: apt-get install ${available[*]}"
+        return 0
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${available[@]}"
+    changed "installed packages: ${available[*]}"
+}
+
+# ----------------------------------------------------------------------------- 2. users and groups
+
+# SupplementaryGroups= fails the unit if a group is missing, so each one is made sure of.
+KIOSK_GROUPS=(video audio gpio render input)
+
+ensure_user() { # name home
+    local name=$1 home=$2
+    if ((!LIVE)); then
+        say "would make sure system user $name exists (home $home)"
+        return 0
+    fi
+    getent passwd "$name" >/dev/null && return 0
+    live useradd --system --user-group --home-dir "$home" --no-create-home --shell /usr/sbin/nologin "$name"
+    ((DRY_RUN)) || changed "created user $name"
+}
+
+ensure_groups() {
+    local group missing=()
+    if ((!LIVE)); then
+        say "would make sure user kiosk is in groups ${KIOSK_GROUPS[*]}"
+        return 0
+    fi
+    for group in "${KIOSK_GROUPS[@]}"; do
+        if ! getent group "$group" >/dev/null; then
+            live groupadd --system "$group"
+            ((DRY_RUN)) || changed "created group $group"
+        fi
+        [[ " $(id -nG kiosk 2>/dev/null) " == *" $group "* ]] || missing+=("$group")
+    done
+    ((${#missing[@]})) || return 0
+    local joined
+    joined=$(IFS=,; echo "${missing[*]}")
+    live usermod --append --groups "$joined" kiosk
+    ((DRY_RUN)) || changed "added kiosk to groups $joined"
+}
+
+# ----------------------------------------------------------------------------- 3. the project
+
+install_project() {
+    ensure_dir /opt 0755
+    ensure_dir $OPT 0755
+    # The package itself goes into the venv; the documents, configs and units are kept beside it.
+    local part
+    for part in docs config systemd; do
+        sync_tree "$SRC/$part" "$OPT/$part"
+    done
+    install_file "$SRC/README.md" "$OPT/README.md" 0644
+    install_file "$SRC/pyproject.toml" "$OPT/pyproject.toml" 0644
+    install_file "$SRC/scripts/install-pi.sh" "$OPT/install-pi.sh" 0755
+
+    # The source's fingerprint decides whether pip runs again (pip would reinstall every time).
+    local fingerprint stamp=$VENV/.kiosk-source
+    fingerprint=$(cd "$SRC" && find kiosk pyproject.toml -type f ! -name '*.pyc' ! -path '*/__pycache__/*' \
+        -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+    if ((!LIVE)); then
+        say "would create $VENV (--system-site-packages) and pip install $SRC into it"
+        return 0
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        # --system-site-packages: picamera2 and lgpio exist only as Raspberry Pi OS packages.
+        live python3 -m venv --system-site-packages "$VENV"
+        ((DRY_RUN)) || changed "created $VENV"
+    fi
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fingerprint" ]; then return 0; fi
+    if ((DRY_RUN)); then
+        say "would run: $VENV/bin/python -m pip install --upgrade --constraint numpy<2 $SRC"
+        return 0
+    fi
+    # pip builds in the source tree (build/, *.egg-info): a scratch copy keeps root-owned files out of
+    # the checkout.
+    WORK=$(mktemp -d)
+    cp -r "$SRC/kiosk" "$SRC/pyproject.toml" "$SRC/README.md" "$WORK/"
+    find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
+    # numpy below 2: picamera2's compiled helpers from apt (simplejpeg) are built against numpy 1.x,
+    # and the venv's numpy is the one they get.
+    echo "numpy<2" >"$WORK/constraints.txt"
+    "$VENV/bin/python" -m pip install -q --root-user-action=ignore --upgrade pip
+    "$VENV/bin/python" -m pip install -q --root-user-action=ignore --upgrade --constraint "$WORK/constraints.txt" "$WORK"
+    echo "$fingerprint" >"$stamp"
+    changed "installed the kiosk package into $VENV"
+}
+
+link_command() {
+    local link=$P/usr/local/bin/kiosk
+    [ "$(readlink "$link" 2>/dev/null)" = "$VENV/bin/kiosk" ] && return 0
+    if ((DRY_RUN)); then say "would link /usr/local/bin/kiosk"; return 0; fi
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$VENV/bin/kiosk" "$link"
+    changed "linked /usr/local/bin/kiosk -> $VENV/bin/kiosk"
+}
+
+# ----------------------------------------------------------------------------- 4. config and units
+
+install_config() {
+    ensure_dir /etc 0755
+    ensure_dir /etc/kiosk 0755
+    # Readable by the kiosk user, not by everyone: it may hold the auth token.
+    install_if_absent "$SRC/config/kiosk.toml" /etc/kiosk/kiosk.toml 0640 root:kiosk
+    if ((WITH_SERVER)); then
+        install_if_absent "$SRC/config/server.env" /etc/kiosk/server.env 0600 root:root
+    fi
+    ensure_dir /var/lib 0755
+    ensure_dir /var/lib/kiosk 0750 kiosk:kiosk
+}
+
+UNITS_CHANGED=0
+
+install_units() {
+    local before=$CHANGES unit
+    ensure_dir /etc/systemd/system 0755
+    install_file "$SRC/systemd/kiosk.service" /etc/systemd/system/kiosk.service 0644
+    if ((WITH_SERVER)); then
+        install_file "$SRC/systemd/kiosk-server.service" /etc/systemd/system/kiosk-server.service 0644
+    fi
+    ((CHANGES == before)) || UNITS_CHANGED=1
+    if ((UNITS_CHANGED)); then live systemctl daemon-reload; fi
+    ((ENABLE)) || return 0
+    local units=(kiosk.service)
+    ((WITH_SERVER)) && units+=(kiosk-server.service)
+    local systemctl=(systemctl)
+    ((LIVE)) || systemctl=(systemctl --root="$ROOT")
+    if ! command -v systemctl >/dev/null; then
+        say "would enable ${units[*]} (no systemctl here)"
+        return 0
+    fi
+    for unit in "${units[@]}"; do
+        # `systemctl --root` works offline, so a prefix gets its unit links too.
+        if [ "$("${systemctl[@]}" is-enabled "$unit" 2>/dev/null)" = enabled ]; then continue; fi
+        if ((DRY_RUN)); then say "would enable $unit"; continue; fi
+        "${systemctl[@]}" enable --quiet "$unit"
+        changed "enabled $unit"
+    done
+}
+
+start_services() {
+    local units=(kiosk.service) unit
+    ((WITH_SERVER)) && units=(kiosk-server.service kiosk.service)
+    for unit in "${units[@]}"; do
+        if ((START)); then
+            live systemctl restart "$unit"
+        elif ((CHANGES)) && ((LIVE)) && systemctl is-active --quiet "$unit"; then
+            # An update: the running service gets the new code and units.
+            live systemctl restart "$unit"
+        fi
+    done
+}
+
+# ----------------------------------------------------------------------------- main
+
+((LIVE)) || say "installing under $ROOT (packages, users, venv and services are only printed)"
+((DRY_RUN)) && say "dry run: nothing is changed"
+install_packages
+ensure_user kiosk /var/lib/kiosk
+ensure_groups
+((WITH_SERVER)) && ensure_user kiosk-server /var/lib/kiosk-server
+install_project
+link_command
+install_config
+install_units
+start_services
+
+if ((CHANGES == 0)); then
+    say "nothing changed"
+else
+    say "done: $CHANGES change(s)"
+fi
+if ((LIVE && !DRY_RUN)); then
+    say "next: put this kiosk's auth token in /etc/kiosk/auth-token (mode 0640, group kiosk), edit"
+    say "      /etc/kiosk/kiosk.toml, check with: sudo -u kiosk kiosk doctor  (see docs/install.md)"
+fi
