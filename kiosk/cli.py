@@ -68,6 +68,12 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from kiosk.ui.app import run_kiosk
+
+    return run_kiosk(args.config, screenshots_dir=args.screenshots, duration=args.duration)
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from kiosk.doctor import run_doctor
 
@@ -133,6 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_check_config)
 
+    run = sub.add_parser(
+        "run", help="the kiosk with its touch screen (offscreen, saving screenshots, with no display)"
+    )
+    run.add_argument(
+        "--config", type=Path, help="device config (default: $KIOSK_CONFIG or /etc/kiosk/kiosk.toml)"
+    )
+    run.add_argument("--screenshots", type=Path, help="with no display: save a PNG of each screen here")
+    run.add_argument("--duration", type=float, help="exit after this many seconds")
+    run.set_defaults(func=_run)
+
     doctor = sub.add_parser(
         "doctor", help="check this device: config, cameras, sound, GPIO pins, server, token and clock"
     )
@@ -157,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level or ("INFO" if args.command == "server" else "WARNING")
+    level = args.log_level or ("INFO" if args.command in ("server", "run") else "WARNING")
     logging.basicConfig(
         level=getattr(logging, str(level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

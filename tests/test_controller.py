@@ -90,3 +90,27 @@ async def test_unknown_contact_is_a_message_not_a_crash(tmp_path):
         kiosk.toggle_mute()  # no call: nothing to do, nothing raised
         kiosk.cycle_audio_mode()
         await asyncio.sleep(0)
+
+
+async def test_the_ringtone_plays_while_ringing_and_stops_when_answered(tmp_path):
+    from kiosk.ringer import Ringer
+
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "door", "desk") as (door, desk),
+    ):
+        door_kiosk, desk_kiosk = KioskController(door.calls), KioskController(desk.calls)
+        ringer = Ringer(desk_kiosk, desk.devices)
+        await door_kiosk.call("desk")
+        await desk_kiosk.wait_for_phase(Phase.RINGING_IN, timeout=10)
+        await asyncio.sleep(0.6)
+        (speaker,) = desk.devices.opened_speakers
+        assert speaker.device.audio_mode == "SPEAKER" and speaker.frames_written >= 20  # 20 ms frames, paced
+        await desk_kiosk.answer()
+        await desk_kiosk.wait_for_phase(Phase.IN_CALL, timeout=10)
+        rung = ringer.periods_played
+        await asyncio.sleep(0.3)
+        assert ringer.periods_played == rung, "the ring stops when the call is answered"
+        assert speaker.frames_written == rung
+        ringer.close()
+        await door_kiosk.hang_up()

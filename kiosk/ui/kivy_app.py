@@ -1,0 +1,863 @@
+"""KioskApp: the kiosk's screens (home, incoming, outgoing, in call, call ended) on a KioskController.
+
+Touch buttons call the same controller actions as the GPIO buttons and the keyboard, so every way of
+pressing "mute" does the same thing. All of it runs on the one asyncio loop the SDK uses
+(`App.async_run`), so SDK events and controller state changes reach the widgets without threads.
+Import only after `kiosk.ui.env.prepare_kivy()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+from aiortc.mediastreams import MediaStreamError
+from kivy.app import App
+from kivy.clock import Clock
+from kivy.core.window import Window
+from kivy.uix.boxlayout import BoxLayout
+from kivy.uix.floatlayout import FloatLayout
+from kivy.uix.label import Label
+from kivy.uix.screenmanager import NoTransition, Screen, ScreenManager
+from kivy.uix.widget import Widget
+from kivy.utils import get_color_from_hex
+
+from kiosk.calls import Call, CallEventListener, CallsError, CallSettings, CallStatus, CallType
+from kiosk.calls.events import CallError, RTCMutedUser, RTCUser
+from kiosk.config import Contact
+from kiosk.controller import KioskController, KioskState, Phase
+from kiosk.ui.frames import LOCAL, FrameStore
+from kiosk.ui.widgets import (
+    AMBER,
+    BLUE,
+    FONT_LARGE,
+    GREEN,
+    GREY,
+    PANEL,
+    RED,
+    TOUCH_TARGET,
+    Avatar,
+    BigButton,
+    Text,
+    VideoTile,
+    paint_background,
+)
+
+log = logging.getLogger(__name__)
+
+DISPLAY_FPS = 30
+MODES = ("DEFAULT", "SPOTLIGHT", "SINGLE")
+MODE_WORDS = {"DEFAULT": "Grid", "SPOTLIGHT": "Speaker", "SINGLE": "Single"}
+AUDIO_MODE_WORDS = {
+    "SPEAKER": "Speaker",
+    "EARPIECE": "Handset",
+    "HEADSET": "Headset",
+    "BLUETOOTH": "Bluetooth",
+}
+
+
+def texts_of(widget: Widget) -> list[str]:
+    """Every non-empty text in a widget tree (what a test, or a screen reader, would read)."""
+    found: list[str] = []
+    for child in widget.walk(restrict=True):
+        text = getattr(child, "text", "")
+        if isinstance(text, str) and text.strip():
+            found.append(text)
+    return found
+
+
+def short(message: str, limit: int = 70) -> str:
+    """A message that fits one line of a 7-inch screen; the whole text goes to the log."""
+    return message if len(message) <= limit else message[: limit - 1].rstrip() + "…"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def describe_call(call: Call, me: str) -> str:
+    """One line of the recent-calls list, in words."""
+    incoming = call.receiver.uid == me
+    other = call.initiator if incoming else call.receiver
+    name = other.name or other.uid
+    stamp = call.initiated_at / 1000 if call.initiated_at > 10**11 else call.initiated_at
+    when = time.strftime("%H:%M", time.localtime(stamp)) if stamp else ""
+    status = call.status
+    if status == CallStatus.ENDED:
+        outcome = f"talked {format_duration(call.duration_seconds)}"
+    elif status == CallStatus.UNANSWERED:
+        outcome = "missed" if incoming else "no answer"
+    else:
+        outcome = {
+            CallStatus.REJECTED: "declined",
+            CallStatus.BUSY: "busy",
+            CallStatus.CANCELLED: "cancelled",
+        }.get(status, str(status.value).lower())
+    direction = "from" if incoming else "to"
+    return f"{when}  {direction} {name}: {outcome}".strip()
+
+
+# ----------------------------------------------------------------------------- screens
+
+
+class HomeScreen(Screen):
+    def __init__(self, app: KioskApp, **kwargs: Any) -> None:
+        super().__init__(name="home", **kwargs)
+        self.app = app
+        paint_background(self)
+        page = BoxLayout(orientation="vertical", padding=16, spacing=12)
+        header = BoxLayout(size_hint_y=None, height=70, spacing=12)
+        self.title = Text(app.device_name, font_size=FONT_LARGE, bold=True, halign="left")
+        self.connection = Text("Connecting…", font_size=22, halign="right", size_hint_x=0.55)
+        header.add_widget(self.title)
+        header.add_widget(self.connection)
+        page.add_widget(header)
+        self.message = Text("", font_size=24, color=AMBER, size_hint_y=None, height=36)
+        page.add_widget(self.message)
+        body = BoxLayout(spacing=16)
+        contacts = BoxLayout(orientation="vertical", spacing=12, size_hint_x=0.55)
+        contacts.add_widget(Text("Touch to call", font_size=24, size_hint_y=None, height=34))
+        self.call_buttons: dict[str, BigButton] = {}
+        for contact in app.contacts[:4]:  # four rows still leave each button taller than a fingertip
+            button = BigButton(
+                f"Call {contact.name or contact.uid}",
+                action=lambda uid=contact.uid: app.controller.call(uid),
+                colour=GREEN,
+                font_size=32,
+            )
+            self.call_buttons[contact.uid] = button
+            contacts.add_widget(button)
+        if not app.contacts:
+            contacts.add_widget(Text("No contacts configured (ui.contacts)", font_size=22))
+        body.add_widget(contacts)
+        recent = BoxLayout(orientation="vertical", spacing=4, size_hint_x=0.45, padding=(12, 0))
+        paint_background(recent, PANEL)
+        recent.add_widget(Text("Recent calls", font_size=24, bold=True, size_hint_y=None, height=40))
+        self.recent_lines = [
+            Text("", font_size=20, halign="left", size_hint_y=None, height=44) for _ in range(5)
+        ]
+        for line in self.recent_lines:
+            recent.add_widget(line)
+        recent.add_widget(Widget())
+        body.add_widget(recent)
+        page.add_widget(body)
+        self.add_widget(page)
+
+    def show_recent(self, lines: list[str]) -> None:
+        if not lines:
+            lines = ["No calls yet"]
+        for i, widget in enumerate(self.recent_lines):
+            widget.text = lines[i] if i < len(lines) else ""
+
+    def show_connection(self, connected: bool) -> None:
+        self.connection.text = "Connected" if connected else "Offline: no call server"
+        self.connection.color = (0.45, 0.9, 0.5, 1) if connected else (1, 0.45, 0.4, 1)
+
+
+class RingingScreen(Screen):
+    """Incoming (answer / decline) or outgoing (calling / cancel): a big avatar, a name, big buttons."""
+
+    def __init__(self, app: KioskApp, incoming: bool, **kwargs: Any) -> None:
+        super().__init__(name="incoming" if incoming else "outgoing", **kwargs)
+        self.app = app
+        paint_background(self)
+        page = BoxLayout(orientation="vertical", padding=20, spacing=10)
+        self.heading = Text(
+            "Incoming call" if incoming else "Calling", font_size=30, size_hint_y=None, height=44
+        )
+        page.add_widget(self.heading)
+        shape = "square" if app.avatar_mode == "square" else "circle"
+        self.avatar = Avatar("", shape, fill=0.95, size_hint_y=0.9)
+        page.add_widget(self.avatar)
+        self.name_label = Text("", font_size=48, bold=True, size_hint_y=None, height=64)
+        page.add_widget(self.name_label)
+        self.status = Text("", font_size=24, size_hint_y=None, height=36)
+        page.add_widget(self.status)
+        row = BoxLayout(size_hint_y=None, height=110, spacing=24)
+        if incoming:
+            self.reject_button = BigButton("Decline", action=app.controller.reject, colour=RED, font_size=36)
+            self.answer_button = BigButton("Answer", action=app.controller.answer, colour=GREEN, font_size=36)
+            row.add_widget(self.reject_button)
+            row.add_widget(self.answer_button)
+        else:
+            self.cancel_button = BigButton("Cancel", action=app.controller.hang_up, colour=RED, font_size=36)
+            row.add_widget(Widget(size_hint_x=0.25))
+            row.add_widget(self.cancel_button)
+            row.add_widget(Widget(size_hint_x=0.25))
+        page.add_widget(row)
+        self.add_widget(page)
+
+    def show(self, state: KioskState) -> None:
+        self.name_label.text = state.peer_name or "Someone"
+        self.avatar.set_name(state.peer_name)
+        if self.name == "incoming":
+            after = self.app.controller.auto_answer_after
+            self.status.text = f"Answering by itself in {after:g} s" if after > 0 else ""
+        else:
+            self.status.text = state.message or "Calling…"
+
+
+class InCallScreen(Screen):
+    def __init__(self, app: KioskApp, **kwargs: Any) -> None:
+        super().__init__(name="in_call", **kwargs)
+        self.app = app
+        paint_background(self, (0, 0, 0, 1))
+        self.tiles: dict[str, VideoTile] = {}
+        self.muted: dict[str, tuple[bool, bool]] = {}
+        self.spotlight: str | None = None  # a tile touched: stays large until the call ends
+        self.speaker: str | None = None  # the loudest participant lately (SPOTLIGHT mode)
+        page = BoxLayout(orientation="vertical")
+        self.videos = FloatLayout()
+        page.add_widget(self.videos)
+        self.bar = BoxLayout(size_hint_y=None, height=TOUCH_TARGET + 16, spacing=8, padding=8)
+        paint_background(self.bar, PANEL)
+        page.add_widget(self.bar)
+        self.add_widget(page)
+        self.status = Label(
+            text="", font_size=24, bold=True, size_hint=(None, None), pos_hint={"x": 0.01, "top": 0.99}
+        )
+        self.status.bind(texture_size=lambda w, s: setattr(w, "size", (s[0] + 20, s[1] + 10)))
+        self.add_widget(self.status)
+        self.preview = VideoTile(
+            app.store, LOCAL, "You", "square", fit="cover", size_hint=(None, None), size=(176, 132)
+        )
+        self.preview.pos_hint = {"right": 0.99, "top": 0.99}
+        self.preview.clear()
+        self.buttons: dict[str, BigButton] = {}
+        self.warning: BoxLayout | None = None
+        self.warning_label: Text | None = None
+        self.started = 0.0
+        self.fit = "contain"
+        self.avatar_mode = app.avatar_mode  # the call's settings replace it when a call starts
+        self.label_visible = True
+        self.label_colour: tuple[float, ...] = (0.2, 0.2, 0.2, 1)
+
+    def apply_settings(self, settings: CallSettings) -> None:
+        """The main video container settings: picture fit and the name label."""
+        container = settings.main_video_container_setting
+        self.fit = str(container.aspect_ratio.value)
+        self.label_visible = container.name_label.visible
+        self.preview.draggable = settings.enable_video_tile_drag
+        self.avatar_mode = str(getattr(settings.avatar_mode, "value", settings.avatar_mode))
+        try:
+            self.label_colour = tuple(get_color_from_hex(container.name_label.background_color))
+        except (ValueError, IndexError):
+            self.label_colour = (0.2, 0.2, 0.2, 1)
+
+    # ----------------------------------------------------------------- control bar
+
+    def build_bar(self, settings: CallSettings, video_inputs: int) -> None:
+        """The buttons the call settings ask for, in the order a thumb expects (end at the right)."""
+        self.bar.clear_widgets()
+        self.buttons = {}
+        app, controller = self.app, self.app.controller
+        wanted: list[tuple[str, bool, str, Callable[[], object], tuple[float, ...]]] = [
+            ("mute", settings.show_mute_audio_button, "Mute", controller.toggle_mute, GREY),
+            ("video", settings.show_pause_video_button, "Stop video", controller.toggle_video, GREY),
+            (
+                "camera",
+                settings.show_switch_camera_button and video_inputs > 1,
+                "Switch camera",
+                lambda: app.sdk("switch camera", app.calls.switch_camera),
+                GREY,
+            ),
+            ("audio_mode", settings.show_audio_mode_button, "Speaker", controller.cycle_audio_mode, GREY),
+            (
+                "to_video",
+                settings.show_switch_to_video_call_button,
+                "Video call",
+                lambda: app.sdk("switch to video", app.calls.switch_to_video_call),
+                BLUE,
+            ),
+            ("record", settings.show_recording_button, "Record", app.toggle_recording, GREY),
+            ("mode", settings.show_mode_button, "Grid", app.next_mode, GREY),
+            ("end", settings.show_end_call_button, "End", controller.end_pressed, RED),
+        ]
+        for key, show, text, action, colour in wanted:
+            if not show:
+                continue
+            button = BigButton(text, action=action, colour=colour, font_size=21)
+            if key == "end":
+                button.font_size = 30
+                button.size_hint_x = 1.4
+            self.buttons[key] = button
+            self.bar.add_widget(button)
+        self.update_bar()
+
+    def audio_only(self) -> bool:
+        session, call = self.app.calls.session, self.app.controller.state.call
+        if session is not None and session.active:
+            return session.audio_only
+        return call is not None and call.type == CallType.AUDIO
+
+    def update_bar(self) -> None:
+        state, session = self.app.controller.state, self.app.calls.session
+        buttons = self.buttons
+        if "mute" in buttons:
+            buttons["mute"].text = "Unmute" if state.muted else "Mute"
+            buttons["mute"].set_colour(AMBER if state.muted else GREY)
+        if "video" in buttons:
+            buttons["video"].text = "Start video" if state.video_paused else "Stop video"
+            buttons["video"].set_colour(AMBER if state.video_paused else GREY)
+        if "audio_mode" in buttons:
+            mode = state.audio_mode or ""
+            buttons["audio_mode"].text = AUDIO_MODE_WORDS.get(mode, mode.title() or "Audio")
+        # Only an audio call can become a video call; camera buttons only make sense in a video call.
+        audio_only = self.audio_only()
+        for key, wanted in (("to_video", audio_only), ("video", not audio_only), ("camera", not audio_only)):
+            button = buttons.get(key)
+            if button is None:
+                continue
+            if wanted and button.parent is None:
+                order = list(buttons)
+                after = [k for k in order[order.index(key) + 1 :] if buttons[k].parent is not None]
+                self.bar.add_widget(button, index=len(after))  # Kivy counts from the right
+            elif not wanted and button.parent is not None:
+                self.bar.remove_widget(button)
+        if "record" in buttons:
+            recording = bool(session is not None and session.recording)
+            buttons["record"].text = "Stop rec" if recording else "Record"
+            buttons["record"].set_colour(RED if recording else GREY)
+        if "mode" in buttons:
+            buttons["mode"].text = MODE_WORDS.get(self.app.store.mode, self.app.store.mode.title())
+        self.preview.set_muted(state.muted, state.video_paused)
+
+    # ----------------------------------------------------------------- tiles and layout
+
+    def participant_names(self) -> dict[str, str]:
+        session = self.app.calls.session
+        names: dict[str, str] = {}
+        if session is not None:
+            for uid, participant in session.participants.items():
+                names[uid] = participant.user.name or uid
+        for uid in self.app.store.remote_uids():
+            names.setdefault(uid, self.app.controller.state.peer_name or uid)
+        return names
+
+    def relayout(self) -> None:
+        names = self.participant_names()
+        for uid in list(self.tiles):
+            if uid not in names:
+                self.videos.remove_widget(self.tiles.pop(uid))
+        for uid, name in names.items():
+            tile = self.tiles.get(uid)
+            if tile is None:
+                tile = VideoTile(self.app.store, uid, name, self.avatar_mode)
+                tile.bind(on_release=lambda t: self.tile_touched(t.person))
+                self.tiles[uid] = tile
+            tile.name, tile.name_label.text = name, name
+            tile.fit = self.fit
+            tile.set_name_label(self.label_visible, self.label_colour)
+            tile.set_muted(*self.muted.get(uid, (False, False)))
+        uids = list(self.tiles)
+        mode = self.app.store.mode
+        main = next((uid for uid in (self.spotlight, self.speaker) if uid in self.tiles), None)
+        main = main or (uids[0] if uids else None)
+        self.videos.clear_widgets()
+        if mode == "DEFAULT" or main is None:
+            cols = max(1, math.ceil(math.sqrt(len(uids))))
+            rows = max(1, math.ceil(len(uids) / cols))
+            for i, uid in enumerate(uids):
+                row, col = divmod(i, cols)
+                tile = self.tiles[uid]
+                tile.size_hint = (1 / cols, 1 / rows)
+                tile.pos_hint = {"x": col / cols, "top": 1 - row / rows}
+                self.videos.add_widget(tile)
+        else:
+            others = [uid for uid in uids if uid != main] if mode == "SPOTLIGHT" else []
+            tile = self.tiles[main]
+            tile.size_hint = (0.78 if others else 1, 1)
+            tile.pos_hint = {"x": 0, "y": 0}
+            self.videos.add_widget(tile)
+            for i, uid in enumerate(others):
+                small = self.tiles[uid]
+                small.size_hint = (0.22, 1 / max(3, len(others)))
+                small.pos_hint = {"right": 1, "top": 1 - i / max(3, len(others))}
+                self.videos.add_widget(small)
+        if self.preview.parent is not None:
+            self.preview.parent.remove_widget(self.preview)
+        self.videos.add_widget(self.preview)  # last: drawn over the remote video
+        if "mode" in self.buttons:
+            self.buttons["mode"].text = MODE_WORDS.get(mode, mode.title())
+
+    def tile_touched(self, uid: str) -> None:
+        session = self.app.calls.session
+        if session is not None and not session.settings.enable_video_tile_click:
+            return
+        self.spotlight = uid  # a touched tile becomes the large one
+        if self.app.store.mode == "DEFAULT" and len(self.tiles) > 1:
+            self.app.sdk("change layout", lambda: self.app.calls.set_mode("SPOTLIGHT"))
+        self.relayout()
+
+    def set_muted(self, user: RTCMutedUser) -> None:
+        self.muted[user.uid] = (user.audio_muted, user.video_muted)
+        tile = self.tiles.get(user.uid)
+        if tile is not None:
+            tile.set_muted(user.audio_muted, user.video_muted)
+
+    def tick(self) -> None:
+        for tile in list(self.tiles.values()):
+            tile.refresh()
+        self.preview.refresh()
+        self.preview.opacity = 0 if self.audio_only() else 1  # no camera in an audio call
+        state = self.app.controller.state
+        elapsed = format_duration(time.monotonic() - self.started) if self.started else ""
+        self.status.text = f"{state.peer_name}  {elapsed}".strip()
+
+    # ----------------------------------------------------------------- idle-timeout warning
+
+    def show_timeout_warning(self, seconds_left: int) -> None:
+        self.hide_timeout_warning()
+        box = BoxLayout(
+            orientation="vertical",
+            size_hint=(0.8, 0.55),
+            pos_hint={"center_x": 0.5, "center_y": 0.55},
+            padding=20,
+            spacing=12,
+        )
+        paint_background(box, (0.12, 0.12, 0.16, 0.95))
+        self.warning_label = Text("", font_size=30)
+        box.add_widget(self.warning_label)
+        box.add_widget(BigButton("Stay in the call", action=self.app.stay, colour=GREEN, font_size=32))
+        self.warning = box
+        self.warning_deadline = time.monotonic() + seconds_left
+        self.add_widget(box)
+        self.update_warning()
+
+    def update_warning(self) -> None:
+        if self.warning_label is not None:
+            left = max(0, int(round(self.warning_deadline - time.monotonic())))
+            self.warning_label.text = f"Nobody else is in the call.\nIt ends in {left} s."
+
+    def hide_timeout_warning(self) -> None:
+        if self.warning is not None:
+            self.remove_widget(self.warning)
+        self.warning, self.warning_label = None, None
+
+    def reset(self) -> None:
+        self.hide_timeout_warning()
+        self.muted.clear()
+        self.spotlight = self.speaker = None
+        self.preview.pos_hint = {"right": 0.99, "top": 0.99}
+        self.preview.clear()
+        for tile in self.tiles.values():
+            self.videos.remove_widget(tile)
+        self.tiles.clear()
+
+
+class EndedScreen(Screen):
+    def __init__(self, app: KioskApp, **kwargs: Any) -> None:
+        super().__init__(name="ended", **kwargs)
+        paint_background(self)
+        page = BoxLayout(orientation="vertical", padding=30, spacing=16)
+        self.heading = Text("Call ended", font_size=52, bold=True)
+        self.outcome = Text("", font_size=34)
+        self.duration = Text("", font_size=30)
+        for widget in (self.heading, self.outcome, self.duration):
+            page.add_widget(widget)
+        row = BoxLayout(size_hint_y=None, height=100)
+        row.add_widget(Widget(size_hint_x=0.3))
+        self.home_button = BigButton("Home", action=app.go_home, colour=BLUE, font_size=34)
+        row.add_widget(self.home_button)
+        row.add_widget(Widget(size_hint_x=0.3))
+        page.add_widget(row)
+        self.add_widget(page)
+
+    def show(self, heading: str, outcome: str, duration: float | None) -> None:
+        self.heading.text = heading
+        self.outcome.text = outcome
+        self.duration.text = f"Duration {format_duration(duration)}" if duration is not None else ""
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+class _UiListener(CallEventListener):
+    """The SDK events the screens show (the controller handles the call flow itself)."""
+
+    def __init__(self, app: KioskApp) -> None:
+        super().__init__()
+        self.app = app
+
+    def on_user_muted(self, muted_user: RTCMutedUser) -> None:
+        self.app.in_call.set_muted(muted_user)
+
+    def on_user_list_changed(self, users: list[RTCUser]) -> None:
+        if self.app.controller.state.phase == Phase.IN_CALL:
+            self.app.in_call.relayout()
+
+    def on_user_joined(self, user: RTCUser) -> None:
+        self.app.in_call.hide_timeout_warning()  # no longer alone
+
+    def on_session_timeout_warning(self, seconds_left: int) -> None:
+        self.app.in_call.show_timeout_warning(seconds_left)
+
+    def on_recording_toggled(self, info: Any) -> None:
+        self.app.in_call.update_bar()
+
+    def on_call_switched_to_video(self, info: Any) -> None:
+        self.app.in_call.update_bar()
+
+    def on_error(self, error: CallError) -> None:
+        self.app.notify(error.message, error.code)
+
+
+class KioskApp(App):
+    """The kiosk's screens on a controller. `store` is the SDK view: pass it as the controller's
+    `view` (done here if the controller has none)."""
+
+    def __init__(
+        self,
+        controller: KioskController,
+        *,
+        device_name: str = "Kiosk",
+        contacts: list[Contact] | None = None,
+        avatar_mode: str = "circle",
+        ended_seconds: float = 5.0,
+        store: FrameStore | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.title = device_name
+        self.controller = controller
+        self.calls = controller.calls
+        self.device_name = device_name
+        self.contacts = list(contacts or [])
+        self.avatar_mode = avatar_mode.lower()
+        self.ended_seconds = ended_seconds
+        self.store = store or FrameStore()
+        if controller.view is None:
+            controller.view = self.store
+        self.screen_log: list[str] = []  # every screen shown, in order (tests and the log read it)
+        self._phase = Phase.IDLE
+        self._call_started: float | None = None
+        self._back_home: Any = None
+        self._preview_task: asyncio.Task[None] | None = None
+        self._preview_track: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._toast_clear: Any = None
+        self._ticks: list[Any] = []
+        self._speaker_task: asyncio.Task[None] | None = None
+        self._last_message = ""
+        self._login_task: asyncio.Task[None] | None = None
+        self._next_login = 0.0
+
+    # ----------------------------------------------------------------- building
+
+    def build(self) -> Widget:
+        root = FloatLayout()
+        self.manager = ScreenManager(transition=NoTransition())
+        self.home = HomeScreen(self)
+        self.incoming = RingingScreen(self, incoming=True)
+        self.outgoing = RingingScreen(self, incoming=False)
+        self.in_call = InCallScreen(self)
+        self.ended = EndedScreen(self)
+        for screen in (self.home, self.incoming, self.outgoing, self.in_call, self.ended):
+            self.manager.add_widget(screen)
+        root.add_widget(self.manager)
+        self.toast = Text(
+            "",
+            font_size=24,
+            bold=True,
+            size_hint=(1, None),
+            height=0,
+            opacity=0,
+            pos_hint={"x": 0, "top": 1},
+        )
+        paint_background(self.toast, (0.55, 0.10, 0.10, 0.92))
+        root.add_widget(self.toast)
+        self.store.on_layout = self._layout_changed
+        self.calls.add_call_event_listener("kiosk-ui", _UiListener(self))
+        self.controller.add_observer(self._on_state)
+        Window.bind(on_key_down=self._on_key)
+        self._ticks = [
+            Clock.schedule_interval(lambda dt: self._tick(), 1 / DISPLAY_FPS),
+            Clock.schedule_interval(lambda dt: self._slow_tick(), 1.0),
+        ]
+        self._slow_tick()
+        self.refresh_recent()
+        self.manager.current = "home"
+        self.screen_log.append("home")
+        return root
+
+    def on_stop(self) -> None:
+        for tick in self._ticks:
+            tick.cancel()
+        self.controller.remove_observer(self._on_state)
+        self.calls.remove_call_event_listener("kiosk-ui")
+        Window.unbind(on_key_down=self._on_key)
+        self._stop_preview()
+        self._cancel_back_home()
+        for task in list(self._tasks):
+            task.cancel()  # a call-log fetch or a stats poll must not outlive the screen
+
+    # ----------------------------------------------------------------- state to screens
+
+    def _show(self, name: str) -> None:
+        if self.manager.current != name:
+            self.manager.current = name
+            self.screen_log.append(name)
+            log.info("screen: %s", name)
+
+    def _on_state(self, state: KioskState) -> None:
+        previous, self._phase = self._phase, state.phase
+        if state.message != self._last_message:
+            self._last_message = state.message
+            if state.message and state.phase == previous != Phase.IDLE:
+                # A failure during a ring or a call ("Could not …"): say so over the call.
+                self.notify(state.message)
+        if state.phase == Phase.RINGING_IN:
+            self._cancel_back_home()
+            self.incoming.show(state)
+            self._show("incoming")
+        elif state.phase == Phase.RINGING_OUT:
+            self._cancel_back_home()
+            self.outgoing.show(state)
+            self._show("outgoing")
+        elif state.phase == Phase.IN_CALL:
+            if previous != Phase.IN_CALL:
+                self._cancel_back_home()
+                self._call_started = time.monotonic()
+                self.in_call.reset()
+                self.in_call.started = self._call_started
+                session = self.calls.session
+                settings = (
+                    session.settings if session is not None else self.controller.settings_factory(state.call)
+                )
+                self.in_call.apply_settings(settings)
+                self.in_call.build_bar(settings, len(self.calls.devices.video_inputs()))
+                self.in_call.relayout()
+                self._show("in_call")
+            self.in_call.update_bar()
+        elif previous != Phase.IDLE:
+            # A call (or a ring) is over: say how it went, then go home by itself.
+            duration = (
+                time.monotonic() - self._call_started
+                if previous == Phase.IN_CALL and self._call_started
+                else None
+            )
+            self._call_started = None
+            self._stop_preview()
+            heading = {Phase.IN_CALL: "Call ended", Phase.RINGING_OUT: "Call not connected"}.get(
+                previous, "Ringing stopped"
+            )
+            self.ended.show(heading, state.message, duration)
+            self._show("ended")
+            self._cancel_back_home()
+            self._back_home = Clock.schedule_once(lambda dt: self.go_home(), self.ended_seconds)
+            self.refresh_recent()
+        if state.phase == Phase.IDLE:
+            self.home.message.text = short(state.message)
+
+    def _cancel_back_home(self) -> None:
+        if self._back_home is not None:
+            self._back_home.cancel()
+            self._back_home = None
+
+    def go_home(self) -> None:
+        self._cancel_back_home()
+        if self.controller.state.phase == Phase.IDLE:
+            self._show("home")
+
+    def _layout_changed(self) -> None:
+        if self.controller.state.phase == Phase.IN_CALL:
+            self.in_call.relayout()
+
+    def _tick(self) -> None:
+        if self.manager.current == "in_call":
+            self._ensure_preview()
+            self.in_call.tick()
+
+    def _slow_tick(self) -> None:
+        try:
+            connected = bool(self.calls.signaling.connected)
+        except CallsError:
+            connected = False
+        self.home.show_connection(connected)
+        if not connected:
+            self._retry_login()
+        if self.in_call.warning is not None:
+            self.in_call.update_warning()
+        if (
+            self.manager.current == "in_call"
+            and self.store.mode == "SPOTLIGHT"
+            and len(self.in_call.tiles) > 1
+            and (self._speaker_task is None or self._speaker_task.done())
+        ):
+            self._speaker_task = self._spawn(self._find_speaker())
+
+    def _retry_login(self) -> None:
+        # Once logged in, the SDK reconnects by itself; before the first login (no server at start)
+        # nobody else would try again.
+        if self.calls.user is not None or not self.calls.auth_token or time.monotonic() < self._next_login:
+            return
+        if self._login_task is None or self._login_task.done():
+            self._next_login = time.monotonic() + 5.0
+            self._login_task = self._spawn(self._login())
+
+    async def _login(self) -> None:
+        try:
+            await self.calls.login()
+        except Exception as exc:
+            log.info("login: %s", exc)
+            return
+        log.info("logged in to %s", self.calls.server_url)
+        self.refresh_recent()
+
+    async def _find_speaker(self) -> None:
+        """SPOTLIGHT shows the active speaker: the loudest remote audio of the last moment."""
+        try:
+            stats = await self.calls.get_session_stats()
+        except Exception as exc:
+            log.debug("stats for the active speaker: %s", exc)
+            return
+        levels = {uid: p.audio_level for uid, p in stats.participants.items()}
+        if not levels:
+            return
+        loudest = max(levels, key=lambda uid: levels[uid])
+        if levels[loudest] > 0.01 and loudest != self.in_call.speaker:
+            self.in_call.speaker = loudest
+            self.in_call.relayout()
+
+    # ----------------------------------------------------------------- local preview
+
+    def _ensure_preview(self) -> None:
+        session = self.calls.session
+        if self._preview_task is not None or session is None or not session.active:
+            return
+        # A track of our own from the capture: it keeps only the newest frame, as the peers' do.
+        track = session.video.subscribe()
+        self._preview_track = track
+        self._preview_task = self._spawn(self._read_preview(track))
+
+    async def _read_preview(self, track: Any) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if isinstance(frame, av.VideoFrame):  # a camera's own H.264 packets are not shown
+                    self.store.render_frame(LOCAL, frame)
+
+    def _stop_preview(self) -> None:
+        if self._preview_task is not None:
+            self._preview_task.cancel()
+            self._preview_task = None
+        if self._preview_track is not None:
+            self._preview_track.stop()
+            self._preview_track = None
+        self.store.slots.pop(LOCAL, None)
+
+    # ----------------------------------------------------------------- actions the screens use
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def sdk(self, what: str, action: Callable[[], object]) -> None:
+        """Run an SDK call from a button: a failure is a message on screen, never a crash."""
+        try:
+            action()
+        except CallsError as exc:
+            self.notify(f"Could not {what}: {exc.message}")
+        except Exception as exc:
+            log.exception("%s failed", what)
+            self.notify(f"Could not {what}: {exc}")
+        self.in_call.update_bar()
+
+    def toggle_recording(self) -> None:
+        session = self.calls.session
+        if session is None:
+            return
+        if session.recording:
+            self.sdk("stop recording", self.calls.stop_recording)
+        else:
+            self.sdk("record", self.calls.start_recording)
+
+    def next_mode(self) -> None:
+        current = self.store.mode if self.store.mode in MODES else MODES[0]
+        following = MODES[(MODES.index(current) + 1) % len(MODES)]
+        self.sdk("change layout", lambda: self.calls.set_mode(following))
+
+    def stay(self) -> None:
+        session = self.calls.session
+        if session is not None:
+            session.stay()
+        self.in_call.hide_timeout_warning()
+
+    def notify(self, message: str, code: str = "") -> None:
+        """A short message at the top of any screen for a few seconds (and in the log)."""
+        log.warning("on screen: %s%s", message, f" ({code})" if code else "")
+        self.toast.text = short(message)
+        self.toast.height, self.toast.opacity = 56, 1
+        if self._toast_clear is not None:
+            self._toast_clear.cancel()
+        self._toast_clear = Clock.schedule_once(lambda dt: self._hide_toast(), 6)
+
+    def _hide_toast(self) -> None:
+        self.toast.height, self.toast.opacity, self.toast.text = 0, 0, ""
+
+    def refresh_recent(self) -> None:
+        self._spawn(self._load_recent())
+
+    async def _load_recent(self) -> None:
+        try:
+            page = await self.calls.get_call_logs(per_page=5)
+        except Exception as exc:  # no server yet: the home screen says so
+            log.info("call log: %s", exc)
+            if not any(line.text for line in self.home.recent_lines):
+                self.home.show_recent(["Call history unavailable"])
+            return
+        me = self.calls.user.uid if self.calls.user is not None else ""
+        self.home.show_recent([describe_call(call, me) for call in page.calls[:5]])
+
+    def _on_key(
+        self, window: Any, key: int, scancode: int, codepoint: str | None, modifiers: list[str]
+    ) -> bool:
+        # The kiosk window's own keys: the same letters as the terminal keyboard emulation.
+        actions = {
+            "m": "mute",
+            "v": "video",
+            "e": "end",
+            "E": "end_hold",
+            "a": "audio_mode",
+            "y": "answer",
+            "n": "reject",
+        }
+        letter = (codepoint or "").upper() if "shift" in modifiers else (codepoint or "")
+        action = actions.get(letter)
+        if action is None:
+            return False
+        try:
+            self.controller.dispatch(action)
+        except Exception:
+            log.exception("key %s failed", letter)
+        return True
+
+    # ----------------------------------------------------------------- screenshots
+
+    def save_screenshot(self, path: Path) -> Path:
+        """The window as it is now, as a PNG at exactly `path`."""
+        from kivy.graphics.opengl import GL_RGB, GL_UNSIGNED_BYTE, glReadPixels
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        width, height = Window.size
+        data = glReadPixels(0, 0, width, height, GL_RGB, GL_UNSIGNED_BYTE)
+        Window._win.save_bytes_in_png(str(path), data, width, height)
+        return path
+
+    def current_texts(self) -> list[str]:
+        """The texts of the screen shown now, plus the message bar."""
+        texts = texts_of(self.manager.current_screen)
+        if self.toast.text:
+            texts.append(self.toast.text)
+        return texts

@@ -1,0 +1,397 @@
+"""The touch UI (Kivy, offscreen) through a whole call against a real server and a second endpoint.
+
+Kivy makes one window per process and reads its environment at import, so the scenario runs in a child
+process (this file run as a script) with a hard timeout; the test checks its exit code, its report and
+the screenshots it saved. Set KIOSK_UPDATE_SCREENSHOTS=1 to also write them to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DOCS_SCREENSHOTS = HERE.parent / "docs" / "screenshots"
+SCREENS = (
+    "home",
+    "incoming",
+    "in_call",
+    "in_call_muted",
+    "timeout_warning",
+    "ended",
+    "outgoing",
+    "audio_call",
+)
+CHILD_TIMEOUT = 55.0
+
+
+def test_touch_ui_through_a_call(tmp_path: Path) -> None:
+    shots = tmp_path / "shots"
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(tmp_path), str(shots), str(report)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, f"child failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    assert time.monotonic() - started < CHILD_TIMEOUT
+    texts: dict[str, list[str]] = json.loads(report.read_text())["texts"]
+    # What each screen says (the widget tree's texts, not OCR).
+    assert "Front door" in texts["home"] and "Call Visitor" in texts["home"]
+    assert any("from Visitor" in line for line in texts["home_after"])
+    assert {"Visitor", "Answer", "Decline", "Incoming call"} <= set(texts["incoming"])
+    assert {"Mute", "End", "Visitor"} <= set(texts["in_call"])
+    assert "Unmute" in texts["in_call_muted"] and "VIDEO OFF" in texts["in_call_muted"]
+    assert "Stay in the call" in texts["timeout_warning"]
+    assert "Call ended" in texts["ended"] and any(t.startswith("Duration ") for t in texts["ended"])
+    assert "Cancel" in texts["outgoing"] and "Visitor" in texts["outgoing"]
+    assert "Visitor declined the call" in texts["declined"]
+    assert "camera unplugged" in texts["error"]
+    assert "Video call" in texts["audio_call"]
+    assert "Visitor hung up" in texts["hung_up"]
+    for screen in SCREENS:
+        png = shots / f"{screen}.png"
+        with av.open(str(png)) as container:
+            frame = next(container.decode(video=0))
+        pixels = frame.to_ndarray(format="rgb24").astype(np.float32)
+        assert pixels.shape == (480, 800, 3), screen
+        assert pixels.std() > 12, f"{screen}.png looks blank"
+    if os.environ.get("KIOSK_UPDATE_SCREENSHOTS"):
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for screen in SCREENS:
+            shutil.copy(shots / f"{screen}.png", DOCS_SCREENSHOTS / f"{screen}.png")
+
+
+KIOSK_TOML = """
+[server]
+url = "http://127.0.0.1:{port}"
+embedded = true
+data_dir = "{tmp}/data"
+
+[identity]
+uid = "front-door"
+name = "Front door"
+
+[[cameras]]
+id = "camera"
+backend = "emulated"
+width = 320
+height = 240
+fps = 15
+
+[audio]
+backend = "emulated"
+echo_cancellation = false
+noise_suppression = false
+auto_gain_control = false
+
+[ui]
+fullscreen = false
+auto_answer_after = 0.3
+contacts = [{{ uid = "visitor", name = "Visitor" }}]
+
+[recording]
+directory = "{tmp}/recordings"
+
+[emulation]
+keyboard = false
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_run_kiosk_embedded_server_answers_the_printed_command(tmp_path: Path) -> None:
+    """`run_kiosk` with an embedded server and no display: it prints a command that calls it, answers
+    that call by itself (ui.auto_answer_after), saves screenshots, and exits 0 after `duration`."""
+    config = tmp_path / "kiosk.toml"
+    config.write_text(KIOSK_TOML.format(port=free_port(), tmp=tmp_path))
+    shots = tmp_path / "shots"
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "KIVY_HOME": str(tmp_path / "kivy-home")}
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    code = "import sys; from pathlib import Path; from kiosk.ui.app import run_kiosk; " + (
+        "sys.exit(run_kiosk(Path(sys.argv[1]), screenshots_dir=Path(sys.argv[2]), duration=10.0))"
+    )
+    log = (tmp_path / "kiosk.log").open("w")
+    kiosk = subprocess.Popen(
+        [sys.executable, "-c", code, str(config), str(shots)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=log,  # a file, not a pipe: a chatty child must never block on a full pipe
+        text=True,
+    )
+    watchdog = threading.Timer(45, kiosk.kill)  # a hard limit, whatever happens below
+    watchdog.start()
+    try:
+        assert kiosk.stdout is not None
+        command = ""
+        for line in kiosk.stdout:  # the kiosk prints the line as soon as it is ready
+            if line.strip().startswith("kiosk endpoint"):
+                command = line.strip()
+                break
+        assert "--call front-door --loopback" in command, command
+        args = command.split()[1:]
+        caller = subprocess.run(
+            [str(Path(sys.executable).parent / "kiosk"), *args, "--duration", "1.5"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert caller.returncode == 0, caller.stdout[-3000:] + caller.stderr[-3000:]
+        assert kiosk.wait(timeout=30) == 0, (tmp_path / "kiosk.log").read_text()[-4000:]
+    finally:
+        watchdog.cancel()
+        log.close()
+        if kiosk.poll() is None:
+            kiosk.kill()
+            kiosk.wait()
+    for screen in ("home", "in_call", "ended"):
+        assert (shots / f"{screen}.png").stat().st_size > 1000, screen
+
+
+def test_frame_store_keeps_only_the_newest_frame() -> None:
+    from kiosk.ui.frames import FrameStore
+
+    layouts: list[str] = []
+    store = FrameStore(on_layout=lambda: layouts.append(store.mode))
+    frames = [av.VideoFrame(16, 16, "rgb24") for _ in range(3)]
+    for frame in frames:
+        store.render_frame("bob", frame)
+    newest, version = store.latest("bob")
+    assert newest is frames[-1] and version == 3 and store.slots["bob"].received == 3
+    assert layouts == ["DEFAULT"]  # a new participant is a layout change; its next frames are not
+    store.set_mode("SPOTLIGHT")
+    store.remove_participant("bob")
+    assert store.latest("bob") == (None, 0) and layouts == ["DEFAULT", "SPOTLIGHT", "SPOTLIGHT"]
+
+
+def test_run_kiosk_config_error_is_one_line(tmp_path: Path, capsys: Any) -> None:
+    from kiosk.ui.app import run_kiosk
+
+    bad = tmp_path / "kiosk.toml"
+    bad.write_text("[ui]\nwidth = 'wide'\n")
+    assert run_kiosk(bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kiosk: ") and err.count("\n") == 1 and "ui.width" in err
+
+
+# ----------------------------------------------------------------------------- the child process
+
+
+async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
+    from calls_support import endpoints, make_user, running_server, wait_until
+    from gpiozero.pins.mock import MockFactory
+
+    from kiosk.calls import Calls, CallSettingsBuilder, CallType
+    from kiosk.calls.events import CallError
+    from kiosk.config import ButtonSection, ButtonsSection, Contact, EndButtonSection
+    from kiosk.controller import KioskController, Phase
+    from kiosk.hardware import ButtonPanel
+    from kiosk.media.emulated import EmulatedDevices
+    from kiosk.ui.kivy_app import KioskApp
+
+    texts: dict[str, list[str]] = {}
+    async with (
+        running_server(tmp / "server") as server,
+        endpoints(server.url, tmp, "visitor") as (visitor,),
+    ):
+        token = await make_user(server.url, "front-door", "Front door")
+        calls = Calls(
+            server.url,
+            auth_token=token,
+            devices=EmulatedDevices(width=320, height=240, fps=15, tone_hz=440),
+            ice_host_addresses=["127.0.0.1"],
+            recording_dir=tmp / "recordings",
+            device_poll_interval=0.5,
+        )
+        await calls.login()
+        # Every button the settings offer, so the screenshot shows the full control bar.
+        controller = KioskController(
+            calls, settings_factory=lambda call: CallSettingsBuilder().show_recording_button(True).build()
+        )
+        factory = MockFactory()
+        panel = ButtonPanel(
+            ButtonsSection(pin_factory="mock", mute=ButtonSection(17), end=EndButtonSection(27)),
+            controller,
+            asyncio.get_running_loop(),
+            pin_factory=factory,
+        )
+        visitor_kiosk = KioskController(visitor.calls)
+        app = KioskApp(
+            controller,
+            device_name="Front door",
+            contacts=[Contact("visitor", "Visitor")],
+            ended_seconds=1.0,
+        )
+        runner = asyncio.ensure_future(app.async_run(async_lib="asyncio"))
+
+        async def shot(name: str, key: str | None = None) -> None:
+            await asyncio.sleep(0.25)  # a few frames drawn
+            app.save_screenshot(shots / f"{name}.png")
+            texts[key or name] = app.current_texts()
+
+        def on(screen: str) -> bool:
+            return getattr(app, "manager", None) is not None and app.manager.current == screen
+
+        try:
+            await wait_until(lambda: on("home"), 10, "home screen")
+            await wait_until(lambda: app.home.connection.text == "Connected", 5, "connected")
+            texts["home"] = app.current_texts()
+
+            # the visitor rings the kiosk: incoming screen
+            await visitor_kiosk.call("front-door")
+            await wait_until(lambda: on("incoming"), 10, "incoming screen")
+            await shot("incoming")
+
+            # accept by touch
+            app.incoming.answer_button.dispatch("on_release")
+            await wait_until(lambda: on("in_call"), 10, "in-call screen")
+            await wait_until(lambda: visitor_kiosk.state.phase == Phase.IN_CALL, 10, "visitor in call")
+            await wait_until(lambda: "visitor" in app.in_call.tiles, 10, "visitor's tile")
+            tile = app.in_call.tiles["visitor"]
+            await wait_until(lambda: tile.frames_shown >= 5, 15, "remote video drawn")
+            await wait_until(lambda: app.in_call.preview.frames_shown >= 3, 10, "local preview drawn")
+            # Drawn from the newest frame at display rate: never more frames shown than received.
+            assert tile.frames_shown <= app.store.slots["visitor"].received
+            await wait_until(
+                lambda: (
+                    "front-door" in visitor.calls.session.participants
+                    and "visitor" in calls.session.participants
+                ),
+                10,
+                "both in the session",
+            )
+            await shot("in_call")
+
+            # the layout button walks the modes through the SDK (set_mode -> the view's set_mode)
+            mode_button = app.in_call.buttons["mode"]
+            for expected, words in (("SPOTLIGHT", "Speaker"), ("SINGLE", "Single"), ("DEFAULT", "Grid")):
+                mode_button.dispatch("on_release")
+                assert calls.session.mode == expected and app.store.mode == expected
+                assert mode_button.text == words
+            # the audio-mode button moves the sound to the next output
+            before = controller.state.audio_mode
+            app.in_call.buttons["audio_mode"].dispatch("on_release")
+            assert controller.state.audio_mode != before == calls.get_audio_output_modes()[0].mode
+
+            # mute by the GPIO button (gpiozero MockFactory); the visitor hears of it
+            pin = panel.buttons["mute"].pin
+            pin.drive_low()
+            pin.drive_high()
+            muted = (await visitor.events.wait_for("on_user_muted", 5))[0]
+            assert muted.uid == "front-door" and muted.audio_muted
+            await wait_until(lambda: app.in_call.buttons["mute"].text == "Unmute", 5, "mute shown")
+            # the visitor stops its video: the kiosk shows the badge and the avatar
+            visitor_kiosk.toggle_video()
+            await wait_until(lambda: tile.video_muted, 5, "video-off badge")
+            assert tile.avatar.opacity == 1
+            await shot("in_call_muted")
+
+            # the idle-timeout warning, and its stay button
+            stays: list[int] = []
+            original_stay = calls.session.stay
+            calls.session.stay = lambda: (stays.append(1), original_stay())
+            calls.listeners.emit("on_session_timeout_warning", 45)
+            await wait_until(lambda: app.in_call.warning is not None, 5, "warning shown")
+            await shot("timeout_warning")
+            stay_button = [
+                w for w in app.in_call.warning.walk() if getattr(w, "text", "") == "Stay in the call"
+            ]
+            stay_button[0].dispatch("on_release")
+            assert stays == [1] and app.in_call.warning is None
+
+            # an error is a short message on screen, not a crash
+            calls.listeners.emit("on_error", CallError("DEVICE_ERROR", "camera unplugged"))
+            await asyncio.sleep(0.1)
+            texts["error"] = app.current_texts()
+
+            # end by touch: the call-ended screen, then home by itself
+            app.in_call.buttons["end"].dispatch("on_release")
+            await wait_until(lambda: on("ended"), 10, "ended screen")
+            await visitor.events.wait_for("on_call_ended", 10)
+            await wait_until(lambda: visitor_kiosk.state.phase == Phase.IDLE, 10, "visitor idle")
+            app._hide_toast()
+            await shot("ended")
+            await wait_until(lambda: on("home"), 5, "back home")
+            await wait_until(
+                lambda: any("from Visitor" in t.text for t in app.home.recent_lines), 5, "recent calls"
+            )
+            await shot("home", "home_after")  # the home screen with a call in its recent list
+
+            # the kiosk calls by touch; the visitor declines: outgoing, then the outcome in words
+            app.home.call_buttons["visitor"].dispatch("on_release")
+            await wait_until(lambda: on("outgoing"), 10, "outgoing screen")
+            await wait_until(lambda: visitor_kiosk.state.phase == Phase.RINGING_IN, 10, "visitor rings")
+            await shot("outgoing")
+            await visitor_kiosk.reject()
+            await wait_until(lambda: on("ended"), 10, "outcome shown")
+            texts["declined"] = app.current_texts()
+            assert app.screen_log[:6] == ["home", "incoming", "in_call", "ended", "home", "outgoing"]
+
+            # an audio call, answered by a press of the GPIO end button: the avatar instead of video,
+            # and a "Video call" button that switches it; then the visitor hangs up
+            await visitor_kiosk.call("front-door", CallType.AUDIO)
+            await wait_until(lambda: on("incoming"), 10, "rings again")
+            end_pin = panel.buttons["end"].pin
+            end_pin.drive_low()
+            end_pin.drive_high()
+            await wait_until(lambda: on("in_call") and calls.session is not None, 10, "audio call")
+            await wait_until(lambda: calls.session.active and "visitor" in app.in_call.tiles, 10, "tile")
+            await wait_until(lambda: "to_video" in app.in_call.buttons, 5, "video call button")
+            await wait_until(lambda: app.in_call.buttons["to_video"].parent is not None, 5, "shown")
+            assert app.in_call.tiles["visitor"].avatar.opacity == 1  # no video: the avatar
+            await shot("audio_call")
+            app.in_call.buttons["to_video"].dispatch("on_release")
+            await visitor.events.wait_for("on_call_switched_to_video", 5)
+            await wait_until(lambda: app.in_call.buttons["to_video"].parent is None, 5, "button gone")
+            bar = [button.text for button in reversed(app.in_call.bar.children)]  # left to right
+            assert bar == ["Mute", "Stop video", "Switch camera", "Speaker", "Record", "Grid", "End"], bar
+            await visitor_kiosk.hang_up()
+            await wait_until(lambda: on("ended"), 10, "ended by the visitor")
+            texts["hung_up"] = app.current_texts()
+        finally:
+            app.stop()
+            await asyncio.wait_for(runner, 10)
+            panel.close()
+            factory.reset()
+            await calls.close()
+    return texts
+
+
+def _child(tmp: Path, shots: Path, report: Path) -> None:
+    sys.path.insert(0, str(HERE))  # calls_support
+    from kiosk.ui.env import prepare_kivy
+
+    prepare_kivy(width=800, height=480, offscreen=True, kivy_home=tmp / "kivy-home")
+    texts = asyncio.run(scenario(tmp, shots))
+    report.write_text(json.dumps({"texts": texts}))
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
