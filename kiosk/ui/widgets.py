@@ -193,7 +193,7 @@ class VideoTile(ButtonBehavior, FloatLayout):
             bold=True,
             color=(1, 0.85, 0.3, 1),
             size_hint=(None, None),
-            pos_hint={"right": 0.98, "y": 0.02},
+            pos_hint={},  # placed just above the name label (see _fit_badges): fits the smallest tile
         )
         self.badges.bind(texture_size=self._fit_badges, pos=self._fit_badges)
         with self.badges.canvas.before:
@@ -229,10 +229,12 @@ class VideoTile(ButtonBehavior, FloatLayout):
         w, h = self.name_label.texture_size
         self.name_label.size = (w + 16, h + 8)
         self._label_back.pos, self._label_back.size = self.name_label.pos, self.name_label.size
+        self._fit_badges()
 
     def _fit_badges(self, *_: Any) -> None:
         w, h = self.badges.texture_size
         self.badges.size = (w + 16, h + 8)
+        self.badges.pos = (self.name_label.x, self.name_label.top + 4)
         self._badge_back.pos, self._badge_back.size = self.badges.pos, self.badges.size
         self._badge_colour.a = 0.65 if self.badges.text else 0
 
