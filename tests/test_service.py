@@ -384,3 +384,46 @@ def line_with(text: str, fragment: str) -> str:
     found = [line for line in text.splitlines() if fragment in line]
     assert found, f"no line with {fragment!r} in:\n{text}"
     return found[0]
+
+
+def test_the_kiosk_app_tells_systemd_it_is_ready_and_feeds_the_watchdog(
+    notify_socket: NotifyListener, tmp_path: Path
+) -> None:
+    """`kiosk run` as kiosk.service starts it: READY once the screen is up, WATCHDOG from its loop."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    config = tmp_path / "kiosk.toml"
+    text = (root / "config" / "emulated.toml").read_text()
+    text = text.replace('data_dir = "data"', f'data_dir = "{tmp_path / "data"}"')
+    text = text.replace('url = "http://127.0.0.1:8080"', 'url = "http://127.0.0.1:18765"')
+    text = text.replace('control_socket = "kiosk-control.sock"', 'control_socket = ""')
+    text = text.replace('directory = "recordings"', f'directory = "{tmp_path / "recordings"}"')
+    config.write_text(text)
+    env = {
+        **os.environ,
+        "SDL_VIDEODRIVER": "offscreen",
+        "KIVY_NO_ARGS": "1",
+        "KIVY_HOME": str(tmp_path / "kivy"),
+        "WATCHDOG_USEC": "400000",  # feed every 0.2 s
+    }
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "kiosk.cli", "run", "--config", str(config), "--duration", "4"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    deadline = time.monotonic() + 2
+    while not notify_socket.messages("STOPPING=1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready = [at for at, message in notify_socket.received if message.startswith("READY=1")]
+    feeds = notify_socket.messages("WATCHDOG=1")
+    assert ready, notify_socket.received
+    assert len(feeds) >= 8, f"{len(feeds)} feeds in a 4 s run at 0.2 s"
+    assert notify_socket.messages("STOPPING=1")
