@@ -33,6 +33,7 @@ from kiosk.calls import Call, CallEventListener, CallsError, CallSettings, CallS
 from kiosk.calls.events import CallError, RTCMutedUser, RTCUser
 from kiosk.config import Contact
 from kiosk.controller import KioskController, KioskState, Phase
+from kiosk.hardware.control import KEYS
 from kiosk.ui.frames import LOCAL, FrameStore
 from kiosk.ui.widgets import (
     AMBER,
@@ -824,19 +825,14 @@ class KioskApp(App):
         self, window: Any, key: int, scancode: int, codepoint: str | None, modifiers: list[str]
     ) -> bool:
         # The kiosk window's own keys: the same letters as the terminal keyboard emulation.
-        actions = {
-            "m": "mute",
-            "v": "video",
-            "e": "end",
-            "E": "end_hold",
-            "a": "audio_mode",
-            "y": "answer",
-            "n": "reject",
-        }
         letter = (codepoint or "").upper() if "shift" in modifiers else (codepoint or "")
-        action = actions.get(letter)
+        action = KEYS.get(letter)
         if action is None:
             return False
+        if action == "call":
+            if not self.contacts:
+                return True
+            action = f"call:{self.contacts[0].uid}"
         try:
             self.controller.dispatch(action)
         except Exception:
