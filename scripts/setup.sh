@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # libasound2-dev and gcc build pyalsaaudio; alsa-utils gives aplay/arecord for checking a device.
 # libgl1, libgl1-mesa-dri and libegl1 let Kivy render (offscreen through EGL where there is no display).
 APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libasound2-dev alsa-utils
-    libgl1 libgl1-mesa-dri libegl1 libmtdev1)
+    libgl1 libgl1-mesa-dri libegl1 libmtdev1
+    chromium)  # a real browser peer for the web client's tests (Playwright drives it; no browser download)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -23,6 +23,7 @@ from kiosk.server.sessions import Sessions
 from kiosk.server.state import MemoryState
 from kiosk.server.storage import SqliteStorage, Storage
 from kiosk.server.tokens import CallTokens, load_admin_key, load_signing_key
+from kiosk.server.web import add_web_routes
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_MESSAGE_BYTES)
     app.add_routes(rest.routes)
     app.add_routes(signaling.routes)
+    add_web_routes(app)  # the browser client at /app/
     app.cleanup_ctx.append(partial(_lifecycle, config))
     app.on_shutdown.append(_close_connections)
     return app

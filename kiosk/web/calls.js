@@ -1,0 +1,906 @@
+// Calls SDK for the browser: the call server's protocol (docs/protocol.md) behind a CometChatCalls-like API.
+// Plain ES module, no build step. One logged-in user and at most one call session per page.
+
+export const CALL_MODE = Object.freeze({ DEFAULT: "DEFAULT", SPOTLIGHT: "SPOTLIGHT" });
+export const CALL_TYPE = Object.freeze({ AUDIO: "audio", VIDEO: "video" });
+
+// How long to wait for ICE gathering: the Python side does not trickle, so candidates must be in the SDP.
+const GATHER_TIMEOUT_MS = 5000;
+const REQUEST_TIMEOUT_MS = 10000;
+
+export class CallsError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+const state = {
+  baseUrl: "",
+  authToken: null,
+  user: null,
+  signaling: null,
+  session: null,
+  callListeners: new Map(), // ringing: onIncomingCallReceived, onOutgoingCallAccepted, ...
+  sessionListeners: new Map(), // in-call: onUserJoined, onCallEnded, ...
+  activeCall: null,
+  audioInputId: null,
+  videoInputId: null,
+  audioOutputId: null,
+};
+
+/** Where the call server is; defaults to the page's own origin. */
+export function init({ baseUrl = "" } = {}) {
+  state.baseUrl = baseUrl.replace(/\/$/, "");
+}
+
+// ------------------------------------------------------------------ REST
+
+async function rest(method, path, body, authToken = state.authToken) {
+  const headers = { Authorization: `Bearer ${authToken}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(state.baseUrl + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (err) {
+    throw new CallsError("NETWORK", `call server unreachable: ${err.message}`);
+  }
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const e = data.error || {};
+    throw new CallsError(e.code || `HTTP_${response.status}`, e.message || response.statusText);
+  }
+  return data;
+}
+
+/** POST /v1/calls/token. Resolves with {token, sessionId, uid, expiresAt, iceServers}. */
+export async function generateToken(sessionId, authToken = state.authToken) {
+  if (!authToken) throw new CallsError("UNAUTHORIZED", "no auth token");
+  return rest("POST", "/v1/calls/token", { sessionId }, authToken);
+}
+
+export const getUsers = async () => (await rest("GET", "/v1/users")).users;
+export const getCallParticipantCount = async (sessionId, type) =>
+  (await rest("GET", `/v1/sessions/${encodeURIComponent(sessionId)}/participants?type=${type}`)).count;
+export const getCallLogs = (query = {}) => rest("GET", `/v1/calls?${new URLSearchParams(query)}`);
+
+// ------------------------------------------------------------------ signaling
+
+class Signaling {
+  constructor(url) {
+    this.url = url;
+    this.ws = null;
+    this.nextId = 0;
+    this.pending = new Map();
+    this.onmessage = () => {};
+    this.onclose = () => {};
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url);
+      this.ws = ws;
+      ws.onopen = () => resolve();
+      ws.onerror = () => reject(new CallsError("NETWORK", "signaling connection failed"));
+      ws.onclose = () => {
+        for (const { reject: fail, timer } of this.pending.values()) {
+          clearTimeout(timer);
+          fail(new CallsError("NETWORK", "signaling connection closed"));
+        }
+        this.pending.clear();
+        this.onclose();
+      };
+      ws.onmessage = (event) => this.receive(event.data);
+    });
+  }
+
+  receive(raw) {
+    let message;
+    try {
+      message = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    const waiting = message.id !== undefined ? this.pending.get(message.id) : undefined;
+    if (waiting && ["ok", "error", "joined", "pong"].includes(message.type)) {
+      this.pending.delete(message.id);
+      clearTimeout(waiting.timer);
+      if (message.type === "error") waiting.reject(new CallsError(message.error.code, message.error.message));
+      else waiting.resolve(message);
+      return;
+    }
+    this.onmessage(message);
+  }
+
+  request(type, fields = {}) {
+    const id = `b${++this.nextId}`;
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+        reject(new CallsError("NETWORK", "not connected to the call server"));
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new CallsError("TIMEOUT", `no reply to ${type}`));
+      }, REQUEST_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+      this.ws.send(JSON.stringify({ type, id, ...fields }));
+    });
+  }
+
+  close() {
+    if (this.ws) this.ws.close();
+  }
+}
+
+function wsUrl() {
+  const base = state.baseUrl ? new URL(state.baseUrl) : new URL(window.location.href);
+  const scheme = base.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${base.host}/v1/ws`;
+}
+
+/** Connect the signaling WebSocket as the owner of `authToken`; resolves with the user. */
+export async function login(authToken) {
+  if (state.signaling) logout();
+  state.authToken = authToken;
+  const signaling = new Signaling(wsUrl());
+  await signaling.open();
+  signaling.onmessage = onPush;
+  signaling.onclose = () => {
+    if (state.signaling !== signaling) return;
+    state.signaling = null;
+    if (state.session) state.session.teardown("disconnected");
+    emitCall("onConnectionLost");
+  };
+  try {
+    const reply = await signaling.request("auth", { authToken });
+    state.signaling = signaling;
+    state.user = reply.user;
+    return reply.user;
+  } catch (err) {
+    signaling.close();
+    throw err;
+  }
+}
+
+export function logout() {
+  const signaling = state.signaling;
+  state.signaling = null;
+  if (state.session) state.session.teardown("logout");
+  if (signaling) signaling.close();
+  state.user = null;
+}
+
+export const getLoggedInUser = () => state.user;
+
+function onPush(message) {
+  switch (message.type) {
+    case "call.incoming":
+      state.activeCall = state.activeCall || message.call;
+      emitCall("onIncomingCallReceived", message.call);
+      break;
+    case "call.updated":
+      onCallUpdated(message.call);
+      break;
+    default:
+      if (state.session && message.sessionId === state.session.sessionId) state.session.handle(message);
+  }
+}
+
+function onCallUpdated(call) {
+  const mine = state.user && call.initiator.uid === state.user.uid;
+  const final = !["initiated", "ongoing"].includes(call.status);
+  if (state.activeCall && state.activeCall.sessionId === call.sessionId) {
+    state.activeCall = final ? null : call;
+  }
+  if (call.status === "ongoing" && mine) emitCall("onOutgoingCallAccepted", call);
+  else if ((call.status === "rejected" || call.status === "busy") && mine) emitCall("onOutgoingCallRejected", call);
+  else if ((call.status === "cancelled" || call.status === "unanswered") && !mine)
+    emitCall("onIncomingCallCancelled", call);
+  else if (call.status === "unanswered" && mine) emitCall("onOutgoingCallRejected", call);
+  else if (call.status === "ended") emitCall("onCallEndedMessageReceived", call);
+}
+
+// ------------------------------------------------------------------ ringing
+
+export function addCallListener(listenerId, listener) {
+  state.callListeners.set(listenerId, listener);
+}
+export function removeCallListener(listenerId) {
+  state.callListeners.delete(listenerId);
+}
+
+function emitCall(name, ...args) {
+  for (const listener of state.callListeners.values()) safeCall(listener, name, args);
+}
+
+function safeCall(listener, name, args) {
+  const fn = listener && listener[name];
+  if (typeof fn !== "function") return;
+  try {
+    fn.apply(listener, args);
+  } catch (err) {
+    console.error(`listener ${name} failed`, err);
+  }
+}
+
+export async function initiateCall(receiverUid, callType = CALL_TYPE.VIDEO) {
+  const call = await rest("POST", "/v1/calls", { receiverUid, callType });
+  state.activeCall = call.status === "initiated" ? call : null;
+  return call;
+}
+
+async function callAction(sessionId, action, body) {
+  const call = await rest("POST", `/v1/calls/${encodeURIComponent(sessionId)}/${action}`, body);
+  state.activeCall = ["initiated", "ongoing"].includes(call.status) ? call : null;
+  return call;
+}
+
+export const acceptCall = (sessionId) => callAction(sessionId, "accept");
+export const rejectCall = (sessionId, status = "rejected") => callAction(sessionId, "reject", { status });
+export const endCall = (sessionId) => callAction(sessionId, "end");
+export const getActiveCall = () => state.activeCall || undefined;
+export function clearActiveCall() {
+  state.activeCall = null;
+}
+
+// ------------------------------------------------------------------ settings and listeners
+
+export class OngoingCallListener {
+  constructor(handlers = {}) {
+    Object.assign(this, handlers);
+  }
+}
+
+export class CallSettings {
+  constructor(values) {
+    Object.assign(this, values);
+    Object.freeze(this);
+  }
+}
+
+export class CallSettingsBuilder {
+  constructor() {
+    this.values = {
+      defaultLayout: true,
+      audioOnly: false,
+      listener: null,
+      mode: CALL_MODE.DEFAULT,
+      startAudioMuted: false,
+      startVideoMuted: false,
+      showEndCallButton: true,
+      showMuteAudioButton: true,
+      showPauseVideoButton: true,
+      showScreenShareButton: true,
+      showModeButton: true,
+      showSwitchToVideoCallButton: true,
+      idleTimeoutSeconds: 180,
+    };
+  }
+  set(key, value) {
+    this.values[key] = value;
+    return this;
+  }
+  enableDefaultLayout(on) { return this.set("defaultLayout", !!on); }
+  setIsAudioOnlyCall(on) { return this.set("audioOnly", !!on); }
+  setCallListener(listener) { return this.set("listener", listener); }
+  setMode(mode) { return this.set("mode", checkMode(mode)); }
+  startWithAudioMuted(on) { return this.set("startAudioMuted", !!on); }
+  startWithVideoMuted(on) { return this.set("startVideoMuted", !!on); }
+  showEndCallButton(on) { return this.set("showEndCallButton", !!on); }
+  showMuteAudioButton(on) { return this.set("showMuteAudioButton", !!on); }
+  showPauseVideoButton(on) { return this.set("showPauseVideoButton", !!on); }
+  showScreenShareButton(on) { return this.set("showScreenShareButton", !!on); }
+  showModeButton(on) { return this.set("showModeButton", !!on); }
+  showSwitchToVideoCallButton(on) { return this.set("showSwitchToVideoCallButton", !!on); }
+  setIdleTimeoutPeriod(seconds) { return this.set("idleTimeoutSeconds", Number(seconds)); }
+  build() { return new CallSettings({ ...this.values }); }
+}
+
+function checkMode(mode) {
+  if (!Object.values(CALL_MODE).includes(mode)) throw new CallsError("INVALID_MODE", `unknown mode ${mode}`);
+  return mode;
+}
+
+export function addCallEventListener(listenerId, listener) {
+  state.sessionListeners.set(listenerId, listener);
+}
+export function removeCallEventListener(listenerId) {
+  state.sessionListeners.delete(listenerId);
+}
+
+// ------------------------------------------------------------------ the session
+
+function waitForGathering(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState !== "complete") return;
+      pc.removeEventListener("icegatheringstatechange", done);
+      clearTimeout(timer);
+      resolve();
+    };
+    // Past the timeout we send what we have: a host candidate is usually enough on a LAN.
+    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
+    pc.addEventListener("icegatheringstatechange", done);
+  });
+}
+
+function mediaErrorMessage(err) {
+  if (err.name === "NotAllowedError" || err.name === "SecurityError")
+    return ["MEDIA_PERMISSION_DENIED", "camera/microphone access was refused; the call continues without them"];
+  if (err.name === "NotFoundError" || err.name === "OverconstrainedError")
+    return ["DEVICE_NOT_FOUND", "no camera or microphone found; the call continues without them"];
+  if (err.name === "NotReadableError")
+    return ["DEVICE_BUSY", "the camera or microphone is in use by another program"];
+  return ["MEDIA_ERROR", `camera/microphone failed: ${err.message}`];
+}
+
+class Session {
+  constructor(sessionId, settings, element) {
+    this.sessionId = sessionId;
+    this.settings = settings;
+    this.element = element;
+    this.audioOnly = settings.audioOnly;
+    this.audioMuted = settings.startAudioMuted;
+    this.videoMuted = settings.startVideoMuted;
+    this.mode = settings.mode;
+    this.self = null;
+    this.participants = new Map(); // uid -> Participant
+    this.peers = new Map(); // uid -> {pc, stream}
+    this.localStream = new MediaStream();
+    this.iceServers = [];
+    this.active = false;
+    this.ended = false;
+    this.idleTimer = null;
+    this.layout = settings.defaultLayout && element ? new DefaultLayout(this, element) : null;
+  }
+
+  emit(name, ...args) {
+    safeCall(this.settings.listener, name, args);
+    for (const listener of state.sessionListeners.values()) safeCall(listener, name, args);
+  }
+
+  error(code, message) {
+    this.emit("onError", { code, message });
+  }
+
+  async captureMedia() {
+    const constraints = {
+      audio: state.audioInputId ? { deviceId: { exact: state.audioInputId } } : true,
+      video: this.audioOnly ? false : state.videoInputId ? { deviceId: { exact: state.videoInputId } } : true,
+    };
+    try {
+      this.localStream = await navigator.mediaDevices.getUserMedia(constraints);
+    } catch (err) {
+      const [code, message] = mediaErrorMessage(err);
+      this.error(code, message);
+      this.localStream = new MediaStream();
+    }
+    this.applyMute();
+  }
+
+  track(kind) {
+    return this.localStream.getTracks().find((t) => t.kind === kind) || null;
+  }
+
+  applyMute() {
+    const audio = this.track("audio");
+    const video = this.track("video");
+    if (audio) audio.enabled = !this.audioMuted;
+    if (video) video.enabled = !this.videoMuted;
+    if (this.layout) this.layout.update();
+  }
+
+  async join(callToken) {
+    const reply = await state.signaling.request("join", {
+      sessionId: this.sessionId,
+      callToken,
+      audioMuted: this.audioMuted,
+      videoMuted: this.videoMuted,
+      audioOnly: this.audioOnly,
+    });
+    this.active = true;
+    this.self = reply.self;
+    this.iceServers = reply.iceServers || [];
+    if (reply.audioOnly && !this.audioOnly) {
+      // A call rung as audio: keep the camera off until someone switches to video.
+      this.audioOnly = true;
+      const video = this.track("video");
+      if (video) {
+        video.stop();
+        this.localStream.removeTrack(video);
+      }
+    }
+    for (const p of reply.participants || []) this.participants.set(p.uid, p);
+    if (this.layout) this.layout.update();
+    if (this.participants.size) this.emit("onUserListUpdated", this.userList());
+    for (const p of this.participants.values()) if (p.audioMuted || p.videoMuted) this.emitMuted(p);
+    // The joiner offers to everyone already in the session; they answer (docs/protocol.md, "mesh").
+    for (const uid of this.participants.keys()) this.guard(this.offerTo(uid));
+    this.resetIdleTimer();
+  }
+
+  guard(promise) {
+    promise.catch((err) => {
+      if (this.active) this.error(err.code || "PEER_ERROR", err.message);
+    });
+  }
+
+  userList() {
+    return [this.self, ...this.participants.values()].filter(Boolean);
+  }
+
+  newPeer(uid) {
+    this.closePeer(uid);
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const peer = { pc, stream: new MediaStream() };
+    this.peers.set(uid, peer);
+    pc.ontrack = (event) => {
+      peer.stream.addTrack(event.track);
+      if (this.layout) this.layout.update();
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" && this.active)
+        this.error("PEER_CONNECTION_FAILED", `media connection to ${uid} failed`);
+    };
+    return peer;
+  }
+
+  closePeer(uid) {
+    const peer = this.peers.get(uid);
+    if (!peer) return;
+    this.peers.delete(uid);
+    peer.pc.close();
+  }
+
+  async offerTo(uid) {
+    const { pc } = this.newPeer(uid);
+    // One audio and one video m-line, both sendrecv, even audio-only: switching needs no renegotiation.
+    pc.addTransceiver(this.track("audio") || "audio", { direction: "sendrecv", streams: [this.localStream] });
+    pc.addTransceiver(this.track("video") || "video", { direction: "sendrecv", streams: [this.localStream] });
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForGathering(pc);
+    if (this.active && this.peers.get(uid)?.pc === pc)
+      await state.signaling.request("offer", { sessionId: this.sessionId, to: uid, sdp: pc.localDescription.sdp });
+  }
+
+  async answer(uid, sdp) {
+    if (!this.participants.has(uid)) this.participants.set(uid, { uid, name: uid });
+    const { pc } = this.newPeer(uid);
+    await pc.setRemoteDescription({ type: "offer", sdp });
+    for (const transceiver of pc.getTransceivers()) {
+      const kind = transceiver.receiver.track.kind;
+      transceiver.direction = "sendrecv";
+      const track = this.track(kind);
+      if (track) {
+        await transceiver.sender.replaceTrack(track);
+        transceiver.sender.setStreams(this.localStream);
+      }
+    }
+    await pc.setLocalDescription(await pc.createAnswer());
+    await waitForGathering(pc);
+    if (this.active && this.peers.get(uid)?.pc === pc)
+      await state.signaling.request("answer", { sessionId: this.sessionId, to: uid, sdp: pc.localDescription.sdp });
+  }
+
+  async acceptAnswer(uid, sdp) {
+    const peer = this.peers.get(uid);
+    if (peer) await peer.pc.setRemoteDescription({ type: "answer", sdp });
+  }
+
+  emitMuted(p) {
+    this.emit("onUserMuted", {
+      muted: p,
+      uid: p.uid,
+      name: p.name,
+      audioMuted: !!p.audioMuted,
+      videoMuted: !!p.videoMuted,
+    });
+  }
+
+  handle(message) {
+    if (!this.active) return;
+    switch (message.type) {
+      case "participant.joined": {
+        const p = message.participant;
+        this.participants.set(p.uid, p);
+        this.emit("onUserJoined", p);
+        this.emit("onUserListUpdated", this.userList());
+        if (p.audioMuted || p.videoMuted) this.emitMuted(p);
+        break;
+      }
+      case "participant.left": {
+        const uid = message.participant.uid;
+        const p = this.participants.get(uid) || message.participant;
+        this.participants.delete(uid);
+        this.closePeer(uid);
+        this.emit("onUserLeft", p);
+        this.emit("onUserListUpdated", this.userList());
+        break;
+      }
+      case "session.ended":
+        this.teardown(message.reason || "ended");
+        return;
+      case "offer":
+        this.guard(this.answer(message.from, message.sdp));
+        break;
+      case "answer":
+        this.guard(this.acceptAnswer(message.from, message.sdp));
+        break;
+      case "candidate":
+        if (message.candidate && this.peers.has(message.from))
+          this.guard(this.peers.get(message.from).pc.addIceCandidate(message.candidate));
+        break;
+      case "media.state": {
+        const p = this.participants.get(message.user.uid);
+        if (p) {
+          p.audioMuted = !!message.audioMuted;
+          p.videoMuted = !!message.videoMuted;
+          this.emitMuted(p);
+        }
+        break;
+      }
+      case "switch.video":
+        this.becomeVideo().then(() =>
+          this.emit("onCallSwitchedToVideo", { requestedBy: message.requestedBy, sessionId: this.sessionId }),
+        );
+        break;
+      case "recording":
+        this.emit("onRecordingToggled", { recording: message.recording, user: message.user, at: message.at });
+        break;
+      default:
+        break;
+    }
+    if (this.layout) this.layout.update();
+    this.resetIdleTimer();
+  }
+
+  async becomeVideo() {
+    if (!this.audioOnly) return;
+    this.audioOnly = false;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ video: true });
+      const track = stream.getVideoTracks()[0];
+      this.localStream.addTrack(track);
+      track.enabled = !this.videoMuted;
+      await this.replaceTrack("video", track);
+    } catch (err) {
+      const [code, message] = mediaErrorMessage(err);
+      this.error(code, message);
+    }
+    if (this.layout) this.layout.update();
+  }
+
+  async replaceTrack(kind, track) {
+    for (const { pc } of this.peers.values()) {
+      for (const t of pc.getTransceivers()) {
+        if (t.receiver.track.kind === kind) await t.sender.replaceTrack(track);
+      }
+    }
+  }
+
+  sendMediaState() {
+    if (!this.active || !state.signaling) return;
+    state.signaling
+      .request("media.state", { sessionId: this.sessionId, audioMuted: this.audioMuted, videoMuted: this.videoMuted })
+      .catch((err) => this.error(err.code, err.message));
+  }
+
+  // The documents' idle timeout: alone in the call for this long ends the session.
+  resetIdleTimer() {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+    const seconds = this.settings.idleTimeoutSeconds;
+    if (!this.active || this.participants.size || !(seconds > 0)) return;
+    this.idleTimer = setTimeout(() => {
+      this.emit("onSessionTimeout");
+      endSession();
+    }, seconds * 1000);
+  }
+
+  async leave() {
+    if (this.active && state.signaling) {
+      try {
+        await state.signaling.request("leave", { sessionId: this.sessionId });
+      } catch {
+        // leaving is best effort: the server also removes us when the socket closes
+      }
+    }
+    this.teardown(null);
+  }
+
+  teardown(reason) {
+    if (this.ended) return;
+    this.ended = true;
+    this.active = false;
+    clearTimeout(this.idleTimer);
+    for (const uid of [...this.peers.keys()]) this.closePeer(uid);
+    for (const track of this.localStream.getTracks()) track.stop();
+    if (this.layout) this.layout.destroy();
+    if (state.session === this) state.session = null;
+    // Ended by the other side or the server (not by our own endSession): tell the app.
+    if (reason !== null) this.emit("onCallEnded");
+  }
+}
+
+/** Join a session with a call token (a string, or the object generateToken resolves with). */
+export async function startSession(callToken, callSettings, htmlElement) {
+  if (!state.signaling) throw new CallsError("NOT_LOGGED_IN", "call login(authToken) first");
+  if (state.session) throw new CallsError("ALREADY_IN_SESSION", "a session is already running");
+  const token = typeof callToken === "string" ? callToken : callToken.token;
+  const sessionId = sessionOfToken(token);
+  const settings = callSettings || new CallSettingsBuilder().build();
+  const session = new Session(sessionId, settings, htmlElement || null);
+  state.session = session;
+  try {
+    await session.captureMedia();
+    if (session.ended) return;
+    await session.join(token);
+  } catch (err) {
+    session.teardown(null);
+    session.emit("onError", { code: err.code || "INTERNAL", message: err.message });
+    throw err;
+  }
+}
+
+function sessionOfToken(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sid;
+  } catch {
+    throw new CallsError("TOKEN_INVALID", "malformed call token");
+  }
+}
+
+export async function endSession() {
+  const session = state.session;
+  if (session) await session.leave();
+}
+
+function activeSession(method) {
+  if (!state.session) throw new CallsError("NO_ACTIVE_SESSION", `${method}() needs an active call session`);
+  return state.session;
+}
+
+export function muteAudio(muted) {
+  const s = activeSession("muteAudio");
+  s.audioMuted = !!muted;
+  s.applyMute();
+  s.sendMediaState();
+}
+
+export function pauseVideo(paused) {
+  const s = activeSession("pauseVideo");
+  s.videoMuted = !!paused;
+  s.applyMute();
+  s.sendMediaState();
+}
+
+export function switchToVideoCall() {
+  const s = activeSession("switchToVideoCall");
+  state.signaling.request("switch.video", { sessionId: s.sessionId }).catch((err) => s.error(err.code, err.message));
+  return s.becomeVideo();
+}
+
+export function setMode(mode) {
+  const s = activeSession("setMode");
+  s.mode = checkMode(mode);
+  if (s.layout) s.layout.update();
+}
+
+export function isAudioMuted() {
+  return !!state.session?.audioMuted;
+}
+export function isVideoPaused() {
+  return !!state.session?.videoMuted;
+}
+export function switchCamera() {} // mobile only in the documents; desktop browsers: no effect
+export function startScreenShare() {
+  throw new CallsError("NOT_SUPPORTED", "screen sharing is not supported by this client");
+}
+export function stopScreenShare() {}
+
+// ------------------------------------------------------------------ devices
+
+async function devicesOf(kind) {
+  if (!navigator.mediaDevices?.enumerateDevices) return [];
+  return (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === kind);
+}
+
+export const getAudioInputDevices = () => devicesOf("audioinput");
+export const getAudioOutputDevices = () => devicesOf("audiooutput");
+export const getVideoInputDevices = () => devicesOf("videoinput");
+
+async function switchInput(kind, deviceId) {
+  const s = state.session;
+  if (!s || s.ended) return;
+  const old = s.track(kind);
+  if (kind === "video" && s.audioOnly) return;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ [kind]: { deviceId: { exact: deviceId } } });
+    const track = stream.getTracks()[0];
+    if (old) {
+      s.localStream.removeTrack(old);
+      old.stop();
+    }
+    s.localStream.addTrack(track);
+    s.applyMute();
+    await s.replaceTrack(kind, track);
+  } catch (err) {
+    const [code, message] = mediaErrorMessage(err);
+    s.error(code, message);
+  }
+}
+
+export function setAudioInputDevice(deviceId) {
+  state.audioInputId = deviceId;
+  return switchInput("audio", deviceId);
+}
+export function setVideoInputDevice(deviceId) {
+  state.videoInputId = deviceId;
+  return switchInput("video", deviceId);
+}
+export async function setAudioOutputDevice(deviceId) {
+  state.audioOutputId = deviceId;
+  for (const el of document.querySelectorAll("audio[data-calls], video[data-calls]"))
+    if (el.setSinkId) await el.setSinkId(deviceId).catch(() => {});
+}
+
+if (navigator.mediaDevices) {
+  navigator.mediaDevices.addEventListener?.("devicechange", async () => {
+    if (!state.session) return;
+    state.session.emit("onMediaDeviceListUpdated", await navigator.mediaDevices.enumerateDevices());
+  });
+}
+
+// ------------------------------------------------------------------ stats
+
+/** Per remote participant: what this browser received (from getStats), for tests and diagnostics. */
+export async function getSessionStats() {
+  const s = state.session;
+  if (!s) return null;
+  const result = { sessionId: s.sessionId, participants: {} };
+  for (const [uid, { pc }] of s.peers) {
+    const entry = {
+      connectionState: pc.connectionState,
+      videoFramesDecoded: 0,
+      audioEnergy: 0,
+      audioLevel: 0,
+      audioPacketsReceived: 0,
+      bytesSent: 0,
+    };
+    const report = await pc.getStats();
+    report.forEach((r) => {
+      // The pair ICE chose, as "address:port (type)" each side: shows loopback, LAN or relay at a glance.
+      if (r.type === "transport" && r.selectedCandidatePairId) {
+        const pair = report.get(r.selectedCandidatePairId);
+        const describe = (id) => {
+          const c = id && report.get(id);
+          return c ? `${c.address}:${c.port} (${c.candidateType})` : null;
+        };
+        if (pair) {
+          entry.localCandidate = describe(pair.localCandidateId);
+          entry.remoteCandidate = describe(pair.remoteCandidateId);
+        }
+      }
+      if (r.type === "inbound-rtp" && r.kind === "video") entry.videoFramesDecoded = r.framesDecoded || 0;
+      if (r.type === "inbound-rtp" && r.kind === "audio") {
+        entry.audioEnergy = r.totalAudioEnergy || 0;
+        entry.audioLevel = r.audioLevel || 0;
+        entry.audioPacketsReceived = r.packetsReceived || 0;
+      }
+      if (r.type === "outbound-rtp") entry.bytesSent += r.bytesSent || 0;
+    });
+    entry.localSdp = pc.localDescription ? pc.localDescription.sdp : null;
+    result.participants[uid] = entry;
+  }
+  return result;
+}
+
+// ------------------------------------------------------------------ the default layout
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+class DefaultLayout {
+  constructor(session, container) {
+    this.session = session;
+    this.root = el("div", "calls-layout");
+    this.grid = el("div", "calls-grid");
+    this.controls = el("div", "calls-controls");
+    this.tiles = new Map();
+    this.root.append(this.grid, this.controls);
+    container.append(this.root);
+    const settings = session.settings;
+    this.buttons = {};
+    const add = (name, label, show, action) => {
+      if (!show) return;
+      const button = el("button", `calls-${name}`, label);
+      button.type = "button";
+      button.dataset.action = name;
+      button.addEventListener("click", action);
+      this.controls.append(button);
+      this.buttons[name] = button;
+    };
+    add("mute", "Mute", settings.showMuteAudioButton, () => muteAudio(!session.audioMuted));
+    add("video", "Stop video", settings.showPauseVideoButton, () => pauseVideo(!session.videoMuted));
+    add("mode", "Spotlight", settings.showModeButton, () =>
+      setMode(session.mode === CALL_MODE.DEFAULT ? CALL_MODE.SPOTLIGHT : CALL_MODE.DEFAULT));
+    add("switch", "Switch to video", settings.showSwitchToVideoCallButton, () => switchToVideoCall());
+    add("end", "End", settings.showEndCallButton, () => {
+      const wants = [settings.listener, ...state.sessionListeners.values()].some(
+        (l) => l && typeof l.onCallEndButtonPressed === "function");
+      session.emit("onCallEndButtonPressed");
+      // With nobody to handle the button, it ends the session (the documents' session-only flow).
+      if (!wants) endSession();
+    });
+  }
+
+  tile(uid, name, isLocal) {
+    let tile = this.tiles.get(uid);
+    if (!tile) {
+      const node = el("div", `calls-tile${isLocal ? " calls-local" : ""}`);
+      node.dataset.uid = uid;
+      const video = el("video");
+      video.autoplay = true;
+      video.playsInline = true;
+      video.muted = isLocal; // never play our own microphone back
+      video.dataset.calls = "";
+      const label = el("div", "calls-name");
+      const badges = el("div", "calls-badges");
+      node.append(video, label, badges);
+      this.grid.append(node);
+      tile = { node, video, label, badges };
+      this.tiles.set(uid, tile);
+      if (!isLocal && state.audioOutputId && video.setSinkId) video.setSinkId(state.audioOutputId).catch(() => {});
+    }
+    tile.label.textContent = isLocal ? `${name} (you)` : name;
+    return tile;
+  }
+
+  update() {
+    const s = this.session;
+    const seen = new Set();
+    const show = (uid, name, stream, audioMuted, videoMuted, isLocal) => {
+      seen.add(uid);
+      const tile = this.tile(uid, name, isLocal);
+      if (tile.video.srcObject !== stream) tile.video.srcObject = stream;
+      const badges = [];
+      if (audioMuted) badges.push("MUTED");
+      if (videoMuted || s.audioOnly) badges.push("VIDEO OFF");
+      tile.badges.replaceChildren(...badges.map((b) => el("span", "calls-badge", b)));
+      tile.node.classList.toggle("calls-video-off", !!(videoMuted || s.audioOnly));
+    };
+    const self = s.self || state.user || { uid: "self", name: "You" };
+    show(self.uid, self.name, s.localStream, s.audioMuted, s.videoMuted, true);
+    for (const p of s.participants.values()) {
+      const peer = s.peers.get(p.uid);
+      show(p.uid, p.name || p.uid, peer ? peer.stream : null, p.audioMuted, p.videoMuted, false);
+    }
+    for (const [uid, tile] of this.tiles) {
+      if (!seen.has(uid)) {
+        tile.node.remove();
+        this.tiles.delete(uid);
+      }
+    }
+    this.root.dataset.mode = s.mode;
+    if (this.buttons.mute) this.buttons.mute.textContent = s.audioMuted ? "Unmute" : "Mute";
+    if (this.buttons.video) this.buttons.video.textContent = s.videoMuted ? "Start video" : "Stop video";
+    if (this.buttons.mode) this.buttons.mode.textContent = s.mode === CALL_MODE.DEFAULT ? "Spotlight" : "Grid";
+    if (this.buttons.switch) this.buttons.switch.hidden = !s.audioOnly;
+  }
+
+  destroy() {
+    for (const tile of this.tiles.values()) tile.video.srcObject = null;
+    this.root.remove();
+  }
+}
