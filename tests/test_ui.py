@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,12 @@ def test_run_kiosk_embedded_server_answers_the_printed_command(tmp_path: Path) -
                 command = line.strip()
                 break
         assert "--call front-door --loopback" in command, command
+        browser = kiosk.stdout.readline().strip()  # and the web client's link, for a person with a browser
+        assert browser.startswith("or from a browser: http://127.0.0.1:") and "/app/?token=" in browser, (
+            browser
+        )
+        with urllib.request.urlopen(browser.split(": ", 1)[1], timeout=10) as page:
+            assert page.status == 200 and b"app.js" in page.read()
         args = command.split()[1:]
         caller = subprocess.run(
             [str(Path(sys.executable).parent / "kiosk"), *args, "--duration", "1.5"],

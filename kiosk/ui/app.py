@@ -195,6 +195,7 @@ async def run_kiosk_async(
             out.write(
                 "call this kiosk with:\n"
                 f"  kiosk endpoint --server {server_url} --auth-token {visitor_token} --call {uid} --loopback\n"
+                f"or from a browser: {server_url}/app/?token={visitor_token}\n"
             )
             out.flush()
         # systemd (kiosk.service, Type=notify): ready once the window is up; the watchdog is fed from
