@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from browser_support import chromium
 from calls_support import audio_frames, endpoints, make_user, running_server, video_frames, wait_until
+from gpiozero.pins.mock import MockFactory
+
+from kiosk.config import ButtonSection, ButtonsSection, CallButtonSection, EndButtonSection
+from kiosk.controller import KioskController, Phase
+from kiosk.hardware import ButtonPanel
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,3 +213,279 @@ async def test_audio_only_call_keeps_a_sendrecv_video_line(tmp_path, monkeypatch
         assert await video_frames(kiosk, "visitor") == 0
         await page.locator(".calls-controls button[data-action=end]").click()
         await kiosk.events.wait_for("on_call_ended")
+
+
+MUTE_PIN, END_PIN, CALL_PIN = 17, 27, 23
+
+
+async def test_kiosk_button_calls_browser_which_rings_answers_and_hangs_up(tmp_path, monkeypatch):
+    factory = MockFactory()
+    async with (
+        asyncio.timeout(50),
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await _open_app(browser, server.url, token)
+        controller = KioskController(kiosk.calls)
+        buttons = ButtonsSection(
+            pin_factory="mock",
+            mute=ButtonSection(MUTE_PIN),
+            end=EndButtonSection(END_PIN),
+            call=CallButtonSection(CALL_PIN, contact="visitor"),
+        )
+        panel = ButtonPanel(buttons, controller, asyncio.get_running_loop(), pin_factory=factory)
+        try:
+
+            def press(name: str) -> None:
+                pin = panel.buttons[name].pin
+                pin.drive_low()
+                pin.drive_high()
+
+            # the kiosk's call button rings the browser: the page shows the call and plays its ringtone
+            press("call")
+            await page.locator("#incoming-name").filter(has_text="Kiosk").wait_for()
+            await page.locator("body[data-ringtone=on]").wait_for()
+            sounding = "() => [window.kioskRingtone.context.state, window.kioskRingtone.oscillators.size]"
+            state, oscillators = await page.evaluate(sounding)
+            assert state == "running" and oscillators > 0
+            await page.locator("#accept").click()
+            await page.locator("body:not([data-ringtone])").wait_for()
+            assert await page.evaluate(sounding) == ["running", 0]
+            await wait_until(lambda: controller.state.phase == Phase.IN_CALL, 15, "the kiosk in the call")
+            await page.locator('.calls-tile[data-uid="kiosk"]').wait_for()
+
+            # the kiosk's mute button: the page shows the kiosk muted
+            press("mute")
+            await (
+                page.locator('.calls-tile[data-uid="kiosk"] .calls-badge').filter(has_text="MUTED").wait_for()
+            )
+
+            # the page hangs up: the kiosk's session ends
+            await page.locator(".calls-controls button[data-action=end]").click()
+            await kiosk.events.wait_for("on_call_ended", 15)
+            await page.locator("#lobby").wait_for()
+        finally:
+            panel.close()
+            factory.reset()
+
+
+async def test_browser_rejects_and_is_busy(tmp_path, monkeypatch):
+    async with (
+        asyncio.timeout(50),
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "kiosk", "other") as (kiosk, other),
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await _open_app(browser, server.url, token)
+
+        # the page rejects: the kiosk hears the call was rejected, and the ringtone stops
+        await kiosk.calls.initiate_call("visitor", "video")
+        await page.locator("body[data-ringtone=on]").wait_for()
+        await page.locator("#reject").click()
+        rejected = (await kiosk.events.wait_for("on_outgoing_call_rejected"))[0]
+        assert str(getattr(rejected.status, "value", rejected.status)) == "rejected"
+        await page.locator("body:not([data-ringtone])").wait_for()
+
+        # the page in a call with the kiosk: another kiosk calling it gets busy
+        call = await kiosk.calls.initiate_call("visitor", "video")
+        await page.locator("#accept").click()
+        await kiosk.events.wait_for("on_outgoing_call_accepted")
+        await kiosk.join(call.session_id)
+        await page.locator('.calls-tile[data-uid="kiosk"]').wait_for()
+        second = await other.calls.initiate_call("visitor", "video")
+        status = str(getattr(second.status, "value", second.status))
+        if status != "busy":
+            busy = (await other.events.wait_for("on_outgoing_call_rejected"))[0]
+            status = str(getattr(busy.status, "value", busy.status))
+        assert status == "busy"
+        assert await page.locator("#call").is_visible()
+        await kiosk.calls.end_call(call.session_id)
+        await page.locator("#call").wait_for(state="hidden")
+        await kiosk.calls.end_session()
+
+
+async def _audio_call_from_page(page: Any, kiosk: Any) -> str:
+    """The page rings the kiosk for an audio-only call; the kiosk answers and joins. Returns the session id."""
+    rung = len(kiosk.events.of("on_incoming_call_received"))
+    await page.locator("#audio-only").check()
+    await page.locator('#users li.online[data-uid="kiosk"] button.call').click()
+    incoming = (await kiosk.events.wait_for("on_incoming_call_received", count=rung + 1))[0]
+    assert incoming.type == "audio"
+    await kiosk.calls.accept_call(incoming.session_id)
+    await kiosk.join(incoming.session_id)
+    await wait_until(lambda: audio_frames(kiosk, "visitor"), 20, "browser audio at the kiosk")
+    return str(incoming.session_id)
+
+
+async def test_audio_call_switched_to_video_from_either_side(tmp_path, monkeypatch):
+    async with (
+        asyncio.timeout(55),
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await _open_app(browser, server.url, token)
+
+        async def frames_in_browser() -> int:
+            return (await _browser_stats(page, "kiosk")).get("videoFramesDecoded", 0)
+
+        # the page's button: the kiosk hears of the switch and decodes the browser's video
+        await _audio_call_from_page(page, kiosk)
+        assert await video_frames(kiosk, "visitor") == 0
+        switch = page.locator(".calls-controls button[data-action=switch]")
+        await switch.click()
+        await kiosk.events.wait_for("on_call_switched_to_video", 10)
+        await wait_until(lambda: video_frames(kiosk, "visitor"), 20, "browser video at the kiosk")
+        await switch.wait_for(state="hidden")
+        await page.locator(".calls-controls button[data-action=end]").click()
+        await kiosk.events.wait_for("on_call_ended")
+        await page.locator("#lobby").wait_for()
+
+        # the kiosk switches: the page shows the kiosk's video (frames decoded in getStats)
+        await _audio_call_from_page(page, kiosk)
+        assert await frames_in_browser() == 0
+        kiosk.calls.switch_to_video_call()
+        await _poll("kiosk video in the browser", lambda: _more_than(frames_in_browser, 5), 20)
+        await switch.wait_for(state="hidden")
+        await page.locator(".calls-controls button[data-action=end]").click()
+        await kiosk.events.wait_for("on_call_ended", count=2)
+
+
+async def _more_than(count: Any, floor: int) -> bool:
+    return (await count()) > floor
+
+
+# The kiosk set to H.264 too, or left to its default: the page's preference alone must give H.264.
+@pytest.mark.parametrize("kiosk_codec", ["H264", None])
+async def test_h264_both_ways(tmp_path, monkeypatch, kiosk_codec):
+    async with (
+        asyncio.timeout(50),
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "kiosk", video_codec=kiosk_codec) as (kiosk,),
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await browser.new_page()
+        page.set_default_timeout(15_000)
+        await page.goto(f"{server.url}/app/?token={token}&codec=H264")
+        await page.locator("#lobby").wait_for()
+
+        # the page offers (it calls), then answers (the kiosk calls): H.264 in both directions each time
+        for page_offers in (True, False):
+            if page_offers:
+                await page.locator('#users li.online[data-uid="kiosk"] button.call').click()
+                call = (await kiosk.events.wait_for("on_incoming_call_received"))[0]
+                await kiosk.calls.accept_call(call.session_id)
+            else:
+                call = await kiosk.calls.initiate_call("visitor", "video")
+                await page.locator("#accept").click()
+            await kiosk.join(call.session_id)
+
+            async def h264_in_browser() -> dict[str, Any] | None:
+                s = await _browser_stats(page, "kiosk")
+                ok = s.get("videoFramesDecoded", 0) > 5 and s.get("videoFramesEncoded", 0) > 5
+                return s if ok else None
+
+            stats = await _poll("H.264 video in the browser", h264_in_browser, 20)
+            assert stats["videoCodecReceived"] == "video/H264"
+            assert stats["videoCodecSent"] == "video/H264"
+            await wait_until(lambda: video_frames(kiosk, "visitor"), 20, "browser video at the kiosk")
+            assert any(
+                line.startswith("a=rtpmap:") and "H264" in line for line in stats["localSdp"].splitlines()
+            )
+            await page.locator(".calls-controls button[data-action=end]").click()
+            await kiosk.events.wait_for("on_call_ended", count=1 if page_offers else 2)
+            await page.locator("#lobby").wait_for()
+
+
+async def test_devices_and_recording_in_the_call_screen(tmp_path, monkeypatch):
+    async with (
+        asyncio.timeout(50),
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await _open_app(browser, server.url, token)
+        page_errors: list[str] = []
+        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+        call = await kiosk.calls.initiate_call("visitor", "video")
+        await page.locator("#accept").click()
+        await kiosk.join(call.session_id)
+        await wait_until(lambda: audio_frames(kiosk, "visitor"), 20, "browser audio at the kiosk")
+        assert await page.locator("#call-recording").is_hidden()
+
+        # Chromium's fake devices are listed; choosing another microphone and camera keeps media flowing
+        for select in ("#device-mic", "#device-camera"):
+            await page.locator(f"{select} option").first.wait_for(state="attached")
+        mics = await page.locator("#device-mic option").evaluate_all("os => os.map(o => o.value)")
+        cameras = await page.locator("#device-camera option").evaluate_all("os => os.map(o => o.value)")
+        assert mics and cameras
+        await page.locator("#device-mic").select_option(mics[-1])
+        await page.locator("#device-camera").select_option(cameras[-1])
+        heard = await audio_frames(kiosk, "visitor")
+        seen = await video_frames(kiosk, "visitor")
+        await wait_until(
+            lambda: _grew(kiosk, heard, seen), 15, "browser media at the kiosk after the device change"
+        )
+        if await page.evaluate("() => 'setSinkId' in HTMLMediaElement.prototype"):
+            assert await page.locator("#speaker-choice").is_visible()
+
+        # the kiosk records: the page shows it, and stops showing it when the recording stops
+        kiosk.calls.start_recording()
+        await page.locator("#call-recording").filter(has_text="Recording").wait_for()
+        kiosk.calls.stop_recording()
+        await page.locator("#call-recording").wait_for(state="hidden")
+        await kiosk.calls.end_call(call.session_id)
+        await page.locator("#call").wait_for(state="hidden")
+        await kiosk.calls.end_session()
+        assert page_errors == []
+
+
+async def _grew(kiosk: Any, audio_before: int, video_before: int) -> bool:
+    return (
+        await audio_frames(kiosk, "visitor") > audio_before + 10
+        and await video_frames(kiosk, "visitor") > video_before + 5
+    )
+
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+
+async def test_screenshot_of_a_call(tmp_path, monkeypatch):
+    """The call screen at 800x600, in tmp_path; KIOSK_UPDATE_SCREENSHOTS=1 writes docs/screenshots/ too."""
+    async with (
+        asyncio.timeout(50),
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await browser.new_page(viewport={"width": 800, "height": 600})
+        page.set_default_timeout(15_000)
+        await page.goto(f"{server.url}/app/?token={token}")
+        await page.locator("#lobby").wait_for()
+        call = await kiosk.calls.initiate_call("visitor", "video")
+        await page.locator("#accept").click()
+        await kiosk.join(call.session_id)
+
+        async def playing() -> bool:
+            return (await _browser_stats(page, "kiosk")).get("videoFramesDecoded", 0) > 10
+
+        # both in the session first: a page joining after the recording started is not told of it
+        await _poll("kiosk video in the browser", playing, 20)
+        kiosk.calls.start_recording()
+        await page.locator("#call-recording").wait_for()
+        await page.locator("#message").wait_for(state="hidden")
+        path = tmp_path / "web_call.png"
+        await page.screenshot(path=str(path))
+        assert path.stat().st_size > 10_000
+        if os.environ.get("KIOSK_UPDATE_SCREENSHOTS"):
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            (SCREENSHOTS / "web_call.png").write_bytes(path.read_bytes())
+        await kiosk.calls.end_call(call.session_id)
+        await kiosk.calls.end_session()

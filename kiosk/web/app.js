@@ -11,10 +11,66 @@ let me = null;
 let ringing = null; // the Call ringing here (incoming) or there (outgoing)
 let current = null; // the Call whose session is on screen
 let usersTimer = null;
+let videoCodec = null; // from the link's ?codec=, see below
 // Answers that came over the WebSocket before the POST that rang the call returned (a fast kiosk).
 const earlyAnswers = new Map();
 
 window.kioskCalls = Calls; // for diagnostics and the end-to-end test
+
+// The ringtone of an incoming call: a WebAudio oscillator with a ring cadence (two 0.4 s bursts, 2 s pause).
+// While it runs, <body data-ringtone="on"> says so ("silent" without WebAudio), for styling and the tests.
+const RING_HZ = [400, 450];
+const RING_PERIOD_MS = 3000;
+const ringtone = {
+  context: null,
+  timer: null,
+  oscillators: new Set(),
+  start() {
+    if (this.timer) return;
+    try {
+      this.context = this.context || new AudioContext();
+      this.context.resume().catch(() => {});
+    } catch {
+      this.context = null; // no WebAudio: ring silently, the screen still shows the call
+    }
+    const burst = () => {
+      const ctx = this.context;
+      if (!ctx) return;
+      const gain = ctx.createGain();
+      gain.gain.value = 0.15;
+      gain.connect(ctx.destination);
+      const now = ctx.currentTime;
+      this.oscillators.clear(); // the last cadence's, all stopped by now
+      for (const at of [0, 0.6]) {
+        for (const hz of RING_HZ) {
+          const osc = ctx.createOscillator();
+          osc.frequency.value = hz;
+          osc.connect(gain);
+          osc.start(now + at);
+          osc.stop(now + at + 0.4);
+          this.oscillators.add(osc);
+        }
+      }
+    };
+    burst();
+    this.timer = setInterval(burst, RING_PERIOD_MS);
+    document.body.dataset.ringtone = this.context ? "on" : "silent";
+  },
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
+    for (const osc of this.oscillators) {
+      try {
+        osc.stop();
+      } catch {
+        // already stopped
+      }
+    }
+    this.oscillators.clear();
+    delete document.body.dataset.ringtone;
+  },
+};
+window.kioskRingtone = ringtone; // for diagnostics and the end-to-end test
 
 function show(...names) {
   for (const name of SECTIONS) $(name).hidden = !names.includes(name);
@@ -57,6 +113,7 @@ async function signIn(token) {
 }
 
 function signOut() {
+  ringtone.stop();
   clearInterval(usersTimer);
   sessionStorage.removeItem("kiosk-token");
   Calls.logout();
@@ -148,6 +205,7 @@ async function acceptIncoming() {
   if (!ringing) return;
   const call = ringing;
   ringing = null;
+  ringtone.stop();
   try {
     await Calls.acceptCall(call.sessionId);
   } catch (err) {
@@ -162,13 +220,58 @@ async function rejectIncoming() {
   if (!ringing) return;
   const call = ringing;
   ringing = null;
+  ringtone.stop();
   show("lobby");
   await Calls.rejectCall(call.sessionId, "rejected").catch((err) => say(describe(err), true));
+}
+
+// ------------------------------------------------------------------ devices
+
+const DEVICE_CHOICES = [
+  { select: "device-mic", list: Calls.getAudioInputDevices, set: Calls.setAudioInputDevice },
+  { select: "device-camera", list: Calls.getVideoInputDevices, set: Calls.setVideoInputDevice },
+  { select: "device-speaker", list: Calls.getAudioOutputDevices, set: Calls.setAudioOutputDevice },
+];
+// The speaker can only be chosen where media elements have setSinkId (not in every browser).
+const CAN_PICK_SPEAKER = typeof HTMLMediaElement !== "undefined" && "setSinkId" in HTMLMediaElement.prototype;
+
+async function refreshDevices() {
+  $("speaker-choice").hidden = !CAN_PICK_SPEAKER;
+  for (const choice of DEVICE_CHOICES) {
+    const select = $(choice.select);
+    let devices = [];
+    try {
+      devices = await choice.list();
+    } catch {
+      // no device list: leave the choice empty
+    }
+    const chosen = select.value;
+    select.replaceChildren(
+      ...devices.map((d, i) => {
+        const option = document.createElement("option");
+        option.value = d.deviceId;
+        option.textContent = d.label || `${d.kind} ${i + 1}`;
+        return option;
+      }),
+    );
+    if (devices.some((d) => d.deviceId === chosen)) select.value = chosen;
+  }
+}
+
+for (const choice of DEVICE_CHOICES) {
+  $(choice.select).addEventListener("change", (event) => {
+    Promise.resolve(choice.set(event.target.value)).catch((err) => say(describe(err), true));
+  });
+}
+
+function showRecording(on) {
+  $("call-recording").hidden = !on;
 }
 
 async function startCall(call) {
   current = call;
   $("call-warning").hidden = true;
+  showRecording(false);
   show("call");
   say("Connecting…");
   const listener = new Calls.OngoingCallListener({
@@ -176,6 +279,8 @@ async function startCall(call) {
     onUserLeft: (user) => say(`${user.name} left.`),
     onCallEnded: () => callOver("The call has ended."),
     onCallEndButtonPressed: () => hangUp(),
+    onRecordingToggled: (info) => showRecording(!!info.recording),
+    onMediaDeviceListUpdated: () => refreshDevices(),
     onError: (error) => {
       if (!DEVICE_ERRORS.has(error.code)) {
         say(error.message, true);
@@ -189,11 +294,13 @@ async function startCall(call) {
     .enableDefaultLayout(true)
     .setIsAudioOnlyCall(call.type === "audio")
     .setCallListener(listener)
+    .setVideoCodec(videoCodec)
     .build();
   try {
     const token = await Calls.generateToken(call.sessionId);
     await Calls.startSession(token.token, settings, $("call-screen"));
     if (current === call && $("message").textContent === "Connecting…") say("");
+    refreshDevices(); // after getUserMedia, so the devices have their names
   } catch (err) {
     callOver(describe(err), true);
   }
@@ -210,6 +317,7 @@ async function hangUp() {
 
 function callOver(text, isError = false) {
   current = null;
+  showRecording(false);
   Calls.clearActiveCall();
   say(text, isError);
   show(me ? "lobby" : "signin");
@@ -223,6 +331,7 @@ Calls.addCallListener("page", {
       return;
     }
     ringing = call;
+    ringtone.start();
     $("incoming-name").textContent = call.initiator.name;
     $("incoming-type").textContent = call.type === "audio" ? "audio call" : "video call";
     show("lobby", "incoming");
@@ -230,6 +339,7 @@ Calls.addCallListener("page", {
   onIncomingCallCancelled(call) {
     if (ringing?.sessionId !== call.sessionId) return;
     ringing = null;
+    ringtone.stop();
     say(`Missed call from ${call.initiator.name}.`);
     show("lobby");
   },
@@ -257,6 +367,12 @@ $("audio-only").addEventListener("change", refreshUsers);
 
 // A link may carry the token (?token=...): take it, then drop it from the address bar and history.
 const params = new URLSearchParams(window.location.search);
+// ?codec=H264 (or VP8): the video codec this page prefers in its calls.
+try {
+  videoCodec = new Calls.CallSettingsBuilder().setVideoCodec(params.get("codec")).build().videoCodec;
+} catch (err) {
+  say(describe(err), true);
+}
 const linkToken = params.get("token");
 if (linkToken) {
   params.delete("token");

@@ -279,6 +279,7 @@ export class CallSettingsBuilder {
       showModeButton: true,
       showSwitchToVideoCallButton: true,
       idleTimeoutSeconds: 180,
+      videoCodec: null, // "H264" or "VP8": put first in the offer/answer (setCodecPreferences), like the Python SDK
     };
   }
   set(key, value) {
@@ -298,7 +299,43 @@ export class CallSettingsBuilder {
   showModeButton(on) { return this.set("showModeButton", !!on); }
   showSwitchToVideoCallButton(on) { return this.set("showSwitchToVideoCallButton", !!on); }
   setIdleTimeoutPeriod(seconds) { return this.set("idleTimeoutSeconds", Number(seconds)); }
+  setVideoCodec(codec) { return this.set("videoCodec", checkCodec(codec)); }
   build() { return new CallSettings({ ...this.values }); }
+}
+
+const VIDEO_CODECS = ["VP8", "H264"];
+
+function checkCodec(codec) {
+  if (codec === null || codec === undefined || codec === "") return null;
+  const name = String(codec).toUpperCase();
+  if (!VIDEO_CODECS.includes(name))
+    throw new CallsError("INVALID_CODEC", `video codec must be VP8 or H264, not ${codec}`);
+  return name;
+}
+
+// The browser's video codecs with `codec` first. For H.264, packetization-mode=1 constrained baseline
+// (what aiortc encodes and decodes) leads. Without the capability API, the browser's own order stays.
+function preferVideoCodec(transceiver, codec) {
+  if (!codec || typeof transceiver.setCodecPreferences !== "function" || !RTCRtpReceiver.getCapabilities) return;
+  const codecs = RTCRtpReceiver.getCapabilities("video")?.codecs || [];
+  const mime = `video/${codec}`.toLowerCase();
+  const rank = (c) => {
+    if (c.mimeType.toLowerCase() !== mime) return 3;
+    const fmtp = c.sdpFmtpLine || "";
+    if (codec !== "H264") return 0;
+    if (fmtp.includes("packetization-mode=1") && /profile-level-id=42e0/.test(fmtp)) return 0;
+    return fmtp.includes("packetization-mode=1") ? 1 : 2;
+  };
+  const ordered = codecs
+    .map((c, i) => [rank(c), i, c])
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .map((x) => x[2]);
+  if (!ordered.length || rank(ordered[0]) === 3) return; // the browser cannot do that codec
+  try {
+    transceiver.setCodecPreferences(ordered);
+  } catch (err) {
+    console.warn("setCodecPreferences failed", err);
+  }
 }
 
 function checkMode(mode) {
@@ -462,7 +499,11 @@ class Session {
     const { pc } = this.newPeer(uid);
     // One audio and one video m-line, both sendrecv, even audio-only: switching needs no renegotiation.
     pc.addTransceiver(this.track("audio") || "audio", { direction: "sendrecv", streams: [this.localStream] });
-    pc.addTransceiver(this.track("video") || "video", { direction: "sendrecv", streams: [this.localStream] });
+    const video = pc.addTransceiver(this.track("video") || "video", {
+      direction: "sendrecv",
+      streams: [this.localStream],
+    });
+    preferVideoCodec(video, this.settings.videoCodec);
     await pc.setLocalDescription(await pc.createOffer());
     await waitForGathering(pc);
     if (this.active && this.peers.get(uid)?.pc === pc)
@@ -476,6 +517,7 @@ class Session {
     for (const transceiver of pc.getTransceivers()) {
       const kind = transceiver.receiver.track.kind;
       transceiver.direction = "sendrecv";
+      if (kind === "video") preferVideoCodec(transceiver, this.settings.videoCodec);
       const track = this.track(kind);
       if (track) {
         await transceiver.sender.replaceTrack(track);
@@ -788,7 +830,16 @@ export async function getSessionStats() {
           entry.remoteCandidate = describe(pair.remoteCandidateId);
         }
       }
-      if (r.type === "inbound-rtp" && r.kind === "video") entry.videoFramesDecoded = r.framesDecoded || 0;
+      if (r.type === "inbound-rtp" && r.kind === "video") {
+        entry.videoFramesDecoded = r.framesDecoded || 0;
+        const codec = r.codecId && report.get(r.codecId);
+        if (codec) entry.videoCodecReceived = codec.mimeType;
+      }
+      if (r.type === "outbound-rtp" && r.kind === "video") {
+        entry.videoFramesEncoded = r.framesEncoded || 0;
+        const codec = r.codecId && report.get(r.codecId);
+        if (codec) entry.videoCodecSent = codec.mimeType;
+      }
       if (r.type === "inbound-rtp" && r.kind === "audio") {
         entry.audioEnergy = r.totalAudioEnergy || 0;
         entry.audioLevel = r.audioLevel || 0;
