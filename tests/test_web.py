@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +52,7 @@ async def _poll(what: str, check: Any, timeout: float) -> Any:
 
 
 async def test_browser_calls_a_kiosk_and_media_flows_both_ways(tmp_path, monkeypatch):
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-        chromium() as browser,
-    ):
-        visitor_token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, visitor_token):
         page = await browser.new_page()
         page.set_default_timeout(15_000)
         page_errors: list[str] = []
@@ -109,6 +105,21 @@ async def test_browser_calls_a_kiosk_and_media_flows_both_ways(tmp_path, monkeyp
         assert page_errors == []
 
 
+@asynccontextmanager
+async def web_call(
+    tmp_path: Path, *uids: str, **options: Any
+) -> AsyncIterator[tuple[Any, list[Any], Any, str]]:
+    """A real server, Python kiosk endpoints, headless Chromium and the visitor's auth token, all
+    within one 50 s limit: what every browser test starts from."""
+    async with (
+        asyncio.timeout(50),
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, *uids, **options) as made,
+        chromium() as browser,
+    ):
+        yield server, made, browser, await make_user(server.url, "visitor", "Visitor")
+
+
 async def _open_app(browser: Any, server_url: str, token: str, init_script: str | None = None) -> Any:
     page = await browser.new_page()
     page.set_default_timeout(15_000)
@@ -127,13 +138,7 @@ navigator.mediaDevices.getUserMedia = () =>
 
 
 async def test_kiosk_calls_browser_which_refused_its_camera(tmp_path, monkeypatch):
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, token):
         page = await _open_app(browser, server.url, token, _REFUSE_MEDIA)
 
         call = await kiosk.calls.initiate_call("visitor", "video")
@@ -158,13 +163,7 @@ async def test_kiosk_calls_browser_which_refused_its_camera(tmp_path, monkeypatc
 
 
 async def test_browser_hears_rejected_and_busy(tmp_path, monkeypatch):
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk", "other") as (kiosk, other),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk", "other") as (server, (kiosk, other), browser, token):
         page = await _open_app(browser, server.url, token)
         call_button = page.locator('#users li.online[data-uid="kiosk"] button.call')
 
@@ -181,13 +180,7 @@ async def test_browser_hears_rejected_and_busy(tmp_path, monkeypatch):
 
 
 async def test_audio_only_call_keeps_a_sendrecv_video_line(tmp_path, monkeypatch):
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, token):
         page = await _open_app(browser, server.url, token)
         await page.locator("#audio-only").check()
         await page.locator('#users li.online[data-uid="kiosk"] button.call').click()
@@ -220,13 +213,7 @@ MUTE_PIN, END_PIN, CALL_PIN = 17, 27, 23
 
 async def test_kiosk_button_calls_browser_which_rings_answers_and_hangs_up(tmp_path, monkeypatch):
     factory = MockFactory()
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, token):
         page = await _open_app(browser, server.url, token)
         controller = KioskController(kiosk.calls)
         buttons = ButtonsSection(
@@ -272,13 +259,7 @@ async def test_kiosk_button_calls_browser_which_rings_answers_and_hangs_up(tmp_p
 
 
 async def test_browser_rejects_and_is_busy(tmp_path, monkeypatch):
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk", "other") as (kiosk, other),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk", "other") as (server, (kiosk, other), browser, token):
         page = await _open_app(browser, server.url, token)
 
         # the page rejects: the kiosk hears the call was rejected, and the ringtone stops
@@ -362,13 +343,7 @@ async def _more_than(count: Any, floor: int) -> bool:
 # The kiosk set to H.264 too, or left to its default: the page's preference alone must give H.264.
 @pytest.mark.parametrize("kiosk_codec", ["H264", None])
 async def test_h264_both_ways(tmp_path, monkeypatch, kiosk_codec):
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk", video_codec=kiosk_codec) as (kiosk,),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk", video_codec=kiosk_codec) as (server, (kiosk,), browser, token):
         page = await browser.new_page()
         page.set_default_timeout(15_000)
         await page.goto(f"{server.url}/app/?token={token}&codec=H264")
@@ -403,13 +378,7 @@ async def test_h264_both_ways(tmp_path, monkeypatch, kiosk_codec):
 
 
 async def test_devices_and_recording_in_the_call_screen(tmp_path, monkeypatch):
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, token):
         page = await _open_app(browser, server.url, token)
         page_errors: list[str] = []
         page.on("pageerror", lambda exc: page_errors.append(str(exc)))
@@ -458,13 +427,7 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 async def test_screenshot_of_a_call(tmp_path, monkeypatch):
     """The call screen at 800x600, in tmp_path; KIOSK_UPDATE_SCREENSHOTS=1 writes docs/screenshots/ too."""
-    async with (
-        asyncio.timeout(50),
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
+    async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, token):
         page = await browser.new_page(viewport={"width": 800, "height": 600})
         page.set_default_timeout(15_000)
         await page.goto(f"{server.url}/app/?token={token}")
