@@ -49,8 +49,9 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     assert set(records) == FIGURES
     for name, r in records.items():
         assert "error" not in r, (name, r.get("error"))
-        for key in ("value", "baseline", "ratio", "target"):
+        for key in ("value", "baseline", "ratio"):
             assert _positive_number(r[key]), (name, key, r[key])
+        assert isinstance(r["target"], str) and r["target"], name
         assert r["runs"] >= 1 and len(r["samples"]) == r["runs"]
         assert r["spread"]["min"] <= r["value"] <= r["spread"]["max"]
         assert isinstance(r["passed"], bool) and r["unit"]
@@ -90,3 +91,23 @@ def test_only_selects_by_name_or_prefix(harness: ModuleType) -> None:
     assert [b.name for b in harness.select(benches, ["call_setup"])] == ["call_setup"]
     with pytest.raises(SystemExit):
         harness.select(benches, ["nothing"])
+
+
+def test_targets_by_ratio_value_or_margin(harness: ModuleType) -> None:
+    async def run(settings: Any) -> Any:
+        raise AssertionError("not run here")
+
+    samples = harness.Samples([40.0, 42.0, 44.0], [10.0, 10.0, 10.0])
+    by_value = harness.Benchmark("v", "ms", None, "s", "b", run, target_value=50.0)
+    assert harness.summarise(by_value, samples)["passed"] is True
+    tight = harness.Benchmark("v", "ms", None, "s", "b", run, target_value=41.0)
+    assert harness.summarise(tight, samples)["passed"] is False
+    margin = harness.Benchmark("m", "ms", None, "s", "b", run, target_over_baseline=33.0)
+    assert harness.summarise(margin, samples)["passed"] is True  # 42 <= 10 + 33
+    small_margin = harness.Benchmark("m", "ms", None, "s", "b", run, target_over_baseline=30.0)
+    record = harness.summarise(small_margin, samples)
+    assert record["passed"] is False and record["target"] == "<= base+30.0"
+    higher = harness.Benchmark("h", "dB", None, "s", "b", run, higher_is_better=True, target_value=43.0)
+    assert harness.summarise(higher, samples)["passed"] is False
+    with pytest.raises(ValueError):
+        harness.Benchmark("x", "ms", 1.5, "s", "b", run, target_value=3.0)
