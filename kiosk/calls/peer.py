@@ -7,6 +7,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -20,9 +21,11 @@ from aiortc import (
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from kiosk.calls.events import RTCUser
 from kiosk.media.pattern import latency_ms, read_stamp
@@ -78,6 +81,33 @@ def _ice_servers(servers: list[dict[str, Any]]) -> list[RTCIceServer]:
     ]
 
 
+def _sending_codec(transceiver: RTCRtpTransceiver) -> str | None:
+    # aiortc sends with the first negotiated codec (RTCRtpSender.send takes parameters.codecs[0]).
+    codecs = transceiver._codecs
+    return codecs[0].mimeType if codecs else None
+
+
+def _share_encoder(transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> None:
+    """Let a capture track send the shared encoder's packets for the codec this peer negotiated,
+    and tell it the peer's bitrate estimates, which aiortc would otherwise give its own encoder."""
+    send_codec = getattr(track, "send_codec", None)
+    if send_codec is None:
+        return
+    send_codec(lambda: _sending_codec(transceiver))
+    sender = transceiver.sender
+    handle_rtcp = sender._handle_rtcp_packet
+
+    async def on_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            with contextlib.suppress(ValueError):
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                if sender._ssrc in ssrcs:
+                    track.set_bitrate_estimate(bitrate)
+        await handle_rtcp(packet)
+
+    sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]
+
+
 class RemotePeer:
     """The peer connection to one remote participant, and the consumers of its tracks."""
 
@@ -100,8 +130,10 @@ class RemotePeer:
         # An explicit empty list: aiortc would otherwise try a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
         self._local_tracks = (audio_track, video_track)
-        self.pc.addTransceiver(audio_track, direction="sendrecv")
+        audio = self.pc.addTransceiver(audio_track, direction="sendrecv")
         video = self.pc.addTransceiver(video_track, direction="sendrecv")
+        for transceiver, track in ((audio, audio_track), (video, video_track)):
+            _share_encoder(transceiver, track)
         if on_keyframe_request is not None:
             # A camera that encodes by itself must hear the receiver's picture-loss requests (PLI/FIR);
             # aiortc acts on them only when it encodes, through this hook of its sender.
@@ -177,14 +209,10 @@ class RemotePeer:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            samples = frame.to_ndarray()
+            samples = frame.to_ndarray().ravel().astype(np.float64)
             self.stats.audio_frames_decoded += 1
             self.stats.audio_samples_decoded += frame.samples
-            rms = (
-                float(np.sqrt(np.mean(np.square(samples.astype(np.float32) / 32768.0))))
-                if samples.size
-                else 0.0
-            )
+            rms = math.sqrt(float(samples @ samples) / samples.size) / 32768.0 if samples.size else 0.0
             self._levels.append(rms)
             self._on_audio_frame(self.uid, frame)
 

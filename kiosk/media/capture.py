@@ -28,6 +28,7 @@ from kiosk.media.devices import (
     MediaDevices,
     MicrophoneSource,
 )
+from kiosk.media.encoding import Encoder, SharedAudioEncoder, SharedVideoEncoder, shareable
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,43 @@ ErrorCallback = Callable[[Exception], None]
 
 
 class OutgoingTrack(MediaStreamTrack):
-    """A track fed by a capture; aiortc's sender (or a preview) reads it with `recv()`."""
+    """A track fed by a capture; aiortc's sender (or a preview) reads it with `recv()`.
+
+    A track given `send_codec` (a peer connection's sender) finds out on its first `recv()` which codec
+    its peer negotiated; if the capture can encode that codec once for everyone, the track carries
+    that shared encoder's packets from then on instead of raw frames.
+    """
 
     def __init__(self, kind: str, capture: _Capture, depth: int) -> None:
         super().__init__()
         self.kind = kind
         self._capture = capture
-        self._frames: collections.deque[av.frame.Frame | av.Packet] = collections.deque(maxlen=depth)
+        self._frames: collections.deque[av.frame.Frame] = collections.deque(maxlen=depth)
         self._packets: collections.deque[av.Packet] = collections.deque()
-        self._need_keyframe = True  # a new reader of encoded video starts at a keyframe
+        self._need_keyframe = kind == "video"  # a new reader of encoded video starts at a keyframe
         self._ready = asyncio.Event()
+        self._codec_probe: Callable[[], str | None] | None = None
+        self.encoder: Encoder | None = None
+
+    def send_codec(self, probe: Callable[[], str | None]) -> None:
+        """`probe()` names the negotiated codec (a mime type) once the peer connection sends."""
+        self._codec_probe = probe
+
+    def set_bitrate_estimate(self, bitrate: int) -> None:
+        """The peer's receiver estimate (REMB) for what this track sends."""
+        if self.encoder is not None:
+            self.encoder.set_estimate(self, bitrate)
+
+    def _bind(self) -> None:
+        probe, self._codec_probe = self._codec_probe, None
+        assert probe is not None
+        mime = probe()
+        if mime is None:
+            self._codec_probe = probe  # not negotiated yet: ask again on the next frame
+            return
+        self.encoder = self._capture.attach(self, mime)
+        if self.encoder is not None:
+            self._frames.clear()  # raw frames would be encoded by aiortc: the packets follow
 
     def _offer(self, frame: av.frame.Frame | av.Packet) -> None:
         if isinstance(frame, av.Packet):
@@ -61,17 +89,29 @@ class OutgoingTrack(MediaStreamTrack):
         self._ready.set()
 
     def _offer_packet(self, packet: av.Packet) -> None:
+        if self.kind == "audio":
+            if len(self._packets) >= PACKET_DEPTH:
+                self._packets.popleft()  # audio frames stand alone: drop the oldest
+            self._packets.append(packet)
+            self._ready.set()
+            return
         if len(self._packets) >= PACKET_DEPTH:
             self._packets.clear()
             self._need_keyframe = True
         if self._need_keyframe:
             if not packet.is_keyframe:
-                self._capture.request_keyframe()
+                self._request_keyframe()
                 return
             self._need_keyframe = False
         self._packets.append(packet)
+        self._ready.set()
+
+    def _request_keyframe(self) -> None:
+        self._capture.request_keyframe()  # the shared encoders, or a camera that encodes by itself
 
     async def recv(self) -> av.frame.Frame | av.Packet:
+        if self._codec_probe is not None:
+            self._bind()
         while not self._frames and not self._packets:
             if self.readyState != "live":
                 raise MediaStreamError
@@ -99,6 +139,7 @@ class _Capture:
         self.device_id = device_id
         self._on_error = on_error
         self._subscribers: set[OutgoingTrack] = set()
+        self._encoders: dict[str, Encoder] = {}  # mime type -> the encoder shared by its tracks
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -119,9 +160,37 @@ class _Capture:
 
     def unsubscribe(self, track: OutgoingTrack) -> None:
         self._subscribers.discard(track)
+        encoder = track.encoder
+        if encoder is not None:
+            encoder.remove(track)
+            if not encoder.sinks:
+                encoder.close()
+                self._encoders = {m: e for m, e in self._encoders.items() if e is not encoder}
+
+    def attach(self, track: OutgoingTrack, mime_type: str) -> Encoder | None:
+        """Feed `track` from the shared encoder of `mime_type`; None if it must take raw frames."""
+        mime = mime_type.lower()
+        if not shareable(mime) or track not in self._subscribers:
+            return None
+        # A camera that encodes by itself publishes packets, which reach every track as they are.
+        encoder = self._encoders.get(mime)
+        if encoder is None:
+            encoder = self._encoders[mime] = self._new_encoder(mime)
+        encoder.add(track)
+        return encoder
+
+    def _new_encoder(self, mime: str) -> Encoder:
+        raise NotImplementedError
+
+    @property
+    def encoders(self) -> list[Encoder]:
+        return list(self._encoders.values())
 
     def request_keyframe(self) -> None:
-        """Ask a source that encodes by itself (a camera's own H.264) for a keyframe soon."""
+        """A keyframe soon, from the shared encoders or from a source that encodes by itself (a
+        camera's own H.264)."""
+        for encoder in self._encoders.values():
+            encoder.request_keyframe()
         request = getattr(self._source, "request_keyframe", None)
         if request is not None:
             request()
@@ -133,10 +202,15 @@ class _Capture:
             )
         self._wake.set()
 
-    def _publish(self, frame: av.frame.Frame) -> None:
+    def _publish(self, frame: av.frame.Frame | av.Packet) -> None:
         self.frames_captured += 1
+        raw = not isinstance(frame, av.Packet)
         for track in list(self._subscribers):
-            track._offer(frame)
+            if track.encoder is None or not raw:
+                track._offer(frame)
+        if raw:
+            for encoder in list(self._encoders.values()):
+                encoder.submit(frame)  # type: ignore[arg-type]
         for tap in list(self.taps):
             try:
                 tap(frame)
@@ -216,6 +290,9 @@ class _Capture:
         self._closed = True
         for track in list(self._subscribers):
             track.stop()
+        for encoder in self._encoders.values():
+            encoder.close()
+        self._encoders.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -255,6 +332,9 @@ class VideoCapture(_Capture):
 
     def _open(self, device_id: str) -> CameraSource:
         return self.devices.open_camera(device_id)
+
+    def _new_encoder(self, mime: str) -> Encoder:
+        return SharedVideoEncoder(mime, asyncio.get_running_loop())
 
     def select(self, device_id: str) -> None:
         if self.sharing_screen:
@@ -314,6 +394,9 @@ class AudioCapture(_Capture):
 
     def _open(self, device_id: str) -> MicrophoneSource:
         return self.devices.open_microphone(device_id)
+
+    def _new_encoder(self, mime: str) -> Encoder:
+        return SharedAudioEncoder()
 
     def _silent_frame(self) -> av.AudioFrame:
         frame = av.AudioFrame.from_ndarray(self._silence, format="s16", layout="mono")

@@ -95,10 +95,13 @@ class ToneMicrophone(MicrophoneSource):
         await self._pacer.wait()
         if self._closed or not self._owner.is_present(self.device.device_id):
             raise DeviceError(self.device.device_id, "microphone disconnected")
-        n = AUDIO_FRAME_SAMPLES
-        idx = (self._position + np.arange(n)) % len(self._samples)
-        chunk = self._samples[idx]
-        self._position = (self._position + n) % len(self._samples)
+        n, start = AUDIO_FRAME_SAMPLES, self._position
+        end = start + n
+        if end <= len(self._samples):
+            chunk = self._samples[start:end]
+        else:  # the loop point falls inside this frame
+            chunk = np.concatenate((self._samples[start:], self._samples[: end - len(self._samples)]))
+        self._position = end % len(self._samples)
         frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = AUDIO_SAMPLE_RATE
         return frame

@@ -42,31 +42,38 @@ class TestPattern:
         self._u = np.broadcast_to(u, (ch, cw)).astype(np.uint8)
         self._v = np.full((ch, cw), (128 + hue * 3) % 256, dtype=np.uint8)
         self._bits = 1 << np.arange(STAMP_BITS - 1, -1, -1, dtype=np.uint64)
+        self._levels = np.array([_BLACK, _WHITE], dtype=np.uint8)
 
     def draw(self, index: int, stamp_ms: int | None = None) -> av.VideoFrame:
         """Frame number `index` with `stamp_ms` (default: now) embedded."""
         w, h = self.width, self.height
-        buf = np.empty((h * 3 // 2, w), dtype=np.uint8)
-        luma = buf[:h]
+        # Written straight into the frame's own planes: one copy of the background per frame, no
+        # intermediate buffer (this runs 30 times a second on the emulated device's event loop).
+        frame = av.VideoFrame(w, h, "yuv420p")
+        luma, u, v = (_plane(frame, i, w >> (i > 0), h >> (i > 0)) for i in range(3))
         luma[:] = self._luma
+        u[:] = self._u
+        v[:] = self._v
         # A bright square that moves one step per frame, so a frozen picture is visible.
         size = h // 6
         x = (index * 8) % (w - size)
         y0 = STAMP_ROWS * BLOCK_HEIGHT + 8 + (index * 3) % (h - size - STAMP_ROWS * BLOCK_HEIGHT - 8)
         luma[y0 : y0 + size, x : x + size] = _WHITE
         self._stamp(luma, now_ms() if stamp_ms is None else stamp_ms)
-        chroma = buf[h:].reshape(h, w // 2)
-        chroma[: h // 2] = self._u
-        chroma[h // 2 :] = self._v
-        return av.VideoFrame.from_ndarray(buf, format="yuv420p")
+        return frame
 
     def _stamp(self, luma: np.ndarray, stamp_ms: int) -> None:
-        bits = (np.uint64(stamp_ms & 0xFFFFFFFF) & self._bits) != 0
+        bits = ((np.uint64(stamp_ms & 0xFFFFFFFF) & self._bits) != 0).astype(np.uint8)
         bw = self.block_width
-        for row, values in enumerate((bits, ~bits)):
+        for row, values in enumerate((bits, 1 - bits)):
             band = luma[row * BLOCK_HEIGHT : (row + 1) * BLOCK_HEIGHT, : bw * STAMP_BITS]
-            pixels = np.where(values, _WHITE, _BLACK).astype(np.uint8)
-            band[:] = np.repeat(pixels, bw)[None, :]
+            band.reshape(BLOCK_HEIGHT, STAMP_BITS, bw)[:] = self._levels[values][None, :, None]
+
+
+def _plane(frame: av.VideoFrame, index: int, width: int, height: int) -> np.ndarray:
+    """A writable (height, width) view of one plane of `frame` (rows may be padded)."""
+    plane = frame.planes[index]
+    return np.frombuffer(plane, dtype=np.uint8).reshape(height, plane.line_size)[:, :width]
 
 
 def read_stamp(frame: av.VideoFrame) -> int | None:
@@ -76,18 +83,16 @@ def read_stamp(frame: av.VideoFrame) -> int | None:
     plane = frame.planes[0]
     luma = np.frombuffer(plane, dtype=np.uint8).reshape(frame.height, plane.line_size)
     bw = frame.width // STAMP_BITS
+    # The middle half of each block, both ways: codec ringing at the block edges stays out.
     inset_x, inset_y = bw // 4, BLOCK_HEIGHT // 4
     rows = []
     for row in range(STAMP_ROWS):
         band = luma[row * BLOCK_HEIGHT + inset_y : (row + 1) * BLOCK_HEIGHT - inset_y, : bw * STAMP_BITS]
         cells = band.reshape(band.shape[0], STAMP_BITS, bw)[:, :, inset_x : bw - inset_x]
-        rows.append(cells.mean(axis=(0, 2)) > 128)
+        rows.append(cells.sum(axis=(0, 2), dtype=np.uint32) > 128 * cells.shape[0] * cells.shape[2])
     if not np.all(rows[0] != rows[1]):
         return None
-    value = 0
-    for bit in rows[0]:
-        value = (value << 1) | int(bit)
-    return value
+    return int(np.packbits(rows[0]).view(">u4")[0])
 
 
 def latency_ms(stamp_ms: int, at_ms: int | None = None) -> int:
