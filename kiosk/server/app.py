@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How long shutdown waits for request handlers after the WebSockets were closed.
 _SHUTDOWN_TIMEOUT = 5.0
+# The soft open-file limit to take when the hard one is unlimited (Linux's default fs.nr_open).
+_OPEN_FILES_IF_UNLIMITED = 1 << 20
 
 
 def create_app(config: ServerConfig) -> web.Application:
@@ -139,8 +142,28 @@ async def _serve(config: ServerConfig) -> None:
         await server.close()
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns the soft limit now.
+
+    Every connected kiosk holds a socket. The usual soft limit (1024, also systemd's default) makes
+    the server stop accepting at about a thousand kiosks: accept() fails with EMFILE and the new
+    connections hang unanswered. The hard limit is what the administrator allows, so take all of it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be the soft one (the kernel caps it at fs.nr_open).
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, _OPEN_FILES_IF_UNLIMITED)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft
+
+
 def run_server(config: ServerConfig) -> None:
     """Serve until SIGINT or SIGTERM, then stop cleanly."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("open-file limit %d (about that many kiosks can connect)", raise_open_file_limit())
     asyncio.run(_serve(config))
