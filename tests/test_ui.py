@@ -186,12 +186,14 @@ def test_frame_store_keeps_only_the_newest_frame() -> None:
     from kiosk.ui.frames import FrameStore
 
     layouts: list[str] = []
-    store = FrameStore(on_layout=lambda: layouts.append(store.mode))
+    told: list[str] = []
+    store = FrameStore(on_layout=lambda: layouts.append(store.mode), on_frame=told.append)
     frames = [av.VideoFrame(16, 16, "rgb24") for _ in range(3)]
     for frame in frames:
         store.render_frame("bob", frame)
     newest, version = store.latest("bob")
     assert newest is frames[-1] and version == 3 and store.slots["bob"].received == 3
+    assert told == ["bob", "bob", "bob"]  # every frame, so the screen can show it at its next frame
     assert layouts == ["DEFAULT"]  # a new participant is a layout change; its next frames are not
     store.set_mode("SPOTLIGHT")
     store.remove_participant("bob")
@@ -221,7 +223,9 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
     from kiosk.controller import KioskController, Phase
     from kiosk.hardware import ButtonPanel
     from kiosk.media.emulated import EmulatedDevices
+    from kiosk.media.pattern import latency_ms, read_stamp
     from kiosk.ui.kivy_app import KioskApp
+    from kiosk.ui.widgets import VideoTile
 
     texts: dict[str, list[str]] = {}
     async with (
@@ -256,6 +260,14 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             contacts=[Contact("visitor", "Visitor")],
             ended_seconds=1.0,
         )
+        # The upload hook sees every frame a tile puts on its texture, stamp and all.
+        uploads: list[tuple[str, int | None]] = []
+
+        def uploaded(tile: VideoTile, frame: av.VideoFrame) -> None:
+            stamp = read_stamp(frame)
+            uploads.append((tile.person, None if stamp is None else latency_ms(stamp)))
+
+        VideoTile.on_upload = uploaded
         runner = asyncio.ensure_future(app.async_run(async_lib="asyncio"))
 
         async def shot(name: str, key: str | None = None) -> None:
@@ -286,6 +298,14 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             await wait_until(lambda: app.in_call.preview.frames_shown >= 3, 10, "local preview drawn")
             # Drawn from the newest frame at display rate: never more frames shown than received.
             assert tile.frames_shown <= app.store.slots["visitor"].received
+            # A tile uploads at the size it draws a frame at when that is at most half the frame's.
+            small = VideoTile(app.store, "nobody", "Nobody", size_hint=(None, None), size=(160, 100))
+            assert small.upload_size(640, 480) == (133, 100) and small.upload_size(200, 150) == (200, 150)
+            small.fit = "cover"
+            assert small.upload_size(640, 480) == (160, 120)
+            remote = [lag for uid, lag in uploads if uid == "visitor"]
+            assert len(remote) == tile.frames_shown, (len(remote), tile.frames_shown)
+            assert all(lag is not None and lag < 5000 for lag in remote), remote  # the camera's stamps
             await wait_until(
                 lambda: (
                     "front-door" in visitor.calls.session.participants
@@ -383,6 +403,7 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             await wait_until(lambda: on("ended"), 10, "ended by the visitor")
             texts["hung_up"] = app.current_texts()
         finally:
+            VideoTile.on_upload = None
             app.stop()
             await asyncio.wait_for(runner, 10)
             panel.close()

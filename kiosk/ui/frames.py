@@ -1,7 +1,8 @@
 """The SDK's `view`: keeps only the newest decoded frame of each participant, never a queue.
 
 The session calls `render_frame` on the event loop for every decoded remote frame; the screen takes
-the newest one at its own rate (a Kivy Clock), so a slow screen drops frames instead of falling behind.
+the newest one when it next draws (told by `on_frame`), so a slow screen drops frames instead of
+falling behind.
 Nothing here imports Kivy, so the store can be used (and tested) without a window.
 """
 
@@ -30,6 +31,9 @@ class FrameStore:
     pip: bool = False
     # Told of a participant appearing or leaving, and of layout changes (not of every frame).
     on_layout: Callable[[], None] | None = None
+    # Told of every new frame (with its uid), so the screen can show it at its next frame, not at a
+    # clock of its own; it must only schedule work (the screen still takes the newest frame).
+    on_frame: Callable[[str], None] | None = None
 
     # ----------------------------------------------------------------- the SDK's view hooks
 
@@ -43,6 +47,8 @@ class FrameStore:
         slot.version += 1
         if new and uid != LOCAL:
             self._layout_changed()
+        if self.on_frame is not None:
+            self.on_frame(uid)
 
     def remove_participant(self, uid: str) -> None:
         if self.slots.pop(uid, None) is not None:

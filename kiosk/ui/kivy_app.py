@@ -54,6 +54,7 @@ from kiosk.ui.widgets import (
 log = logging.getLogger(__name__)
 
 DISPLAY_FPS = 30
+PREVIEW_ALONE_AFTER = 0.1  # seconds without remote video after which the preview is drawn on its own
 MODES = ("DEFAULT", "SPOTLIGHT", "SINGLE")
 MODE_WORDS = {"DEFAULT": "Grid", "SPOTLIGHT": "Speaker", "SINGLE": "Single"}
 AUDIO_MODE_WORDS = {
@@ -237,6 +238,7 @@ class InCallScreen(Screen):
         self.warning: BoxLayout | None = None
         self.warning_label: Text | None = None
         self.started = 0.0
+        self.remote_shown_at = 0.0  # time.monotonic() of the last remote frame uploaded
         self.fit = "contain"
         self.avatar_mode = app.avatar_mode  # the call's settings replace it when a call starts
         self.label_visible = True
@@ -405,10 +407,17 @@ class InCallScreen(Screen):
         if tile is not None:
             tile.set_muted(user.audio_muted, user.video_muted)
 
-    def tick(self) -> None:
-        for tile in list(self.tiles.values()):
-            tile.refresh()
+    def show_frames(self) -> None:
+        """Upload the newest frame of every tile that has one it has not shown."""
+        if any([tile.refresh() for tile in list(self.tiles.values())]):
+            self.remote_shown_at = time.monotonic()
         self.preview.refresh()
+
+    def tick(self) -> None:
+        # Remote frames are shown as they arrive (with the preview); this clock keeps the preview
+        # moving while no remote video comes.
+        if time.monotonic() - self.remote_shown_at > PREVIEW_ALONE_AFTER:
+            self.show_frames()
         self.preview.opacity = 0 if self.audio_only() else 1  # no camera in an audio call
         state = self.app.controller.state
         elapsed = format_duration(time.monotonic() - self.started) if self.started else ""
@@ -577,6 +586,11 @@ class KioskApp(App):
         paint_background(self.toast, (0.55, 0.10, 0.10, 0.92))
         root.add_widget(self.toast)
         self.store.on_layout = self._layout_changed
+        # A new remote frame is uploaded at the screen's next frame (one trigger for any number of
+        # frames), not at the next tick of a clock of its own, which added up to a tick of latency.
+        # The local preview goes along with it: one redraw per remote frame, not one for each.
+        self._frames_trigger = Clock.create_trigger(lambda dt: self._show_frames(), 0)
+        self.store.on_frame = lambda uid: None if uid == LOCAL else self._frames_trigger()
         self.calls.add_call_event_listener("kiosk-ui", _UiListener(self))
         self.controller.add_observer(self._on_state)
         Window.bind(on_key_down=self._on_key)
@@ -593,6 +607,8 @@ class KioskApp(App):
     def on_stop(self) -> None:
         for tick in self._ticks:
             tick.cancel()
+        self.store.on_frame = None
+        self._frames_trigger.cancel()
         self.controller.remove_observer(self._on_state)
         self.calls.remove_call_event_listener("kiosk-ui")
         Window.unbind(on_key_down=self._on_key)
@@ -677,6 +693,10 @@ class KioskApp(App):
         if self.manager.current == "in_call":
             self._ensure_preview()
             self.in_call.tick()
+
+    def _show_frames(self) -> None:
+        if self.manager.current == "in_call":
+            self.in_call.show_frames()
 
     def _slow_tick(self) -> None:
         try:

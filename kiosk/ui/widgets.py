@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 from kivy.graphics import Color, Ellipse, Rectangle, RoundedRectangle
@@ -145,6 +145,10 @@ class VideoTile(ButtonBehavior, FloatLayout):
     """One participant: the newest frame from the store (uploaded at display rate), the name, muted and
     video-off badges, and the avatar while there is no video."""
 
+    # Told of every frame any tile uploads, just after it reaches the texture (a benchmark reads the
+    # frame's capture stamp here to measure latency to the screen). None, the default, costs nothing.
+    on_upload: ClassVar[Callable[[VideoTile, av.VideoFrame], None] | None] = None
+
     def __init__(
         self,
         store: FrameStore,
@@ -270,19 +274,35 @@ class VideoTile(ButtonBehavior, FloatLayout):
         self._upload(frame)
         return True
 
+    def upload_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size to upload a `width` x `height` frame at: the size it is drawn at when that is at
+        most half the frame's (the local preview, small grid tiles), so a small tile costs little to
+        convert and upload; else the frame's own size (scaling costs more than it saves there)."""
+        if self.width < 2 or self.height < 2:
+            return width, height  # not laid out yet
+        pick = max if self.fit == "cover" else min
+        scale = pick(self.width / width, self.height / height)
+        if scale > 0.5:
+            return width, height
+        return max(2, round(width * scale)), max(2, round(height * scale))
+
     def _upload(self, frame: av.VideoFrame) -> None:
-        pixels = frame.to_ndarray(format="rgb24")
-        height, width = pixels.shape[:2]
+        width, height = self.upload_size(frame.width, frame.height)
+        # One swscale pass converts (and scales, for a small tile) straight to RGB.
+        pixels = frame.to_ndarray(width=width, height=height, format="rgb24")
         if self._texture is None or self._texture.size != (width, height):
             self._texture = Texture.create(size=(width, height), colorfmt="rgb")
             self._texture.flip_vertical()  # frames are top row first; OpenGL draws bottom row first
             self._image.texture = self._texture
-            self._texture_aspect = width / height
+            self._texture_aspect = frame.width / frame.height
             self._show_avatar()
             self._place()
         self._texture.blit_buffer(pixels.tobytes(), colorfmt="rgb", bufferfmt="ubyte")
         self.frames_shown += 1
         self.canvas.ask_update()
+        observer = VideoTile.on_upload
+        if observer is not None:
+            observer(self, frame)
 
     def _place(self, *_: Any) -> None:
         self._back.pos, self._back.size = self.pos, self.size
