@@ -1,4 +1,5 @@
-"""Encode once for every peer: the shared encoders alone, and in a real three-party session."""
+"""Encode once for every peer (the shared encoders alone, and in a real three-party session); decode
+as soon as a frame is complete (the marker-aware jitter buffer)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from aiortc.rtp import RtpPacket
 from calls_support import endpoints, new_session_id, running_server, video_frames, wait_until
 
+from kiosk.calls.jitter import MarkerJitterBuffer, release_frames_on_marker
 from kiosk.media.encoding import SharedAudioEncoder, SharedVideoEncoder, shareable
 from kiosk.media.pattern import TestPattern, read_stamp
 
@@ -148,3 +151,43 @@ async def test_a_three_party_call_encodes_each_camera_once(tmp_path):
         await wait_until(lambda: video.sinks == 1, 10, "carol's track to leave the encoder")
         await eps[1].calls.end_session()
         await wait_until(lambda: not alice.video.encoders, 10, "the encoder to close with no peer left")
+
+
+def _rtp(sequence: int, timestamp: int, marker: bool, data: bytes) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=sequence, timestamp=timestamp, marker=int(marker))
+    packet._data = data  # type: ignore[attr-defined]  # what aiortc's receiver puts there: the depayloaded bytes
+    return packet
+
+
+def test_a_video_frame_leaves_the_jitter_buffer_on_its_marker():
+    buffer = MarkerJitterBuffer(capacity=64)
+    assert buffer.add(_rtp(100, 3000, False, b"a"))[1] is None
+    # The frame's last packet is in: out it goes, without waiting for the next frame to start.
+    frame = buffer.add(_rtp(101, 3000, True, b"b"))[1]
+    assert frame is not None and (frame.data, frame.timestamp) == (b"ab", 3000)
+
+    # Out of order: the marker packet first; the frame waits for the packet before it.
+    assert buffer.add(_rtp(104, 6000, True, b"f"))[1] is None
+    assert buffer.add(_rtp(102, 6000, False, b"d"))[1] is None
+    frame = buffer.add(_rtp(103, 6000, False, b"e"))[1]
+    assert frame is not None and frame.data == b"def"
+
+    # A frame missing a packet never leaves on its marker; aiortc's rule still applies when the next
+    # frame starts (the decoder then asks for a keyframe, as before).
+    assert buffer.add(_rtp(105, 9000, False, b"g"))[1] is None
+    assert buffer.add(_rtp(107, 9000, True, b"i"))[1] is None
+    assert buffer.add(_rtp(108, 12000, True, b"j"))[1] is None
+
+
+async def test_peers_use_the_marker_buffer_for_video_only():
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        video = pc.addTransceiver("video")
+        audio = pc.addTransceiver("audio")
+        assert release_frames_on_marker(video.receiver)
+        assert isinstance(video.receiver._RTCRtpReceiver__jitter_buffer, MarkerJitterBuffer)
+        assert not release_frames_on_marker(audio.receiver)  # audio keeps aiortc's prefetching buffer
+    finally:
+        await pc.close()

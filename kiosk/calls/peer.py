@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from kiosk.calls.events import RTCUser
+from kiosk.calls.jitter import release_frames_on_marker
 from kiosk.media.pattern import latency_ms, read_stamp
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class RemotePeer:
         video = self.pc.addTransceiver(video_track, direction="sendrecv")
         for transceiver, track in ((audio, audio_track), (video, video_track)):
             _share_encoder(transceiver, track)
+        release_frames_on_marker(video.receiver)  # a frame is decoded when complete, not 33 ms later
         if on_keyframe_request is not None:
             # A camera that encodes by itself must hear the receiver's picture-loss requests (PLI/FIR);
             # aiortc acts on them only when it encodes, through this hook of its sender.
