@@ -247,13 +247,7 @@ def registry() -> list[Benchmark]:
     # Imported here so `--help` does not pay for aiortc and PyAV.
     benchmarks: list[Benchmark] = []
     for name in MODULES:
-        try:
-            module = importlib.import_module(f"bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bench.{name}":
-                raise
-            continue  # not written yet
-        benchmarks += module.BENCHMARKS
+        benchmarks += importlib.import_module(f"bench.{name}").BENCHMARKS
     return benchmarks
 
 

@@ -24,6 +24,7 @@ from kiosk.calls import ice
 from kiosk.calls.constants import CallStatus, CallType, SessionType, parse_enum
 from kiosk.calls.errors import CallsError, ConnectionFailedError, NotSupportedError, SessionNotActiveError
 from kiosk.calls.events import AudioModeInfo, CallError, ListenerRegistry, RTCUser
+from kiosk.calls.memory import return_freed_memory
 from kiosk.calls.peer import SessionStats
 from kiosk.calls.session import CallSession
 from kiosk.calls.settings import CallSettings, CallSettingsBuilder
@@ -34,6 +35,7 @@ from kiosk.protocol import FINAL_CALL_STATUSES
 log = logging.getLogger(__name__)
 
 RECONNECT_MAX_SECONDS = 30.0
+MEMORY_RETURN_DELAY = 1.0  # seconds after a session ends
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,14 @@ class Calls:
             self._poll_task = None
         await session.close(notify_server=notify_server)
         self.last_session_stats = session.final_stats
+        # Once the call's last objects are gone (aiortc closes some a moment later), and not while a
+        # new call is being set up: between calls a few milliseconds on the loop are not noticed.
+        loop = asyncio.get_running_loop()
+        loop.call_later(MEMORY_RETURN_DELAY, self._return_memory_between_calls)
+
+    def _return_memory_between_calls(self) -> None:
+        if self.session is None and not self._closing:
+            return_freed_memory()
 
     def press_end_call_button(self) -> None:
         """What the end-call button (touch or GPIO) does: tell the app, as the documents' UI does."""

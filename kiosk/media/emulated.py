@@ -28,6 +28,8 @@ from kiosk.media.devices import (
 )
 from kiosk.media.pattern import TestPattern
 
+OPENED_SPEAKERS_KEPT = 64  # the newest speakers opened, for tests and the demo to inspect
+
 
 class _Pacer:
     """Wall-clock pacing: `wait()` returns when item n is due, skipping ahead if we fell behind."""
@@ -240,6 +242,7 @@ class EmulatedDevices(MediaDevices):
         device = self.find(device_id, "audiooutput")
         speaker = EmulatedSpeaker(device, self.speaker_dir / device_id if self.speaker_dir else None, self)
         self.opened_speakers.append(speaker)
+        del self.opened_speakers[:-OPENED_SPEAKERS_KEPT]  # a long-running emulated device stays bounded
         return speaker
 
     def open_screen(self) -> CameraSource:
