@@ -64,7 +64,9 @@ class Benchmark:
     def __post_init__(self) -> None:
         kinds = [self.target_ratio, self.target_value, self.target_over_baseline]
         if sum(k is not None for k in kinds) != 1:
-            raise ValueError(f"{self.name}: give exactly one of target_ratio, target_value, target_over_baseline")
+            raise ValueError(
+                f"{self.name}: give exactly one of target_ratio, target_value, target_over_baseline"
+            )
 
     def target_text(self) -> str:
         sense = ">=" if self.higher_is_better else "<="
