@@ -29,6 +29,7 @@ from kiosk.calls.peer import SessionStats
 from kiosk.calls.session import CallSession
 from kiosk.calls.settings import CallSettings, CallSettingsBuilder
 from kiosk.calls.signaling import RestClient, SignalingClient
+from kiosk.calls.tls import client_ssl_context
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, MediaDevices
 from kiosk.protocol import FINAL_CALL_STATUSES
 
@@ -114,6 +115,7 @@ class Calls:
         ice_host_addresses: list[str] | None = None,
         device_poll_interval: float = 1.0,
         reconnect: bool = True,
+        ca_file: str | Path | None = None,
     ) -> None:
         if video_codec is not None and video_codec.upper() not in ("VP8", "H264"):
             raise ValueError("video_codec must be 'VP8' or 'H264'")
@@ -124,6 +126,8 @@ class Calls:
         self.recording_dir = Path(recording_dir or os.environ.get("KIOSK_RECORDING_DIR") or "recordings")
         self.device_poll_interval = device_poll_interval
         self.reconnect = reconnect
+        # https:// and wss:// are verified against the system's CAs, or only this PEM file's.
+        self.ca_file = ca_file
         if ice_host_addresses is not None:
             ice.restrict_host_addresses(ice_host_addresses)
         self.listeners = ListenerRegistry()
@@ -144,7 +148,8 @@ class Calls:
 
     def _ensure_http(self) -> tuple[aiohttp.ClientSession, RestClient]:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(ssl=client_ssl_context(self.ca_file))
+            self._http = aiohttp.ClientSession(connector=connector)
             self._rest = RestClient(self.server_url, self._http)
         assert self._rest is not None
         return self._http, self._rest

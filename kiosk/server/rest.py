@@ -18,6 +18,7 @@ from kiosk.server.models import User
 from kiosk.server.ringing import CallLogQuery
 from kiosk.server.storage import UserExistsError
 from kiosk.server.tokens import hash_secret, new_secret
+from kiosk.server.turn import ice_servers_for
 from kiosk.server.validation import (
     bad_request,
     optional_text,
@@ -107,7 +108,7 @@ async def call_token(request: web.Request) -> web.Response:
             "sessionId": issued.session_id,
             "uid": issued.uid,
             "expiresAt": issued.expires_at,
-            "iceServers": ctx.config.ice_servers,
+            "iceServers": ice_servers_for(ctx.config, user.uid),
         }
     )
 

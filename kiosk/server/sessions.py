@@ -21,6 +21,7 @@ from kiosk.server.models import User
 from kiosk.server.state import LiveState, Participant, Session
 from kiosk.server.storage import Storage
 from kiosk.server.tokens import CallTokens
+from kiosk.server.turn import ice_servers_for
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Sessions:
             "self": me.to_json(),
             "participants": [p.to_json() for p in others],
             "audioOnly": session.audio_only,
-            "iceServers": self._config.ice_servers,
+            "iceServers": ice_servers_for(self._config, user.uid),
         }
 
     async def leave(self, conn_id: str, session_id: str, reason: str = "left") -> None:
