@@ -35,6 +35,7 @@ def _endpoint(args: argparse.Namespace) -> int:
         ring_wait=args.ring_wait,
         record=args.record,
         recording_dir=args.recording_dir,
+        ca_file=args.ca_file,
     )
     try:
         return asyncio.run(run_endpoint(options))
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--recording-dir",
         type=Path,
         help="where recordings go (default $KIOSK_RECORDING_DIR or ./recordings)",
+    )
+    endpoint.add_argument(
+        "--ca-file",
+        type=Path,
+        help="verify an https:// server's certificate against this PEM CA file only "
+        "(default: the config's server.ca_file, else the system's CAs)",
     )
     endpoint.set_defaults(func=_endpoint)
 

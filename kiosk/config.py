@@ -32,6 +32,9 @@ class ServerSection:
     auth_token_file: str = ""  # or a file holding it (kept out of the config, mode 0600)
     embedded: bool = False  # run a call server inside this process (demo, a single kiosk)
     data_dir: str = "/var/lib/kiosk"
+    # A PEM file of the CA(s) an https:// server's certificate must chain to (a private CA for a
+    # fleet); empty: the system's CAs.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,10 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
         raise ConfigError("ui.auto_answer_after: must be 0 (off) or more")
     if not config.server.url.startswith(("http://", "https://")):
         raise ConfigError(f"server.url: {config.server.url!r} must start with http:// or https://")
+    if config.server.ca_file and check_devices:
+        ca_file = Path(config.server.ca_file)
+        if not ca_file.is_file():
+            raise ConfigError(f"server.ca_file: {ca_file} does not exist or is not a file")
 
 
 def _claim_pin(pins: dict[int, str], pin: int, key: str) -> None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from kiosk.calls.errors import CallsError
+from kiosk.calls.tls import client_ssl_context
 from kiosk.config import DEFAULT_PATH, ConfigError, KioskConfig, load_config
 
 HTTP_TIMEOUT = 5.0
@@ -239,10 +241,13 @@ class _Reply:
     date: str | None
 
 
-def _get(url: str, token: str) -> _Reply:
+def _get(url: str, token: str, ca_file: str | None = None) -> _Reply:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    # No proxies from the environment: the kiosk's own client (aiohttp) does not use them either.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    # No proxies from the environment: the kiosk's own client (aiohttp) does not use them either. The
+    # certificate is checked as the kiosk checks it (the config's CA file, else the system's CAs).
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=client_ssl_context(ca_file))
+    )
     try:
         with opener.open(request, timeout=HTTP_TIMEOUT) as response:
             return _Reply(response.status, response.read(), response.headers.get("Date"))
@@ -284,8 +289,8 @@ def check_server(config: KioskConfig) -> Iterator[Result]:
     else:
         url = config.server.url.rstrip("/") + "/v1/me"
         try:
-            reply = _get(url, token)
-        except (OSError, ValueError) as exc:
+            reply = _get(url, token, config.server.ca_file or None)
+        except (OSError, ValueError, CallsError) as exc:
             reason = getattr(exc, "reason", exc)
             yield _fail(
                 "server",

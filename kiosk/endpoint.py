@@ -118,6 +118,7 @@ class EndpointOptions:
     ring_wait: float = 60.0
     record: bool = False
     recording_dir: Path | None = None
+    ca_file: Path | None = None  # the CA an https:// server must chain to (default: config, else system)
 
 
 async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> int:
@@ -131,12 +132,14 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
     devices: MediaDevices = EmulatedDevices()
     codec, recording_dir, poll, auto_answer = options.codec, options.recording_dir, 1.0, 0.0
     server, token = options.server, options.auth_token
+    ca_file: str | Path | None = options.ca_file
     if config is not None:
         devices, choices = build_devices(config)
         codec = codec or choices.video_codec
         recording_dir = recording_dir or choices.recording_dir
         poll, auto_answer = config.audio.poll_interval, config.ui.auto_answer_after
         server, token = server or config.server.url, token or config.auth_token()
+        ca_file = ca_file or config.server.ca_file or None
     calls = Calls(
         server,
         auth_token=token,
@@ -145,6 +148,7 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         ice_host_addresses=["127.0.0.1"] if options.loopback else None,
         recording_dir=recording_dir,
         device_poll_interval=poll,
+        ca_file=ca_file,
     )
     calls.add_call_event_listener("endpoint", events)
 
@@ -191,7 +195,13 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         if controller.state.phase != Phase.IN_CALL:
             report["outcome"] = controller.state.message or "no call"
             return 1
-        await controller.wait_for_phase(Phase.IDLE, timeout=options.duration)
+        ice: dict[str, dict[str, Any]] = {}
+        report["ice"] = ice
+        watch = asyncio.ensure_future(_watch_ice_pairs(calls, ice))
+        try:
+            await controller.wait_for_phase(Phase.IDLE, timeout=options.duration)
+        finally:
+            watch.cancel()
         if controller.state.phase == Phase.IN_CALL:
             await controller.hang_up()
         await calls.end_session()  # waits for a session the server is ending
@@ -222,6 +232,40 @@ async def _idle(controller: KioskController, duration: float | None) -> None:
     await asyncio.sleep(duration or 0)
     if controller.state.phase != Phase.IDLE:
         await controller.hang_up()
+
+
+def selected_ice_pairs(calls: Calls) -> dict[str, dict[str, Any]]:
+    """The candidate pair ICE selected with each remote participant: its local and remote candidate
+    types ("host", "srflx", "relay"), addresses and protocol. Read from aiortc's and aioice's
+    internals (they have no public API for it), so anything unexpected gives an empty entry."""
+    pairs: dict[str, dict[str, Any]] = {}
+    session = calls.session
+    for uid, peer in list(session.peers.items()) if session is not None else []:
+        try:
+            transceiver = peer.pc.getTransceivers()[0]
+            connection = transceiver.receiver.transport.transport._connection
+            nominated = dict(connection._nominated)
+        except (AttributeError, IndexError):
+            continue
+        for pair in nominated.values():
+            local, remote = pair.local_candidate, pair.remote_candidate
+            pairs[uid] = {
+                "local": local.type,
+                "remote": remote.type,
+                "localAddress": f"{local.host}:{local.port}",
+                "remoteAddress": f"{remote.host}:{remote.port}",
+                "protocol": local.transport,
+            }
+            break  # RTP and RTCP share one component (rtcp-mux)
+    return pairs
+
+
+async def _watch_ice_pairs(calls: Calls, into: dict[str, dict[str, Any]]) -> None:
+    """Keep `into` up to date with the selected pairs while the call lasts (the connections are gone
+    by the time the report is written)."""
+    while True:
+        into.update(selected_ice_pairs(calls))
+        await asyncio.sleep(0.5)
 
 
 def _describe_controls(controls: Controls) -> dict[str, Any]:

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # libgl1, libgl1-mesa-dri and libegl1 let Kivy render (offscreen through EGL where there is no display).
 APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libasound2-dev alsa-utils
     libgl1 libgl1-mesa-dri libegl1 libmtdev1
-    chromium)  # a real browser peer for the web client's tests (Playwright drives it; no browser download)
+    chromium  # a real browser peer for the web client's tests (Playwright drives it; no browser download)
+    coturn)  # turnserver for the TURN tests, which start their own on a private network namespace
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -21,6 +22,12 @@ if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
     "${sudo_cmd[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [[ " ${missing[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null; then
+        # Debian enables coturn's system service on install and starts it under systemd (all interfaces,
+        # port 3478). The tests run their own turnserver: do not leave that one running or starting at boot.
+        "${sudo_cmd[@]}" systemctl disable coturn.service >/dev/null 2>&1 || true
+        if [ -d /run/systemd/system ]; then "${sudo_cmd[@]}" systemctl stop coturn.service || true; fi
+    fi
 fi
 
 python=${KIOSK_PYTHON:-python3}

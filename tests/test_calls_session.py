@@ -357,29 +357,6 @@ async def test_screen_share_when_the_device_has_a_screen(tmp_path):
         await a.events.wait_for("on_screen_share_stopped")
 
 
-async def test_losing_the_server_ends_the_call_cleanly(tmp_path):
-    async with (
-        running_server(tmp_path / "server") as server,
-        endpoints(server.url, tmp_path, "alice", "bob") as (a, b),
-    ):
-        session = new_session_id()
-        settings = CallSettingsBuilder().set_call_listener(a.events).build()
-        a.calls.remove_call_event_listener("test")  # alice hears events only through her settings
-        await a.join(session, settings)
-        await b.join(session)
-        await wait_until(lambda: video_frames(a, "bob"), 15, "media")
-        await server.close()
-        error = (await a.events.wait_for("on_error"))[0]
-        assert error.code == "CONNECTION_LOST"
-        await a.events.wait_for("on_call_ended")
-        await b.events.wait_for("on_call_ended")
-        assert a.calls.session is None and b.calls.session is None
-        with pytest.raises(SessionNotActiveError):
-            a.calls.mute_audio(True)
-        # the session's settings listener hears nothing after its session
-        assert a.calls.listeners.listeners() == []
-
-
 async def test_default_audio_mode_and_output_device_selection(tmp_path):
     async with (
         running_server(tmp_path / "server") as server,

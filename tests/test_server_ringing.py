@@ -217,6 +217,7 @@ async def test_end_before_answer_cancels_and_end_of_ongoing_ends_the_session(
     assert await amy_ws.error("leave", sessionId=session_id) == "NOT_IN_SESSION"
 
 
+@pytest.mark.parametrize("call_server", [{"rejoin_grace": 0.2}], indirect=True)
 async def test_ws_end_and_disconnect_end_an_ongoing_call(
     rest: Rest,
     ws_connect: WsConnect,

@@ -210,7 +210,8 @@ async def test_end_ends_the_session_for_everyone(
     assert (await cat.join("room"))["participants"] == []
 
 
-async def test_a_closed_connection_leaves_its_sessions(
+@pytest.mark.parametrize("call_server", [{"rejoin_grace": 0.5}], indirect=True)
+async def test_a_closed_connection_leaves_its_sessions_after_the_grace(
     call_server: RunningServer, trio: tuple[SignalingClient, SignalingClient, SignalingClient]
 ) -> None:
     amy, bob, cat = trio
@@ -220,6 +221,8 @@ async def test_a_closed_connection_leaves_its_sessions(
     await bob.join("pair")
     assert amy.user is not None
     await amy.close()
+    await asyncio.sleep(0.2)  # within the grace: amy may still come back, nobody is told she left
+    assert not [m for m in bob.inbox + cat.inbox if m["type"] in ("participant.left", "session.ended")]
     for ws in (bob, cat):
         left = await ws.wait_for("participant.left")
         assert (left["sessionId"], left["reason"], left["participant"]["uid"]) == (
@@ -229,6 +232,51 @@ async def test_a_closed_connection_leaves_its_sessions(
         )
     ended = await bob.wait_for("session.ended")
     assert ended == {"type": "session.ended", "sessionId": "pair", "reason": "hangup", "by": amy.user.public}
+
+
+@pytest.mark.parametrize("call_server", [{"rejoin_grace": 0.0}], indirect=True)
+async def test_with_no_grace_a_closed_connection_leaves_at_once(
+    call_server: RunningServer, trio: tuple[SignalingClient, SignalingClient, SignalingClient]
+) -> None:
+    amy, bob, _ = trio
+    await amy.join("pair")
+    await bob.join("pair")
+    await amy.close()
+    ended = await bob.wait_for("session.ended", timeout=0.5)
+    assert ended["reason"] == "hangup"
+
+
+@pytest.mark.parametrize("call_server", [{"rejoin_grace": 1.0}], indirect=True)
+async def test_rejoin_on_a_new_connection_takes_the_place_over(
+    call_server: RunningServer,
+    trio: tuple[SignalingClient, SignalingClient, SignalingClient],
+    ws_connect: WsConnect,
+) -> None:
+    amy, bob, cat = trio
+    token = await issue_call_token(call_server, amy.user, "room")
+    for ws in trio:
+        await ws.join("room", token if ws is amy else None)
+    await amy.close()
+    # amy's network comes back: a new connection, the same call token, rejoin.
+    amy2 = await ws_connect(amy.user)
+    joined = await amy2.join("room", token, rejoin=True, audioMuted=True)
+    assert joined["type"] == "joined" and joined["rejoined"] is True
+    assert [p["uid"] for p in joined["participants"]] == ["bob", "cat"]
+    assert joined["self"]["audioMuted"] is True and joined["rejoinGraceMs"] == 1000
+    for ws in (bob, cat):
+        note = await ws.wait_for(lambda m: m["type"] == "participant.joined" and m.get("rejoined"))
+        assert note["participant"]["uid"] == "amy" and note["participant"]["audioMuted"] is True
+    # Messages for amy reach her new connection; the grace passes and nobody is told she left.
+    await bob.ok("offer", sessionId="room", to="amy", sdp="v=0 after the rejoin")
+    offer = await amy2.wait_for("offer")
+    assert offer["from"] == "bob" and offer["sdp"] == "v=0 after the rejoin"
+    await asyncio.sleep(1.3)
+    assert not [m for m in bob.inbox + cat.inbox if m["type"] == "participant.left"]
+    # A rejoin to a session the server does not know (it restarted) is a plain join.
+    fresh = await amy2.join("elsewhere", rejoin=True)
+    assert fresh["rejoined"] is False and fresh["participants"] == []
+    # Without rejoin, a second connection of the same user is still refused.
+    assert await bob.error("join", sessionId="room", callToken=token) in ("TOKEN_WRONG_USER",)
 
 
 async def test_already_in_session_and_per_connection_limit(
@@ -407,6 +455,7 @@ async def test_bad_frames_get_errors_and_disturb_nobody(
         await ws.assert_silent(0.1)
 
 
+@pytest.mark.parametrize("call_server", [{"rejoin_grace": 0.0}], indirect=True)
 async def test_a_huge_frame_closes_only_that_connection(
     call_server: RunningServer, create_user: CreateUser, ws_connect: WsConnect
 ) -> None:

@@ -36,6 +36,8 @@ from kiosk.protocol import FINAL_CALL_STATUSES
 log = logging.getLogger(__name__)
 
 RECONNECT_MAX_SECONDS = 30.0
+RECONNECT_FIRST_SECONDS = 0.5
+RECONNECT_IN_CALL_MAX_SECONDS = 1.0
 MEMORY_RETURN_DELAY = 1.0  # seconds after a session ends
 
 
@@ -141,6 +143,8 @@ class Calls:
         self._signaling: SignalingClient | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._grace_task: asyncio.Task[None] | None = None
+        self._refreshing = False
         self._ending: asyncio.Future[None] | None = None
         self._closing = False
 
@@ -157,6 +161,10 @@ class Calls:
     @property
     def rest(self) -> RestClient:
         return self._ensure_http()[1]
+
+    @property
+    def signaling_connected(self) -> bool:
+        return self._signaling is not None and self._signaling.connected
 
     @property
     def signaling(self) -> SignalingClient:
@@ -185,7 +193,7 @@ class Calls:
         if self.session is not None:
             with contextlib.suppress(CallsError):
                 await self.end_session()
-        for task in (self._reconnect_task, self._poll_task):
+        for task in (self._reconnect_task, self._poll_task, self._grace_task):
             if task is not None:
                 task.cancel()
         if self._signaling is not None:
@@ -198,31 +206,78 @@ class Calls:
     def _on_signaling_closed(self) -> None:
         if self._closing:
             return
-        self.listeners.emit(
-            "on_error", CallError("CONNECTION_LOST", "lost the connection to the call server")
-        )
+        if self._refreshing:
+            self._refreshing = False  # dropped on purpose: nothing to report
+        else:
+            self.listeners.emit(
+                "on_error",
+                CallError(
+                    "CONNECTION_LOST",
+                    "lost the connection to the call server" + ("; reconnecting" if self.reconnect else ""),
+                ),
+            )
         session = self.session
-        if session is not None:
-            # The server has taken us out of the session (a 1:1 call is over for the other side):
-            # end it here too, rather than keep a session nobody can signal in.
+        if session is not None and self.reconnect:
+            # Media is peer to peer and goes on. The server keeps our place for its rejoin grace:
+            # reconnect and rejoin within it, or give the session up when it has passed.
+            session.signaling_lost()
+            if self._grace_task is None or self._grace_task.done():
+                self._grace_task = asyncio.ensure_future(self._give_up_after_grace(session))
+        elif session is not None:
             self.session = None
             reason = "hangup" if len(session.participants) == 1 else "disconnected"
             self._ending = asyncio.ensure_future(self._on_session_ended(session, {"reason": reason}))
         if self.reconnect and (self._reconnect_task is None or self._reconnect_task.done()):
             self._reconnect_task = asyncio.ensure_future(self._reconnect_loop())
 
+    async def _give_up_after_grace(self, session: CallSession) -> None:
+        await asyncio.sleep(session.rejoin_grace)
+        if self.session is session and not session.rejoined_since_loss:
+            log.info(
+                "could not rejoin session %s within %.0f s: ending it",
+                session.session_id,
+                session.rejoin_grace,
+            )
+            self._drop_session(session, "disconnected")
+
+    def _drop_session(self, session: CallSession, reason: str) -> None:
+        """End a session the server no longer has us in: the call is over for this endpoint, as a
+        hung-up 1:1 call is (on_call_ended), whatever its size."""
+        if self.session is session:
+            self.session = None
+            self._ending = asyncio.ensure_future(self._on_session_ended(session, {"reason": "lost"}))
+
     async def _reconnect_loop(self) -> None:
-        delay = 0.5
+        delay = RECONNECT_FIRST_SECONDS
         while not self._closing:
             await asyncio.sleep(delay * (0.5 + random.random()))  # jitter spreads a fleet's retries
             try:
                 assert self._signaling is not None and self.auth_token is not None
                 await self._signaling.connect(self.auth_token)
                 log.info("signaling reconnected")
-                return
             except CallsError as exc:
                 log.info("reconnect failed: %s", exc)
-                delay = min(RECONNECT_MAX_SECONDS, delay * 2)
+                # In a call, keep trying often: the call waits on it. Idle, back off further.
+                cap = RECONNECT_IN_CALL_MAX_SECONDS if self.session is not None else RECONNECT_MAX_SECONDS
+                delay = min(cap, delay * 2)
+                continue
+            session = self.session
+            if session is not None:
+                try:
+                    await session.rejoin()
+                except CallsError as exc:
+                    if exc.code == "CONNECTION_FAILED":
+                        continue  # lost again already: the close callback starts a new attempt
+                    log.info("rejoining session %s failed: %s", session.session_id, exc)
+                    self._drop_session(session, "lost")
+            return
+
+    def refresh_signaling(self) -> None:
+        """Drop the signaling connection and make a new one (media stalled: the old TCP connection
+        may be dead without knowing it yet, and a new one is up as soon as the network is back)."""
+        if self._signaling is not None and not self._closing and self._signaling.connected:
+            self._refreshing = True
+            self._signaling.drop()
 
     # ----------------------------------------------------------------- listeners
 
@@ -546,7 +601,8 @@ class Calls:
     async def _on_session_ended(self, session: CallSession, message: dict[str, Any]) -> None:
         reason = message.get("reason")
         # on_call_ended is for 1:1 calls: a hangup, or an end for everyone with one other participant.
-        one_to_one = reason == "hangup" or (reason == "ended" and len(session.participants) == 1)
+        # "lost": we could not get back into the session; for us the call is over.
+        one_to_one = reason in ("hangup", "lost") or (reason == "ended" and len(session.participants) == 1)
         remaining = list(session.participants.values())
         await self._end_session_from(session, notify_server=False)
         if one_to_one:

@@ -165,6 +165,8 @@ class RemotePeer:
         self.remote_tracks: dict[str, MediaStreamTrack] = {}
         self.lock = asyncio.Lock()  # negotiation steps for this peer run one at a time
         self.closed = False
+        self.created_at = time.monotonic()
+        self.last_media_at: float | None = None  # when the last audio or video frame arrived
 
         @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
@@ -195,7 +197,7 @@ class RemotePeer:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            now = time.monotonic()
+            now = self.last_media_at = time.monotonic()
             if self.stats.first_frame_ms is None:
                 self.stats.first_frame_ms = (now - self._session_started_at) * 1000
             self.stats.video_frames_decoded += 1
@@ -211,12 +213,20 @@ class RemotePeer:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            self.last_media_at = time.monotonic()
             samples = frame.to_ndarray().ravel().astype(np.float64)
             self.stats.audio_frames_decoded += 1
             self.stats.audio_samples_decoded += frame.samples
             rms = math.sqrt(float(samples @ samples) / samples.size) / 32768.0 if samples.size else 0.0
             self._levels.append(rms)
             self._on_audio_frame(self.uid, frame)
+
+    def age(self) -> float:
+        return time.monotonic() - self.created_at
+
+    def receiving(self, window: float) -> bool:
+        """Whether media (audio flows even when muted) arrived within the last `window` seconds."""
+        return self.last_media_at is not None and time.monotonic() - self.last_media_at < window
 
     @property
     def audio_level(self) -> float:

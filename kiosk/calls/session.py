@@ -31,6 +31,7 @@ from kiosk.calls.recorder import CallRecorder
 from kiosk.calls.settings import CallSettings
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, SpeakerSink
+from kiosk.protocol import DEFAULT_REJOIN_GRACE
 
 if TYPE_CHECKING:
     from kiosk.calls.client import Calls
@@ -38,6 +39,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IDLE_WARNING_SECONDS = 60
+# A peer's media has stopped when nothing arrived for this long (audio flows 50 times a second, even
+# muted: digital silence).
+MEDIA_STALL_SECONDS = 1.5
+MEDIA_START_SECONDS = 5.0  # a new peer connection gets this long to bring its first media
+MEDIA_WATCH_INTERVAL = 0.5
+REBUILD_INTERVAL_SECONDS = 2.0  # between two rebuilds of the same peer connection
+SIGNALING_REFRESH_AFTER = 3.0  # media stalled this long: renew the signaling connection too
+SIGNALING_REFRESH_INTERVAL = 4.0
 
 
 class CallSession:
@@ -56,6 +65,13 @@ class CallSession:
         self.mode: Mode = settings.mode
         self.pip = False
         self.ice_servers: list[dict[str, Any]] = []
+        self.call_token = ""
+        self.rejoin_grace = DEFAULT_REJOIN_GRACE  # the server says how long it keeps our place
+        self.rejoined_since_loss = True  # False from a signaling loss until the rejoin succeeded
+        self._stalled_since: dict[str, float] = {}  # uid -> when its media stopped arriving
+        self._had_media: set[str] = set()  # participants whose media has flowed (so it can stop)
+        self._rebuilt_at: dict[str, float] = {}  # uid -> when we last rebuilt its peer connection
+        self._refreshed_at = 0.0
         self.active = False
         self._torn_down = False
         self._early: list[dict[str, Any]] = []  # messages that came before the join completed
@@ -94,6 +110,8 @@ class CallSession:
             videoMuted=self.video_muted,
             audioOnly=self.audio_only,
         )
+        self.call_token = call_token
+        self.rejoin_grace = float(reply.get("rejoinGraceMs", DEFAULT_REJOIN_GRACE * 1000)) / 1000
         self.active = True
         self._choose_initial_audio_mode()
         self.self_user = RTCUser.from_json(reply["self"])
@@ -119,8 +137,138 @@ class CallSession:
         for message in early:
             self.handle(message)
         self._update_idle_timer()
+        self._spawn(self._watch_media())
         if self.settings.auto_record_on_call_start:
             self.start_recording()
+
+    # ----------------------------------------------------------------- staying connected
+
+    def signaling_lost(self) -> None:
+        self.rejoined_since_loss = False
+
+    async def rejoin(self) -> None:
+        """After the signaling reconnected: take our place in the session back (the server kept it
+        for its grace, or builds the session again after a restart), then bring the participant
+        list and any broken peer connection up to date."""
+        reply = await self.calls.signaling.request(
+            "join",
+            sessionId=self.session_id,
+            callToken=self.call_token,
+            audioMuted=self.audio_muted,
+            videoMuted=self.video_muted,
+            audioOnly=self.audio_only,
+            rejoin=True,
+        )
+        if not self.active:
+            return
+        self.rejoined_since_loss = True
+        self.rejoin_grace = float(reply.get("rejoinGraceMs", self.rejoin_grace * 1000)) / 1000
+        listed = {}
+        for data in reply.get("participants", []):
+            participant = self._participant_from(data)
+            listed[participant.user.uid] = participant
+            self._update_participant(participant)
+        if reply.get("rejoined"):
+            # The server kept the session: whoever it no longer lists left while we were away.
+            for uid in [u for u in self.participants if u not in listed]:
+                self._participant_left(uid)
+        else:
+            # The server restarted and knows only those who came back before us; the others are
+            # kept while their media flows or until they rejoin within the grace.
+            self._spawn(self._forget_unconfirmed(set(listed)))
+        log.info("rejoined session %s (%d others)", self.session_id, len(listed))
+        for uid in listed:
+            self._rebuild_if_broken(uid, now_reachable=True)
+
+    async def _forget_unconfirmed(self, confirmed: set[str]) -> None:
+        await asyncio.sleep(self.rejoin_grace)
+        had_others = bool(self.participants)
+        for uid in [u for u in self.participants if u not in confirmed]:
+            peer = self.peers.get(uid)
+            if self.active and (peer is None or not peer.receiving(MEDIA_STALL_SECONDS)):
+                self._participant_left(uid)
+        if self.active and had_others and not self.participants:
+            # Everyone we were talking to is gone (the session ended while we were away): for this
+            # kiosk the call is over, rather than waiting alone for the idle timeout.
+            self.calls._drop_session(self, "lost")
+
+    def _update_participant(self, participant: RemoteParticipant) -> None:
+        """A participant the server (re)announces: new ones are added, known ones updated."""
+        uid = participant.user.uid
+        known = self.participants.get(uid)
+        if known is None:
+            self.participants[uid] = participant
+            self._update_idle_timer()
+            self.calls.listeners.emit("on_user_joined", participant.user)
+            self.calls.listeners.emit("on_user_list_changed", self.user_list())
+            if participant.audio_muted or participant.video_muted:
+                self._emit_muted(participant)
+            return
+        changed = (known.audio_muted, known.video_muted) != (participant.audio_muted, participant.video_muted)
+        known.audio_muted, known.video_muted = participant.audio_muted, participant.video_muted
+        if changed:
+            self._emit_muted(known)
+
+    def _initiates_with(self, uid: str) -> bool:
+        """Who rebuilds a broken peer connection: the smaller uid, so that both sides never offer at once."""
+        me = self.self_user.uid if self.self_user is not None else ""
+        return me < uid
+
+    def _rebuild_if_broken(self, uid: str, now_reachable: bool = False) -> None:
+        peer = self.peers.get(uid)
+        participant = self.participants.get(uid)
+        if participant is None or not self._initiates_with(uid):
+            return
+        if peer is not None and peer.receiving(MEDIA_STALL_SECONDS):
+            return
+        now = time.monotonic()
+        if not now_reachable and now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
+            return
+        self._rebuilt_at[uid] = now
+        log.info("media from %s stopped: rebuilding the peer connection", uid)
+        self._spawn(self._offer_to(participant))
+
+    async def _watch_media(self) -> None:
+        """Notice a peer whose media stopped (its network dropped): aiortc has no ICE restart, so the
+        initiating side builds a new peer connection as soon as signaling can carry the offer, and
+        every side renews a signaling connection that may be dead without knowing it."""
+        while self.active:
+            await asyncio.sleep(MEDIA_WATCH_INTERVAL)
+            now = time.monotonic()
+            for uid, peer in list(self.peers.items()):
+                if peer.last_media_at is not None:
+                    self._had_media.add(uid)
+            # Only media that flowed and stopped counts: a peer that never sends (no microphone, a
+            # receive-only browser) is not broken.
+            stalled = [
+                uid
+                for uid, peer in list(self.peers.items())
+                if uid in self.participants
+                and uid in self._had_media
+                and peer.age() > MEDIA_STALL_SECONDS
+                and not peer.receiving(MEDIA_STALL_SECONDS)
+                and (peer.last_media_at is not None or peer.age() > MEDIA_START_SECONDS)
+            ]
+            for uid in list(self._stalled_since):
+                if uid not in stalled:
+                    del self._stalled_since[uid]
+            for uid in stalled:
+                self._stalled_since.setdefault(uid, now)
+            if not stalled:
+                continue
+            if self.calls.signaling_connected:
+                for uid in stalled:
+                    self._rebuild_if_broken(uid)
+            # Everyone silent at once points at our own network (one silent peer, at theirs).
+            everyone = all(uid in self._stalled_since for uid in self.peers if uid in self.participants)
+            longest = now - min(self._stalled_since.values())
+            if (
+                everyone
+                and longest >= SIGNALING_REFRESH_AFTER
+                and now - self._refreshed_at >= SIGNALING_REFRESH_INTERVAL
+            ):
+                self._refreshed_at = now
+                self.calls.refresh_signaling()
 
     async def close(self, notify_server: bool) -> None:
         """Tear everything down. `notify_server`: send `leave` (False when the server ended it)."""
@@ -224,6 +372,13 @@ class CallSession:
                 await self.calls.signaling.request("offer", sessionId=self.session_id, to=peer.uid, sdp=sdp)
 
     async def _answer(self, uid: str, sdp: str) -> None:
+        current = self.peers.get(uid)
+        if (
+            current is not None
+            and current.pc.signalingState == "have-local-offer"
+            and self._initiates_with(uid)
+        ):
+            return  # both offered at once: ours wins (smaller uid), theirs is dropped; they answer ours
         participant = self.participants.get(uid)
         if participant is None:
             participant = RemoteParticipant(RTCUser(uid))
@@ -291,25 +446,14 @@ class CallSession:
         kind = message["type"]
         if kind == "participant.joined":
             participant = self._participant_from(message["participant"])
-            self.participants[participant.user.uid] = participant
-            self._update_idle_timer()
-            self.calls.listeners.emit("on_user_joined", participant.user)
-            self.calls.listeners.emit("on_user_list_changed", self.user_list())
-            if participant.audio_muted or participant.video_muted:
-                self._emit_muted(participant)
+            known = participant.user.uid in self.participants
+            self._update_participant(participant)
+            if known:
+                # It came back (rejoin, or the server restarted): one entry still, and its peer
+                # connection is rebuilt if its media stopped.
+                self._rebuild_if_broken(participant.user.uid, now_reachable=bool(message.get("rejoined")))
         elif kind == "participant.left":
-            uid = message["participant"]["uid"]
-            participant = self.participants.pop(uid, None)
-            peer = self.peers.pop(uid, None)
-            if self.recorder is not None and self.recorder.main_uid == uid:
-                self.recorder.main_uid = next(iter(self.participants), None)
-            if peer is not None:
-                self._spawn(peer.close())
-            self._view_hook("remove_participant", uid)
-            self._update_idle_timer()
-            if participant is not None:
-                self.calls.listeners.emit("on_user_left", participant.user)
-                self.calls.listeners.emit("on_user_list_changed", self.user_list())
+            self._participant_left(message["participant"]["uid"])
         elif kind == "offer":
             self._spawn(self._answer(message["from"], message["sdp"]))
         elif kind == "answer":
@@ -333,6 +477,21 @@ class CallSession:
             user = RTCUser.from_json(message["user"]) if message.get("user") else None
             info = RTCRecordingInfo(bool(message["recording"]), user, int(message.get("at") or 0))
             self.calls.listeners.emit("on_recording_toggled", info)
+
+    def _participant_left(self, uid: str) -> None:
+        participant = self.participants.pop(uid, None)
+        peer = self.peers.pop(uid, None)
+        self._stalled_since.pop(uid, None)
+        self._had_media.discard(uid)
+        if self.recorder is not None and self.recorder.main_uid == uid:
+            self.recorder.main_uid = next(iter(self.participants), None)
+        if peer is not None:
+            self._spawn(peer.close())
+        self._view_hook("remove_participant", uid)
+        self._update_idle_timer()
+        if participant is not None:
+            self.calls.listeners.emit("on_user_left", participant.user)
+            self.calls.listeners.emit("on_user_list_changed", self.user_list())
 
     def _emit_muted(self, participant: RemoteParticipant) -> None:
         user = participant.user

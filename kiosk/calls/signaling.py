@@ -164,6 +164,20 @@ class SignalingClient:
                 self.user = None
                 self._on_closed()
 
+    def drop(self) -> None:
+        """Give the connection up now, as if it had closed (`on_closed` runs), without waiting for
+        a close handshake a dead network would never answer."""
+        ws, reader = self._ws, self._reader
+        if ws is None or reader is None or reader.done():
+            return
+        reader.cancel()  # its cleanup reports the close
+
+        async def close_quietly() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 1.0)
+
+        asyncio.get_running_loop().create_task(close_quietly())
+
     async def close(self) -> None:
         ws, self._ws = self._ws, None
         self.user = None

@@ -13,9 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kiosk.protocol import DEFAULT_MAX_PARTICIPANTS, DEFAULT_RING_TIMEOUT, DEFAULT_TOKEN_TTL
+from kiosk.protocol import (
+    DEFAULT_MAX_PARTICIPANTS,
+    DEFAULT_REJOIN_GRACE,
+    DEFAULT_RING_TIMEOUT,
+    DEFAULT_TOKEN_TTL,
+)
+from kiosk.server.config import DEFAULT_TURN_TTL
 
 DATA_DIR_ENV = "KIOSK_DATA_DIR"
+TURN_SECRET_ENV = "KIOSK_TURN_SECRET"
 
 
 def default_data_dir() -> Path:
@@ -53,11 +60,44 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-participants", type=int, default=DEFAULT_MAX_PARTICIPANTS, help="participants per session"
     )
     parser.add_argument(
+        "--rejoin-grace",
+        type=float,
+        default=DEFAULT_REJOIN_GRACE,
+        help="seconds a dropped endpoint keeps its place in its sessions (0: leaves at once)",
+    )
+    parser.add_argument(
         "--ice-server",
         action="append",
         default=[],
         metavar="URL",
-        help="STUN/TURN URL handed to clients (repeatable)",
+        help="STUN/TURN URL handed to clients as is, without credentials (repeatable)",
+    )
+    parser.add_argument(
+        "--turn-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="TURN URL handed to clients with short-lived credentials, e.g. turn:turn.example.org:3478"
+        "?transport=udp (repeatable; needs the shared secret)",
+    )
+    parser.add_argument(
+        "--turn-secret",
+        default=None,
+        metavar="SECRET",
+        help=f"coturn's static-auth-secret (default: ${TURN_SECRET_ENV}; prefer the variable, "
+        "a flag shows in the process list)",
+    )
+    parser.add_argument(
+        "--turn-ttl",
+        type=int,
+        default=DEFAULT_TURN_TTL,
+        help=f"TURN credential lifetime, seconds (default {DEFAULT_TURN_TTL}; must outlast a call)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, metavar="FILE", help="PEM certificate (chain): serve HTTPS/WSS"
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=None, metavar="FILE", help="the certificate's PEM private key"
     )
     parser.set_defaults(func=_run_server)
     return parser
@@ -65,7 +105,7 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _run_server(args: argparse.Namespace) -> int:
     # Imported here so `kiosk users ...` and `--help` do not load the whole server.
-    from kiosk.server.app import run_server
+    from kiosk.server.app import TLSConfigError, run_server, server_ssl_context
     from kiosk.server.config import ServerConfig
 
     try:
@@ -77,13 +117,23 @@ def _run_server(args: argparse.Namespace) -> int:
             token_ttl=args.token_ttl,
             ring_timeout=args.ring_timeout,
             max_participants=args.max_participants,
+            rejoin_grace=args.rejoin_grace,
             ice_servers=[{"urls": [url]} for url in args.ice_server],
+            turn_urls=list(args.turn_url),
+            turn_secret=args.turn_secret or os.environ.get(TURN_SECRET_ENV) or None,
+            turn_ttl=args.turn_ttl,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
-    except ValueError as exc:
+        server_ssl_context(config)  # a bad certificate or key: one line and exit 2, before starting
+    except (ValueError, TLSConfigError) as exc:
         print(f"kiosk server: {exc}", file=sys.stderr)
         return 2
     try:
         run_server(config)
+    except TLSConfigError as exc:  # the files changed since the check above
+        print(f"kiosk server: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the port is taken, the data dir is not writable
         print(f"kiosk server: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiosk.protocol import DEFAULT_MAX_PARTICIPANTS, DEFAULT_RING_TIMEOUT, DEFAULT_TOKEN_TTL
+from kiosk.protocol import (
+    DEFAULT_MAX_PARTICIPANTS,
+    DEFAULT_REJOIN_GRACE,
+    DEFAULT_RING_TIMEOUT,
+    DEFAULT_TOKEN_TTL,
+)
+
+# TURN credentials are valid this long (seconds). coturn checks the expiry in the username on every
+# authenticated request, including the Refresh that keeps a relay allocated, so it must outlast a call.
+DEFAULT_TURN_TTL = 86400
 
 
 @dataclass(kw_only=True)
@@ -23,6 +32,17 @@ class ServerConfig:
     max_participants: int = DEFAULT_MAX_PARTICIPANTS
     # Handed to clients as RTCPeerConnection iceServers, e.g. [{"urls": ["stun:stun.example.org"]}].
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    # How long a participant whose connection dropped stays in its sessions, so that it can come back
+    # (join with rejoin) without the others seeing it leave; 0 removes it at once.
+    rejoin_grace: float = DEFAULT_REJOIN_GRACE
+    # TURN with coturn's shared-secret REST scheme (`use-auth-secret` + `static-auth-secret`): each
+    # user is handed these URLs with a username "<expiry>:<uid>" and its HMAC as the credential.
+    turn_urls: list[str] = field(default_factory=list)
+    turn_secret: str | None = field(default=None, repr=False)  # never printed or logged
+    turn_ttl: int = DEFAULT_TURN_TTL
+    # HTTPS and WSS: a PEM certificate (chain) and its private key; both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -32,5 +52,20 @@ class ServerConfig:
             raise ValueError("ring_timeout must be positive")
         if self.max_participants < 2:
             raise ValueError("max_participants must be at least 2")
+        if self.rejoin_grace < 0:
+            raise ValueError("rejoin_grace must not be negative")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0 to 65535")
+        if self.turn_ttl < 60:
+            raise ValueError("turn_ttl must be at least 60 seconds")
+        for url in self.turn_urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ValueError(f"TURN URL {url!r} must start with turn: or turns:")
+        if self.turn_urls and not self.turn_secret:
+            raise ValueError("TURN URLs need the TURN shared secret (--turn-secret or $KIOSK_TURN_SECRET)")
+        if self.turn_secret and not self.turn_urls:
+            raise ValueError("a TURN shared secret is set but no TURN URL (--turn-url)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+        if self.tls_cert is not None and self.tls_key is not None:
+            self.tls_cert, self.tls_key = Path(self.tls_cert), Path(self.tls_key)

@@ -23,10 +23,15 @@ _CODE_FOR_STATUS: dict[int, ErrorCode] = {
 }
 
 
-def error_response(code: ErrorCode | str, message: str, status: int | None = None) -> web.Response:
+def error_response(
+    code: ErrorCode | str, message: str, status: int | None = None, *, retry_after: int | None = None
+) -> web.Response:
     if status is None:
         status = HTTP_STATUS.get(ErrorCode(code), 400) if code in ErrorCode.__members__ else 400
-    return web.json_response(error_body(code, message), status=status)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response(
+        error_body(code, message, retry_after=retry_after), status=status, headers=headers
+    )
 
 
 @web.middleware
@@ -34,7 +39,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ProtocolError as exc:
-        return error_response(exc.code, exc.message, exc.http_status)
+        return error_response(exc.code, exc.message, exc.http_status, retry_after=exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

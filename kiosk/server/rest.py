@@ -5,15 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from kiosk.protocol import (
+    MAX_AUTH_TOKEN_LENGTH,
     MAX_AVATAR_LENGTH,
     MAX_NAME_LENGTH,
+    MAX_PAGE,
     CallStatus,
     CallType,
     ErrorCode,
     ProtocolError,
     SessionType,
+    is_plausible_secret,
 )
 from kiosk.server.context import CONTEXT, ServerContext
+from kiosk.server.limits import LIMITS, FailedAuthLimiter, client_address
 from kiosk.server.models import User
 from kiosk.server.ringing import CallLogQuery
 from kiosk.server.storage import UserExistsError
@@ -39,20 +43,37 @@ def _ctx(request: web.Request) -> ServerContext:
     return request.app[CONTEXT]
 
 
+def _auth_failures(request: web.Request) -> FailedAuthLimiter:
+    """Failed attempts per address; an address over the limit is refused (429) before any check."""
+    failures = request.app[LIMITS].auth
+    failures.refuse_if_blocked(client_address(request))
+    return failures
+
+
 async def _user(request: web.Request) -> User:
     """The user whose auth token is in `Authorization: Bearer ...`; 401 otherwise."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "missing Authorization: Bearer <authToken>")
-    user = await _ctx(request).storage.user_for_auth_token(hash_secret(token.strip()))
+    failures = _auth_failures(request)
+    user = None
+    if is_plausible_secret(token, MAX_AUTH_TOKEN_LENGTH):
+        user = await _ctx(request).storage.user_for_auth_token(hash_secret(token))
     if user is None:
+        failures.failed(client_address(request))
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown auth token")
     return user
 
 
 def _require_admin(request: web.Request) -> None:
-    if not _ctx(request).admin.checker.matches(request.headers.get("X-Admin-Key")):
+    presented = request.headers.get("X-Admin-Key")
+    if not presented:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "missing or wrong X-Admin-Key")
+    failures = _auth_failures(request)
+    if not _ctx(request).admin.checker.matches(presented):
+        failures.failed(client_address(request))
         raise ProtocolError(ErrorCode.FORBIDDEN, "missing or wrong X-Admin-Key")
 
 
@@ -145,7 +166,7 @@ async def call_log(request: web.Request) -> web.Response:
         status=require_choice(q["status"], CallStatus, "status") if "status" in q else None,
         direction=direction,  # type: ignore[arg-type]  # checked just above
         has_recording=query_bool(request, "hasRecording"),
-        page=query_int(request, "page", 1, 1),
+        page=query_int(request, "page", 1, 1, MAX_PAGE),
         per_page=query_int(request, "perPage", 20, 1, 100),
     )
     calls, total = await _ctx(request).calls.call_log(user, query)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +43,8 @@ class Sessions:
         self._storage = storage
         self._tokens = tokens
         self._hub = hub
+        # (session id, connection id) -> the timer that removes a dropped participant after the grace.
+        self._grace: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # Set by the ringing service, which turns the end of a call's session into the end of the call.
         self.on_session_over: SessionOverHook | None = None
 
@@ -49,6 +52,10 @@ class Sessions:
         """Join the session; returns the `joined` reply (without `id`)."""
         session_id: str = msg["sessionId"]
         self._tokens.verify(msg["callToken"], uid=user.uid, session_id=session_id)
+        if msg.get("rejoin"):
+            rejoined = await self._rejoin(conn_id, user, session_id, msg)
+            if rejoined is not None:
+                return rejoined
         call = await self._storage.get_call(session_id)
         participant = Participant(
             conn_id=conn_id,
@@ -81,6 +88,45 @@ class Sessions:
             "participants": [p.to_json() for p in others],
             "audioOnly": session.audio_only,
             "iceServers": ice_servers_for(self._config, user.uid),
+            "rejoined": False,
+            "rejoinGraceMs": int(self._config.rejoin_grace * 1000),
+        }
+
+    async def _rejoin(
+        self, conn_id: str, user: User, session_id: str, msg: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The participant comes back on a new connection: it takes its place over, and the others
+        are told so (participant.joined with rejoined). None if it is not in the session (then it
+        joins as anyone would: after a server restart the session is built again this way)."""
+        session = await self._state.rejoin(
+            session_id, user.uid, conn_id, msg["audioMuted"], msg["videoMuted"]
+        )
+        if session is None:
+            return None
+        for key in [k for k in self._grace if k[0] == session_id]:
+            if session.participants.get(key[1]) is None:  # the old connection's timer
+                self._grace.pop(key).cancel()
+        me = session.participants[conn_id]
+        others = [p for cid, p in session.participants.items() if cid != conn_id]
+        self._hub.send_many(
+            (p.conn_id for p in others),
+            {
+                "type": "participant.joined",
+                "sessionId": session_id,
+                "participant": me.to_json(),
+                "rejoined": True,
+            },
+        )
+        log.info("%s rejoined session %s", user.uid, session_id)
+        return {
+            "type": "joined",
+            "sessionId": session_id,
+            "self": me.to_json(),
+            "participants": [p.to_json() for p in others],
+            "audioOnly": session.audio_only,
+            "iceServers": ice_servers_for(self._config, user.uid),
+            "rejoined": True,
+            "rejoinGraceMs": int(self._config.rejoin_grace * 1000),
         }
 
     async def leave(self, conn_id: str, session_id: str, reason: str = "left") -> None:
@@ -106,6 +152,36 @@ class Sessions:
         log.info("%s left session %s (%s)", leaver.uid, session_id, reason)
         if outcome.session_empty:
             await self._session_over(session_id, leaver.user)
+
+    async def disconnected(self, conn_id: str) -> None:
+        """A connection closed. Its participants stay for the rejoin grace, so that an endpoint whose
+        network dropped can come back without the call ending; then they leave (reason
+        disconnected). With no grace they leave at once."""
+        if self._config.rejoin_grace <= 0:
+            await self.leave_all(conn_id)
+            return
+        loop = asyncio.get_running_loop()
+        for session_id in await self._state.sessions_of_connection(conn_id):
+            key = (session_id, conn_id)
+            if key in self._grace:
+                continue
+            self._grace[key] = loop.call_later(
+                self._config.rejoin_grace,
+                lambda key=key: loop.create_task(self._grace_over(*key), name="rejoin-grace"),
+            )
+
+    async def _grace_over(self, session_id: str, conn_id: str) -> None:
+        self._grace.pop((session_id, conn_id), None)
+        try:
+            await self.leave(conn_id, session_id, reason="disconnected")
+        except ProtocolError:
+            pass  # it rejoined on another connection, or the session ended meanwhile
+
+    def close(self) -> None:
+        """The server stops: pending grace timers are dropped with the live state."""
+        for timer in self._grace.values():
+            timer.cancel()
+        self._grace.clear()
 
     async def leave_all(self, conn_id: str) -> None:
         """A connection closed: it leaves every session it was in."""

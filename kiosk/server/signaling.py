@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from kiosk.protocol import MAX_MESSAGE_BYTES, ErrorCode, ProtocolError, error_body, parse_client_message
+from kiosk.protocol import (
+    MAX_AUTH_TOKEN_LENGTH,
+    MAX_MESSAGE_BYTES,
+    ErrorCode,
+    ProtocolError,
+    claims_other_sender,
+    is_plausible_secret,
+    parse_client_message,
+    request_id_of,
+)
+from kiosk.server import limits
 from kiosk.server.connections import Connection
 from kiosk.server.context import CONTEXT, ServerContext
 from kiosk.server.models import User
@@ -20,7 +29,7 @@ log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
-HEARTBEAT_SECONDS = 20.0
+HEARTBEAT_SECONDS = 10.0  # a dead connection is noticed within 15 s (ping, then 5 s for the pong)
 # Frames up to this size are read and refused with PAYLOAD_TOO_LARGE (the limit is 64 KiB); larger
 # ones make aiohttp close the connection (1009) instead of buffering arbitrary amounts.
 MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
@@ -30,16 +39,9 @@ CLOSE_TIMEOUT_SECONDS = 3.0
 Handler = Callable[[ServerContext, Connection, User, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
-def _request_id(raw: str) -> str | int | None:
+def _request_id(raw: str | bytes) -> str | int | None:
     """The `id` of a frame that failed the checks, if it has a usable one, so the error can echo it."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return None
-    try:
-        message = json.loads(raw)
-    except ValueError:
-        return None
-    request_id = message.get("id") if isinstance(message, dict) else None
-    return request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
+    return request_id_of(raw) if isinstance(raw, str) else None
 
 
 def _reply(message: dict[str, Any], request_id: str | int | None) -> dict[str, Any]:
@@ -47,7 +49,7 @@ def _reply(message: dict[str, Any], request_id: str | int | None) -> dict[str, A
 
 
 def _error(error: ProtocolError, request_id: str | int | None) -> dict[str, Any]:
-    return _reply({"type": "error", **error_body(error.code, error.message)}, request_id)
+    return _reply({"type": "error", "error": error.to_json()}, request_id)
 
 
 async def _join(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +102,14 @@ _HANDLERS: dict[str, Handler] = {
 async def _auth(ctx: ServerContext, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
     if conn.user is not None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection is already authenticated")
-    user = await ctx.storage.user_for_auth_token(hash_secret(msg["authToken"]))
+    guard = limits.guard_of(conn.ws)
+    guard.server.auth.refuse_if_blocked(guard.address)
+    token = msg["authToken"]
+    user = None
+    if is_plausible_secret(token, MAX_AUTH_TOKEN_LENGTH):
+        user = await ctx.storage.user_for_auth_token(hash_secret(token))
     if user is None:
+        guard.server.auth.failed(guard.address)
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown auth token")
     conn.user = user
     await ctx.state.add_connection(user.uid, conn.id)
@@ -109,10 +117,35 @@ async def _auth(ctx: ServerContext, conn: Connection, msg: dict[str, Any]) -> di
     return {"type": "ok", "user": user.to_json()}
 
 
-async def handle_frame(ctx: ServerContext, conn: Connection, raw: str) -> None:
-    """One client frame in, one reply out (`ok`, `error`, `joined` or `pong`); never raises."""
+async def _over_rate(
+    conn: Connection, guard: limits.ConnectionGuard, raw: str | bytes, verdict: limits.Verdict
+) -> None:
+    """A frame over the connection's message rate: refused unread, or the connection closed (1008)."""
+    size = len(raw)
+    if verdict is limits.Verdict.REFUSE:
+        error = ProtocolError(
+            ErrorCode.RATE_LIMITED, "too many messages; slow down", retry_after=guard.messages.retry_after(size)
+        )
+        conn.send(_error(error, _request_id(raw)))
+        return
+    log.warning("closing connection %s from %s: message rate limit exceeded", conn.id, guard.address)
+    await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"message rate limit exceeded")
+
+
+async def handle_frame(ctx: ServerContext, conn: Connection, raw: str | bytes) -> None:
+    """One client frame in, one reply out (`ok`, `error`, `joined` or `pong`); never raises.
+
+    A frame over the connection's rate limit gets RATE_LIMITED instead (or, on sustained abuse, the
+    connection is closed); a binary frame is MALFORMED."""
     request_id: str | int | None = None
+    guard = limits.guard_of(conn.ws)
+    verdict = guard.messages.check(len(raw.encode()) if isinstance(raw, str) else len(raw))
+    if verdict is not limits.Verdict.ALLOW:
+        await _over_rate(conn, guard, raw, verdict)
+        return
     try:
+        if isinstance(raw, bytes):
+            raise ProtocolError(ErrorCode.MALFORMED, "frames must be JSON text")
         try:
             msg = parse_client_message(raw.encode())  # bytes, so the 64 KiB limit counts bytes
         except ProtocolError:
@@ -123,6 +156,8 @@ async def handle_frame(ctx: ServerContext, conn: Connection, raw: str) -> None:
             reply: dict[str, Any] | None = await _auth(ctx, conn, msg)
         elif conn.user is None:
             raise ProtocolError(ErrorCode.NOT_AUTHENTICATED, "send auth first")
+        elif (field := claims_other_sender(msg, conn.user.uid)) is not None:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{field!r} names another user; act only for yourself")
         else:
             reply = await _HANDLERS[msg["type"]](ctx, conn, conn.user, msg)
         conn.send(_reply(reply or {"type": "ok"}, request_id))
@@ -136,7 +171,7 @@ async def handle_frame(ctx: ServerContext, conn: Connection, raw: str) -> None:
 async def _disconnected(ctx: ServerContext, conn: Connection) -> None:
     ctx.hub.discard(conn)
     if conn.user is not None:
-        await ctx.sessions.leave_all(conn.id)
+        await ctx.sessions.disconnected(conn.id)
         await ctx.state.remove_connection(conn.user.uid, conn.id)
         log.info("connection %s (%s) closed", conn.id, conn.user.uid)
     await conn.finish()
@@ -157,7 +192,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if frame.type == WSMsgType.TEXT:
                 await handle_frame(ctx, conn, frame.data)
             elif frame.type == WSMsgType.BINARY:
-                conn.send(_error(ProtocolError(ErrorCode.MALFORMED, "frames must be JSON text"), None))
+                await handle_frame(ctx, conn, frame.data)  # counted, then refused as MALFORMED
             elif frame.type == WSMsgType.ERROR:
                 log.info("connection %s: %r", conn.id, ws.exception())
                 break

@@ -96,6 +96,13 @@ class LiveState(ABC):
         """
 
     @abstractmethod
+    async def rejoin(
+        self, session_id: str, uid: str, conn_id: str, audio_muted: bool, video_muted: bool
+    ) -> Session | None:
+        """Move `uid`'s participant in the session (whatever connection it was on) to `conn_id`, with
+        this media state; None, and nothing changed, if the session has no participant `uid`."""
+
+    @abstractmethod
     async def leave(self, session_id: str, conn_id: str) -> LeaveOutcome:
         """Remove a participant; if the session had exactly two, it is over and removed whole.
 
@@ -192,6 +199,24 @@ class MemoryState(LiveState):
             self._sessions[session_id] = session
         session.participants[participant.conn_id] = copy.copy(participant)
         self._joined.setdefault(participant.conn_id, []).append(session_id)
+        return copy.deepcopy(session)
+
+    async def rejoin(
+        self, session_id: str, uid: str, conn_id: str, audio_muted: bool, video_muted: bool
+    ) -> Session | None:
+        session = self._sessions.get(session_id)
+        old = session.by_uid(uid) if session is not None else None
+        if session is None or old is None:
+            return None
+        if old.conn_id != conn_id:
+            self._remove(session, old.conn_id)
+            # Re-inserted at its place in join order, under the new connection.
+            order = list(session.participants.items())
+            position = next((i for i, (_, p) in enumerate(order) if p.joined_at > old.joined_at), len(order))
+            order.insert(position, (conn_id, old))
+            session.participants = dict(order)
+            self._joined.setdefault(conn_id, []).append(session_id)
+        old.conn_id, old.audio_muted, old.video_muted = conn_id, audio_muted, video_muted
         return copy.deepcopy(session)
 
     def _remove(self, session: Session, conn_id: str) -> Participant:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
@@ -204,16 +205,23 @@ class SqliteDatabase:
         return User(*row) if row else None
 
     def user_for_auth_token(self, token_hash: str) -> User | None:
+        """The owner of the token with this SHA-256 hash.
+
+        The lookup is by hash: its timing can tell at most how a guess's hash compares with stored
+        hashes, which does not help to find a token (that takes a SHA-256 preimage). The match itself
+        is then confirmed in constant time."""
         row = (
             self.connect()
             .execute(
-                "SELECT u.uid, u.name, u.avatar FROM auth_tokens t JOIN users u ON u.uid = t.uid "
+                "SELECT t.token_hash, u.uid, u.name, u.avatar FROM auth_tokens t JOIN users u ON u.uid = t.uid "
                 "WHERE t.token_hash = ?",
                 (token_hash,),
             )
             .fetchone()
         )
-        return User(*row) if row else None
+        if row is None or not hmac.compare_digest(str(row[0]).encode(), token_hash.encode()):
+            return None
+        return User(*row[1:])
 
     def list_users(self) -> list[User]:
         rows = self.connect().execute("SELECT uid, name, avatar FROM users ORDER BY uid").fetchall()

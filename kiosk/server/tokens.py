@@ -19,7 +19,7 @@ from typing import Any
 
 import jwt
 
-from kiosk.protocol import ErrorCode, ProtocolError
+from kiosk.protocol import MAX_CALL_TOKEN_LENGTH, ErrorCode, ProtocolError, is_plausible_secret
 
 SIGNING_KEY_FILE = "signing.key"
 ADMIN_KEY_HASH_FILE = "admin-key.sha256"
@@ -29,8 +29,15 @@ _REQUIRED_CLAIMS = ["sub", "sid", "iat", "exp", "jti"]
 
 
 def hash_secret(secret: str) -> str:
-    """SHA-256 hex of a secret; the only form in which auth tokens and admin keys are stored."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+    """SHA-256 hex of a secret; the only form in which auth tokens and admin keys are stored.
+
+    Never raises: a header or JSON string with lone surrogates (never a real secret) still hashes."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def same_hash(a: str, b: str) -> bool:
+    """Constant-time equality of two hashes (hex), so timing tells nothing about how much matched."""
+    return hmac.compare_digest(a.encode("ascii", "replace"), b.encode("ascii", "replace"))
 
 
 def new_secret() -> str:
@@ -99,6 +106,8 @@ class CallTokens:
 
     def verify(self, token: str, *, uid: str, session_id: str) -> dict[str, Any]:
         """The token's claims, or ProtocolError with TOKEN_INVALID / _EXPIRED / _WRONG_SESSION / _WRONG_USER."""
+        if not is_plausible_secret(token, MAX_CALL_TOKEN_LENGTH):
+            raise ProtocolError(ErrorCode.TOKEN_INVALID, "call token rejected: malformed")
         try:
             # PyJWT checks the signature before any claim, so an altered token is TOKEN_INVALID
             # even when its (altered) expiry is in the past.
@@ -138,7 +147,7 @@ class AdminKey:
     def matches(self, presented: str | None) -> bool:
         if not presented:
             return False
-        return hmac.compare_digest(hash_secret(presented), self._hash)
+        return same_hash(hash_secret(presented), self._hash)
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import re
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from kiosk.protocol import ErrorCode, ProtocolError, is_valid_id
+from kiosk.protocol import ErrorCode, ProtocolError, decode_json, is_valid_id
 
 _E = TypeVar("_E", bound=StrEnum)
+_INTEGER = re.compile(r"^-?[0-9]{1,18}$")
 
 
 def bad_request(message: str) -> ProtocolError:
@@ -23,8 +24,8 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False) -
     if not raw.strip() and allow_empty:
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = decode_json(raw)
+    except ValueError:
         raise bad_request("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise bad_request("body must be a JSON object")
@@ -40,11 +41,20 @@ def require_id(body: dict[str, Any], name: str) -> str:
     return value
 
 
+def is_unicode_text(value: str) -> bool:
+    """False for strings with lone surrogates (JSON allows "\\ud800"; UTF-8, and so the database, does not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def require_text(body: dict[str, Any], name: str, max_length: int) -> str:
     value = body.get(name)
     if value is None:
         raise bad_request(f"missing field {name!r}")
-    if not isinstance(value, str) or not 1 <= len(value) <= max_length:
+    if not isinstance(value, str) or not 1 <= len(value) <= max_length or not is_unicode_text(value):
         raise bad_request(f"{name!r} must be a string of 1 to {max_length} characters")
     return value
 
@@ -53,7 +63,7 @@ def optional_text(body: dict[str, Any], name: str, max_length: int) -> str | Non
     value = body.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > max_length:
+    if not isinstance(value, str) or len(value) > max_length or not is_unicode_text(value):
         raise bad_request(f"{name!r} must be a string of at most {max_length} characters")
     return value or None
 
@@ -70,10 +80,9 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name!r} must be an integer") from None
+    if not _INTEGER.match(raw):
+        raise bad_request(f"{name!r} must be an integer")
+    value = int(raw)
     if value < low or (high is not None and value > high):
         upper = f" to {high}" if high is not None else " or more"
         raise bad_request(f"{name!r} must be {low}{upper}")

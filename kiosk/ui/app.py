@@ -171,6 +171,7 @@ async def run_kiosk_async(
             recording_dir=choices.recording_dir,
             device_poll_interval=config.audio.poll_interval,
             ice_host_addresses=["127.0.0.1"] if _is_loopback(server_url) else None,
+            ca_file=config.server.ca_file or None,
         )
         controller = KioskController(
             calls,

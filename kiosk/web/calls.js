@@ -550,9 +550,14 @@ class Session {
     switch (message.type) {
       case "participant.joined": {
         const p = message.participant;
+        const known = this.participants.has(p.uid);
         this.participants.set(p.uid, p);
-        this.emit("onUserJoined", p);
-        this.emit("onUserListUpdated", this.userList());
+        // A participant that comes back (rejoin after its network or the server dropped) is the
+        // same participant: no second join event; its new offer, if any, replaces the connection.
+        if (!known) {
+          this.emit("onUserJoined", p);
+          this.emit("onUserListUpdated", this.userList());
+        }
         if (p.audioMuted || p.videoMuted) this.emitMuted(p);
         break;
       }
