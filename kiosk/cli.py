@@ -20,7 +20,7 @@ def _endpoint(args: argparse.Namespace) -> int:
         print("kiosk endpoint: give --server and --auth-token, or --config", file=sys.stderr)
         return 2
     options = EndpointOptions(
-        server=args.server or "",
+        server=list(args.server or []),
         auth_token=args.auth_token or "",
         config=args.config,
         idle=args.idle,
@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         "endpoint", help="a headless endpoint with emulated media, printing events as JSON lines"
     )
     endpoint.add_argument(
-        "--server", help="call server URL, e.g. http://127.0.0.1:8080 (default: the config's)"
+        "--server",
+        action="append",
+        default=None,
+        help="call server URL, e.g. http://127.0.0.1:8080 (default: the config's); repeat it for several "
+        "processes of one service (docs/scale-out.md): the next is tried when one cannot be reached",
     )
     endpoint.add_argument("--auth-token", help="this endpoint's user auth token (default: the config's)")
     endpoint.add_argument(

@@ -28,6 +28,9 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class ServerSection:
     url: str = "http://127.0.0.1:8080"
+    # More addresses of the same service (server processes sharing Redis, docs/scale-out.md): when
+    # the one in use cannot be reached, the endpoint tries the next, in turn.
+    urls: list[str] = field(default_factory=list)
     auth_token: str = ""  # this device's user auth token (`kiosk users add`)
     auth_token_file: str = ""  # or a file holding it (kept out of the config, mode 0600)
     embedded: bool = False  # run a call server inside this process (demo, a single kiosk)
@@ -35,6 +38,10 @@ class ServerSection:
     # A PEM file of the CA(s) an https:// server's certificate must chain to (a private CA for a
     # fleet); empty: the system's CAs.
     ca_file: str = ""
+
+    def addresses(self) -> list[str]:
+        """`url`, then `urls` (each once): every address of the call service, in the order tried."""
+        return list(dict.fromkeys([self.url, *self.urls]))
 
 
 @dataclass(frozen=True)
@@ -326,6 +333,9 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
         raise ConfigError("ui.auto_answer_after: must be 0 (off) or more")
     if not config.server.url.startswith(("http://", "https://")):
         raise ConfigError(f"server.url: {config.server.url!r} must start with http:// or https://")
+    for url in config.server.urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"server.urls: {url!r} must start with http:// or https://")
     if config.server.ca_file and check_devices:
         ca_file = Path(config.server.ca_file)
         if not ca_file.is_file():

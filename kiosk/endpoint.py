@@ -103,7 +103,9 @@ class EventRecorder(CallEventListener):
 
 @dataclasses.dataclass
 class EndpointOptions:
-    server: str = ""  # default: the config's server.url
+    # The call server's address, or several addresses of one service tried in turn (default: the
+    # config's server.url and server.urls).
+    server: str | list[str] = ""
     auth_token: str = ""  # default: the config's token
     config: Path | None = None  # a device config: its devices, buttons, LEDs, keyboard, control socket
     idle: bool = False  # no call of its own: wait for calls, buttons and keys
@@ -131,17 +133,19 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
     config = load_config(options.config) if options.config is not None else None  # ConfigError: caller
     devices: MediaDevices = EmulatedDevices()
     codec, recording_dir, poll, auto_answer = options.codec, options.recording_dir, 1.0, 0.0
-    server, token = options.server, options.auth_token
+    servers = [options.server] if isinstance(options.server, str) else list(options.server)
+    servers = [url for url in servers if url]
+    token = options.auth_token
     ca_file: str | Path | None = options.ca_file
     if config is not None:
         devices, choices = build_devices(config)
         codec = codec or choices.video_codec
         recording_dir = recording_dir or choices.recording_dir
         poll, auto_answer = config.audio.poll_interval, config.ui.auto_answer_after
-        server, token = server or config.server.url, token or config.auth_token()
+        servers, token = servers or config.server.addresses(), token or config.auth_token()
         ca_file = ca_file or config.server.ca_file or None
     calls = Calls(
-        server,
+        servers,
         auth_token=token,
         devices=devices,
         video_codec=codec,

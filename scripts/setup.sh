@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libasound2-dev alsa-utils
     libgl1 libgl1-mesa-dri libegl1 libmtdev1
     chromium  # a real browser peer for the web client's tests (Playwright drives it; no browser download)
-    coturn)  # turnserver for the TURN tests, which start their own on a private network namespace
+    coturn  # turnserver for the TURN tests, which start their own on a private network namespace
+    redis-server)  # shared live state for several server processes (`kiosk server --redis`); tests start their own
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -27,6 +28,18 @@ if ((${#missing[@]})); then
         # port 3478). The tests run their own turnserver: do not leave that one running or starting at boot.
         "${sudo_cmd[@]}" systemctl disable coturn.service >/dev/null 2>&1 || true
         if [ -d /run/systemd/system ]; then "${sudo_cmd[@]}" systemctl stop coturn.service || true; fi
+    fi
+    if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+        # Likewise Debian's redis-server service (port 6379): the tests start a private redis-server, and
+        # a deployment runs the one it configures. Without systemd (a container) the package's init
+        # script may have started it: stop that one too.
+        if command -v systemctl >/dev/null; then
+            "${sudo_cmd[@]}" systemctl disable redis-server.service >/dev/null 2>&1 || true
+            if [ -d /run/systemd/system ]; then "${sudo_cmd[@]}" systemctl stop redis-server.service || true; fi
+        fi
+        if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/redis-server ]; then
+            "${sudo_cmd[@]}" /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+        fi
     fi
 fi
 

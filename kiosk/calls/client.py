@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ class Calls:
 
     def __init__(
         self,
-        server_url: str,
+        server_url: str | Sequence[str],
         *,
         auth_token: str | None = None,
         devices: MediaDevices | None = None,
@@ -121,7 +122,13 @@ class Calls:
     ) -> None:
         if video_codec is not None and video_codec.upper() not in ("VP8", "H264"):
             raise ValueError("video_codec must be 'VP8' or 'H264'")
-        self.server_url = server_url.rstrip("/")
+        # Several addresses: the same service (server processes sharing Redis, docs/scale-out.md). The
+        # first is used until it cannot be reached; then the next, in turn.
+        urls = [server_url] if isinstance(server_url, str) else list(server_url)
+        if not urls:
+            raise ValueError("give at least one server URL")
+        self.server_urls = [url.rstrip("/") for url in urls]
+        self.server_url = self.server_urls[0]  # the one in use
         self.auth_token = auth_token
         self.devices = devices if devices is not None else _default_devices()
         self.video_codec = video_codec.upper() if video_codec else None
@@ -183,9 +190,32 @@ class Calls:
             assert self.user is not None
             return self.user
         self._signaling = SignalingClient(self.server_url, http, self._on_message, self._on_signaling_closed)
-        user = await self._signaling.connect(token)
+        user = await self._connect_any(token)
         self.user = RTCUser.from_json(user)
         return self.user
+
+    def _use_next_server(self) -> None:
+        """Move REST and signaling on to the next server address (after the last, the first)."""
+        index = (self.server_urls.index(self.server_url) + 1) % len(self.server_urls)
+        self.server_url = self.server_urls[index]
+        if self._rest is not None:
+            self._rest.base_url = self.server_url
+        if self._signaling is not None:
+            self._signaling.set_server(self.server_url)
+
+    async def _connect_any(self, token: str) -> dict[str, Any]:
+        """Open signaling to the address in use, else to each other one in turn; the last failure is
+        raised if none can be reached. Only an address that cannot be reached is passed over."""
+        assert self._signaling is not None
+        for attempt in range(len(self.server_urls)):
+            try:
+                return await self._signaling.connect(token)
+            except ConnectionFailedError as exc:
+                if attempt == len(self.server_urls) - 1:
+                    raise
+                log.info("%s; trying the next server address", exc)
+                self._use_next_server()
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         """End any session, close the signaling connection and the HTTP client."""
@@ -249,14 +279,19 @@ class Calls:
 
     async def _reconnect_loop(self) -> None:
         delay = RECONNECT_FIRST_SECONDS
+        waited = 0.0  # how long the last attempt itself took (a connect that timed out)
+        loop = asyncio.get_running_loop()
         while not self._closing:
-            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter spreads a fleet's retries
+            # Jitter spreads a fleet's retries; the delay counts from the start of the last attempt.
+            await asyncio.sleep(max(0.05, delay * (0.5 + random.random()) - waited))
+            started = loop.time()
             try:
                 assert self._signaling is not None and self.auth_token is not None
-                await self._signaling.connect(self.auth_token)
-                log.info("signaling reconnected")
+                await self._connect_any(self.auth_token)
+                log.info("signaling reconnected to %s", self.server_url)
             except CallsError as exc:
                 log.info("reconnect failed: %s", exc)
+                waited = loop.time() - started
                 # In a call, keep trying often: the call waits on it. Idle, back off further.
                 cap = RECONNECT_IN_CALL_MAX_SECONDS if self.session is not None else RECONNECT_MAX_SECONDS
                 delay = min(cap, delay * 2)

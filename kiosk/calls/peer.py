@@ -167,6 +167,7 @@ class RemotePeer:
         self.closed = False
         self.created_at = time.monotonic()
         self.last_media_at: float | None = None  # when the last audio or video frame arrived
+        self.offered_at: float | None = None  # when this side made its offer, if it did
 
         @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
@@ -180,6 +181,7 @@ class RemotePeer:
             self._on_connection_state(self, self.pc.connectionState)
 
     async def create_offer(self) -> str:
+        self.offered_at = time.monotonic()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp
 
@@ -220,6 +222,14 @@ class RemotePeer:
             rms = math.sqrt(float(samples @ samples) / samples.size) / 32768.0 if samples.size else 0.0
             self._levels.append(rms)
             self._on_audio_frame(self.uid, frame)
+
+    def awaiting_answer(self, within: float) -> bool:
+        """Whether this side offered less than `within` seconds ago and has no answer yet."""
+        return (
+            self.offered_at is not None
+            and self.pc.signalingState == "have-local-offer"
+            and time.monotonic() - self.offered_at < within
+        )
 
     def age(self) -> float:
         return time.monotonic() - self.created_at

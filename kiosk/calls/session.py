@@ -45,6 +45,7 @@ MEDIA_STALL_SECONDS = 1.5
 MEDIA_START_SECONDS = 5.0  # a new peer connection gets this long to bring its first media
 MEDIA_WATCH_INTERVAL = 0.5
 REBUILD_INTERVAL_SECONDS = 2.0  # between two rebuilds of the same peer connection
+OFFER_ANSWER_SECONDS = 1.5  # an offer unanswered this long is taken as lost
 SIGNALING_REFRESH_AFTER = 3.0  # media stalled this long: renew the signaling connection too
 SIGNALING_REFRESH_INTERVAL = 4.0
 
@@ -69,7 +70,10 @@ class CallSession:
         self.rejoin_grace = DEFAULT_REJOIN_GRACE  # the server says how long it keeps our place
         self.rejoined_since_loss = True  # False from a signaling loss until the rejoin succeeded
         self._stalled_since: dict[str, float] = {}  # uid -> when its media stopped arriving
-        self._had_media: set[str] = set()  # participants whose media has flowed (so it can stop)
+        self._had_media: set[str] = set()
+        self._offers_seen: dict[
+            str, int
+        ] = {}  # uid -> offers received from it  # participants whose media has flowed (so it can stop)
         self._rebuilt_at: dict[str, float] = {}  # uid -> when we last rebuilt its peer connection
         self._refreshed_at = 0.0
         self.active = False
@@ -221,12 +225,30 @@ class CallSession:
             return
         if peer is not None and peer.receiving(MEDIA_STALL_SECONDS):
             return
+        if peer is not None and peer.awaiting_answer(OFFER_ANSWER_SECONDS):
+            # One offer in flight at a time: an answer to an older offer would be applied to a newer
+            # connection and fail. If this one was lost, look again once it is overdue.
+            if now_reachable:
+                asyncio.get_running_loop().call_later(
+                    OFFER_ANSWER_SECONDS, self._rebuild_if_broken, uid, True
+                )
+            return
         now = time.monotonic()
         if not now_reachable and now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
             return
         self._rebuilt_at[uid] = now
         log.info("media from %s stopped: rebuilding the peer connection", uid)
         self._spawn(self._offer_to(participant))
+
+    def _broken(self, uid: str, peer: RemotePeer) -> bool:
+        """Whether the connection to a participant whose media has flowed no longer carries it."""
+        if uid not in self.participants or uid not in self._had_media or peer.receiving(MEDIA_STALL_SECONDS):
+            return False
+        if peer.pc.signalingState == "have-local-offer" and peer.offered_at is not None:
+            return time.monotonic() - peer.offered_at > OFFER_ANSWER_SECONDS  # our offer went unanswered
+        if peer.last_media_at is None:
+            return peer.age() > MEDIA_START_SECONDS  # negotiated: give it time to connect
+        return peer.age() > MEDIA_STALL_SECONDS  # media came, then stopped
 
     async def _watch_media(self) -> None:
         """Notice a peer whose media stopped (its network dropped): aiortc has no ICE restart, so the
@@ -240,15 +262,7 @@ class CallSession:
                     self._had_media.add(uid)
             # Only media that flowed and stopped counts: a peer that never sends (no microphone, a
             # receive-only browser) is not broken.
-            stalled = [
-                uid
-                for uid, peer in list(self.peers.items())
-                if uid in self.participants
-                and uid in self._had_media
-                and peer.age() > MEDIA_STALL_SECONDS
-                and not peer.receiving(MEDIA_STALL_SECONDS)
-                and (peer.last_media_at is not None or peer.age() > MEDIA_START_SECONDS)
-            ]
+            stalled = [uid for uid, peer in list(self.peers.items()) if self._broken(uid, peer)]
             for uid in list(self._stalled_since):
                 if uid not in stalled:
                     del self._stalled_since[uid]
@@ -371,7 +385,11 @@ class CallSession:
             if self.active and not peer.closed:
                 await self.calls.signaling.request("offer", sessionId=self.session_id, to=peer.uid, sdp=sdp)
 
-    async def _answer(self, uid: str, sdp: str) -> None:
+    async def _answer(self, uid: str, sdp: str, seen: int = 0) -> None:
+        if seen and seen != self._offers_seen.get(uid):
+            # Offers queued behind a dead connection arrive together when it comes back: only the
+            # newest is the offerer's current connection; answering the others would confuse it.
+            return
         current = self.peers.get(uid)
         if (
             current is not None
@@ -386,6 +404,8 @@ class CallSession:
         peer = self._new_peer(participant)
         async with peer.lock:
             answer = await peer.answer_offer(sdp)
+            if seen and seen != self._offers_seen.get(uid):
+                return  # a newer offer came meanwhile: it gets the answer
             if self.active and not peer.closed:
                 await self.calls.signaling.request("answer", sessionId=self.session_id, to=uid, sdp=answer)
 
@@ -455,7 +475,9 @@ class CallSession:
         elif kind == "participant.left":
             self._participant_left(message["participant"]["uid"])
         elif kind == "offer":
-            self._spawn(self._answer(message["from"], message["sdp"]))
+            uid = message["from"]
+            self._offers_seen[uid] = self._offers_seen.get(uid, 0) + 1
+            self._spawn(self._answer(uid, message["sdp"], self._offers_seen[uid]))
         elif kind == "answer":
             self._spawn(self._accept_answer(message["from"], message["sdp"]))
         elif kind == "candidate":

@@ -22,6 +22,7 @@ from kiosk.protocol import MAX_MESSAGE_BYTES
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 15.0
+CONNECT_TIMEOUT = 3.0
 
 
 def _error_from(body: Any, status: int) -> CallsError:
@@ -83,8 +84,8 @@ class SignalingClient:
         on_message: Callable[[dict[str, Any]], None],
         on_closed: Callable[[], None],
     ) -> None:
-        scheme, rest = base_url.rstrip("/").split("://", 1)
-        self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/v1/ws"
+        self.url = ""
+        self.set_server(base_url)
         self.http = http
         self._on_message = on_message
         self._on_closed = on_closed
@@ -94,13 +95,22 @@ class SignalingClient:
         self._ids = itertools.count(1)
         self.user: dict[str, Any] | None = None
 
+    def set_server(self, base_url: str) -> None:
+        """The server the next `connect` goes to (another address of the same service)."""
+        scheme, rest = base_url.rstrip("/").split("://", 1)
+        self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/v1/ws"
+
     @property
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed and self.user is not None
 
     async def connect(self, auth_token: str) -> dict[str, Any]:
         try:
-            self._ws = await self.http.ws_connect(self.url, heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES)
+            # Bounded: a connect sent while the network is down waits on TCP's SYN retries (1, 3, 7 s
+            # apart); a fresh attempt after the network is back gets through sooner.
+            self._ws = await asyncio.wait_for(
+                self.http.ws_connect(self.url, heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES), CONNECT_TIMEOUT
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ConnectionFailedError(
                 f"cannot open signaling to {self.url}: {exc or type(exc).__name__}"

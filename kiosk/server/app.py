@@ -22,7 +22,7 @@ from kiosk.server.context import CONTEXT, ServerContext
 from kiosk.server.errors import error_middleware
 from kiosk.server.ringing import Calls
 from kiosk.server.sessions import Sessions
-from kiosk.server.state import MemoryState
+from kiosk.server.state import LiveState, MemoryState
 from kiosk.server.storage import SqliteStorage, Storage
 from kiosk.server.tokens import CallTokens, load_admin_key, load_signing_key
 from kiosk.server.web import add_web_routes
@@ -91,8 +91,21 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
     signing_key = await loop.run_in_executor(None, load_signing_key, config.data_dir)
     admin = await loop.run_in_executor(None, load_admin_key, config.data_dir, config.admin_key)
     storage = SqliteStorage(config.data_dir)
-    state = MemoryState()
-    hub = Hub(state)
+    state: LiveState
+    if config.redis_url is not None:
+        # Several processes share the live state and reach each other's connections through Redis
+        # (docs/scale-out.md). Imported here: only a server started with --redis needs redis-py.
+        from kiosk.server.redis_state import RedisState
+
+        redis_state: RedisState | None = RedisState(
+            config.redis_url, rejoin_grace=config.rejoin_grace, ring_timeout=config.ring_timeout
+        )
+        state = redis_state
+        hub = Hub(state, relay=redis_state, node_id=redis_state.node_id)
+    else:
+        redis_state = None
+        state = MemoryState()
+        hub = Hub(state)
     tokens = CallTokens(signing_key, config.token_ttl)
     sessions = Sessions(config, state, storage, tokens, hub)
     calls = Calls(config, storage, state, hub, sessions)
@@ -107,6 +120,18 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         calls=calls,
     )
     try:
+        if redis_state is not None:
+
+            async def leave_orphan(session_id: str, conn_id: str) -> None:
+                # A participant of a server process that is gone, still not back after the grace.
+                await sessions.leave(conn_id, session_id, reason="disconnected")
+
+            await redis_state.start(
+                hub.deliver_local,
+                leave_orphan,
+                local_connections=hub.authenticated,
+                periodic=calls.close_overdue_calls,
+            )
         if not state.survives_restart:
             await calls.close_stale_calls()
         if admin.generated:
@@ -115,6 +140,8 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         yield
     finally:
         await calls.close()
+        if redis_state is not None:
+            await redis_state.close()
         await storage.close()
 
 

@@ -99,6 +99,13 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-key", type=Path, default=None, metavar="FILE", help="the certificate's PEM private key"
     )
+    parser.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="share live state with other server processes through this Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(all processes also share --data-dir; see docs/scale-out.md)",
+    )
     parser.set_defaults(func=_run_server)
     return parser
 
@@ -124,6 +131,7 @@ def _run_server(args: argparse.Namespace) -> int:
             turn_ttl=args.turn_ttl,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            redis_url=args.redis,
         )
         server_ssl_context(config)  # a bad certificate or key: one line and exit 2, before starting
     except (ValueError, TLSConfigError) as exc:

@@ -43,6 +43,9 @@ class ServerConfig:
     # HTTPS and WSS: a PEM certificate (chain) and its private key; both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Several server processes: live state, presence and message delivery shared through this Redis,
+    # e.g. "redis://127.0.0.1:6379/0" (docs/scale-out.md). None: all in this process.
+    redis_url: str | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -67,5 +70,7 @@ class ServerConfig:
             raise ValueError("a TURN shared secret is set but no TURN URL (--turn-url)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+        if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"Redis URL {self.redis_url!r} must start with redis://, rediss:// or unix://")
         if self.tls_cert is not None and self.tls_key is not None:
             self.tls_cert, self.tls_key = Path(self.tls_cert), Path(self.tls_key)

@@ -1,4 +1,8 @@
-"""WebSocket connections of this process and delivery of messages to them."""
+"""WebSocket connections of this process and delivery of messages to them.
+
+With several server processes (`kiosk server --redis`), each process is a node with an id; its
+connections are named "<node id>.<random hex>", and a message for a connection of another node goes
+to that node through a `Relay` (Redis pub/sub, see redis_state.py), which hands it to its own `Hub`."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import logging
 import uuid
 from asyncio import Transport
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSCloseCode, web
 
@@ -21,6 +25,19 @@ log = logging.getLogger(__name__)
 # Messages waiting for one client. A client this far behind is not reading; it is dropped rather than
 # letting its backlog grow without bound.
 OUTBOX_LIMIT = 1000
+
+
+def node_of(conn_id: str) -> str:
+    """The node a connection id names ("<node>.<hex>"); "-" for an id without one (a single process)."""
+    node, dot, _ = conn_id.partition(".")
+    return node if dot else "-"
+
+
+class Relay(Protocol):
+    """Carries messages to the connections of other server processes."""
+
+    def publish(self, node: str, conn_ids: list[str], message: dict[str, Any]) -> None:
+        """Queue `message` for these connections of `node`; never waits, keeps the order."""
 
 
 class Connection:
@@ -83,26 +100,52 @@ class Connection:
 
 
 class Hub:
-    """The connections of this process, and pushes to users wherever they are connected."""
+    """The connections of this process, and pushes to users wherever they are connected.
 
-    def __init__(self, state: LiveState) -> None:
+    With a `relay` and a `node_id` (several processes), a connection id that names another node is
+    delivered through the relay; this process's own connections are still served directly."""
+
+    def __init__(self, state: LiveState, relay: Relay | None = None, node_id: str | None = None) -> None:
         self._state = state
+        self._relay = relay
+        self._node_id = node_id
         self._connections: dict[str, Connection] = {}
 
     def add(self, conn: Connection) -> None:
+        """Register a new connection (before it authenticates). On a node, this also names it
+        "<node id>.<its id>", so that every process can tell where to deliver to it."""
+        if self._node_id is not None and node_of(conn.id) != self._node_id:
+            conn.id = f"{self._node_id}.{conn.id}"
         self._connections[conn.id] = conn
 
     def discard(self, conn: Connection) -> None:
         self._connections.pop(conn.id, None)
 
     def send(self, conn_id: str, message: dict[str, Any]) -> None:
-        conn = self._connections.get(conn_id)
-        if conn is not None:
-            conn.send(message)
+        self.send_many((conn_id,), message)
 
     def send_many(self, conn_ids: Iterable[str], message: dict[str, Any]) -> None:
+        remote: dict[str, list[str]] = {}
         for conn_id in conn_ids:
-            self.send(conn_id, message)
+            conn = self._connections.get(conn_id)
+            if conn is not None:
+                conn.send(message)
+            elif self._relay is not None and (node := node_of(conn_id)) != self._node_id:
+                remote.setdefault(node, []).append(conn_id)
+        if self._relay is not None:
+            for node, ids in remote.items():
+                self._relay.publish(node, ids, message)
+
+    def authenticated(self) -> list[tuple[str, str]]:
+        """(uid, connection id) of this process's authenticated connections."""
+        return [(conn.user.uid, conn.id) for conn in self._connections.values() if conn.user is not None]
+
+    def deliver_local(self, conn_ids: list[str], message: dict[str, Any]) -> None:
+        """A message another node relayed to connections of this one (gone ones are skipped)."""
+        for conn_id in conn_ids:
+            conn = self._connections.get(conn_id)
+            if conn is not None:
+                conn.send(message)
 
     async def push_to_user(self, uid: str, message: dict[str, Any]) -> None:
         """To every connection of the user (several endpoints or tabs)."""

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # How many times a status change is retried when another change of the same call won the race.
 _MAX_ATTEMPTS = 5
+# close_overdue_calls: how long after its timers should have fired a call counts as abandoned.
+_OVERDUE_MARGIN_SECONDS = 15.0
 
 
 @dataclass
@@ -238,6 +240,37 @@ class Calls:
                 pass
         if stale:
             log.info("closed %d call(s) left open by the previous run", len(stale))
+
+    async def close_overdue_calls(self) -> None:
+        """With several server processes: a call's ring timer and join deadline run in the process
+        that started them, and die with it. Any process may close such a call once both would have
+        fired, with a margin (compare-and-set, so a timer that did fire is never undone):
+        still ringing -> unanswered; accepted but nobody in its session -> ended."""
+        overdue_ms = int((self._config.ring_timeout + _OVERDUE_MARGIN_SECONDS) * 1000)
+        now = now_ms()
+        for call in await self._storage.calls_with_status([CallStatus.INITIATED, CallStatus.ONGOING]):
+            if call.status == CallStatus.INITIATED:
+                if now - call.initiated_at < overdue_ms:
+                    continue
+            elif call.joined_at is None or now - call.joined_at < overdue_ms:
+                continue
+            else:
+                session = await self._state.get_session(call.session_id)
+                if session is not None and session.participants:
+                    continue
+
+            def decide(current: Call, seen: CallStatus = call.status) -> Change:
+                if current.status != seen:
+                    raise ProtocolError(ErrorCode.INVALID_STATE, "changed meanwhile")
+                return _final(
+                    current, CallStatus.UNANSWERED if seen == CallStatus.INITIATED else CallStatus.ENDED
+                )
+
+            try:
+                await self._change(call.session_id, decide)
+                log.info("call %s was left open by a server process that is gone: closed", call.session_id)
+            except ProtocolError:
+                pass
 
     async def close(self) -> None:
         timers = list(self._timers.values())

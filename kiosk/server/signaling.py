@@ -124,7 +124,9 @@ async def _over_rate(
     size = len(raw)
     if verdict is limits.Verdict.REFUSE:
         error = ProtocolError(
-            ErrorCode.RATE_LIMITED, "too many messages; slow down", retry_after=guard.messages.retry_after(size)
+            ErrorCode.RATE_LIMITED,
+            "too many messages; slow down",
+            retry_after=guard.messages.retry_after(size),
         )
         conn.send(_error(error, _request_id(raw)))
         return

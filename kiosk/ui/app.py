@@ -164,7 +164,7 @@ async def run_kiosk_async(
             if not token:
                 raise ConfigError("server.auth_token: this kiosk needs its user's token (or auth_token_file)")
         calls = Calls(
-            server_url,
+            server_url if config.server.embedded else config.server.addresses(),
             auth_token=token,
             devices=devices,
             video_codec=choices.video_codec,
