@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -80,3 +83,39 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {what} within {timeout} s")
         await asyncio.sleep(0.02)
+
+
+async def start_endpoint(
+    env: BenchServer, uid: str, session_id: str, log_path: Path, duration: float, *options: str
+) -> asyncio.subprocess.Process:
+    """`kiosk endpoint` as `uid` in its own process, joining `session_id` on loopback; its output goes
+    to `log_path`. `duration` is a safety net only: the benchmark ends the call itself."""
+    with log_path.open("wb") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kiosk.cli", "endpoint", "--server", env.url,
+            "--auth-token", env.tokens[uid], "--session", session_id, "--loopback",
+            "--duration", str(duration), *options,
+            stdout=log, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def finish_process(process: asyncio.subprocess.Process | None, terminate: bool = False) -> None:
+    """Wait for a child to exit (after SIGTERM if `terminate`), killing it after 10 s."""
+    if process is None or process.returncode is not None:
+        return
+    if terminate:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 10)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    """The last lines of a child's log, on one line, for an error message."""
+    with contextlib.suppress(OSError):
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""

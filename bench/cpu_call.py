@@ -18,10 +18,8 @@ the emulated picture) and a bare aiortc endpoint's cost for reference.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,7 +32,16 @@ from aiortc import RTCPeerConnection
 from aiortc.codecs import h264, vpx
 
 from bench.bare import BarePair
-from bench.common import BenchServer, bench_server, loopback_only, new_session_id, wait_until
+from bench.common import (
+    BenchServer,
+    bench_server,
+    finish_process,
+    loopback_only,
+    new_session_id,
+    start_endpoint,
+    tail,
+    wait_until,
+)
 from bench.harness import Benchmark, RunSettings, Samples
 from kiosk.calls import Calls, CallSettingsBuilder
 from kiosk.media.devices import AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE
@@ -126,32 +133,20 @@ async def _measure_call(env: BenchServer, codec: str, timing: Timing) -> CallRea
     process: asyncio.subprocess.Process | None = None
     try:
         await host.start_session(await host.generate_token(session_id), CallSettingsBuilder().build())
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "kiosk.cli",
-                "endpoint",
-                "--server",
-                env.url,
-                "--auth-token",
-                env.tokens[MEASURED],
-                "--session",
-                session_id,
-                "--codec",
-                codec,
-                "--loopback",
-                # A safety net only: the harness ends the call when the window closes.
-                "--duration",
-                str(MEDIA_TIMEOUT + timing.warmup + timing.window + 10),
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        process = await start_endpoint(
+            env,
+            MEASURED,
+            session_id,
+            log_path,
+            MEDIA_TIMEOUT + timing.warmup + timing.window + 10,
+            "--codec",
+            codec,
+        )
         proc = process
 
         def media_arrived() -> bool:
             if proc.returncode is not None:
-                raise RuntimeError(f"endpoint exited early ({proc.returncode}): {_tail(log_path)}")
+                raise RuntimeError(f"endpoint exited early ({proc.returncode}): {tail(log_path)}")
             session = host.session
             peer = session.peers.get(MEASURED) if session is not None else None
             return peer is not None and peer.stats.video_frames_decoded > 0
@@ -178,7 +173,7 @@ async def _measure_call(env: BenchServer, codec: str, timing: Timing) -> CallRea
             peer.stats.video_frames_decoded,
         )
         if proc.returncode is not None:
-            raise RuntimeError(f"endpoint left during the window: {_tail(log_path)}")
+            raise RuntimeError(f"endpoint left during the window: {tail(log_path)}")
         sent1 = await _next_report(peer.pc, sent0)  # after the window: waiting costs no accuracy
 
         kbps = None
@@ -188,18 +183,7 @@ async def _measure_call(env: BenchServer, codec: str, timing: Timing) -> CallRea
         return CallReading((cpu1 - cpu0) / wall, (frames1 - frames0) / wall, kbps)
     finally:
         await host.close()  # ends the session, and with it the 1:1 call of the measured endpoint
-        if process is not None:
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    with contextlib.suppress(OSError):
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
+        await finish_process(process)
 
 
 # ----------------------------------------------------------------------------- the baseline

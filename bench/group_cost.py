@@ -15,11 +15,19 @@ encoder encoded against the frames the peers decoded, which shows the encoding w
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
-from bench.common import BenchServer, bench_server, loopback_only, new_session_id, wait_until
-from bench.cpu_call import MEDIA_TIMEOUT, Timing, _tail, process_cpu_seconds
+from bench.common import (
+    BenchServer,
+    bench_server,
+    finish_process,
+    loopback_only,
+    new_session_id,
+    start_endpoint,
+    tail,
+    wait_until,
+)
+from bench.cpu_call import MEDIA_TIMEOUT, Timing, process_cpu_seconds
 from bench.harness import Benchmark, RunSettings, Samples
 from kiosk.calls import Calls, CallSettingsBuilder
 from kiosk.media.emulated import EmulatedDevices
@@ -50,31 +58,20 @@ async def _measure(env: BenchServer, peers: int, timing: Timing) -> tuple[float,
             listeners.append(calls)
             quiet = CallSettingsBuilder().start_with_video_muted(True).start_with_audio_muted(True).build()
             await calls.start_session(await calls.generate_token(session_id), quiet)
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "kiosk.cli",
-                "endpoint",
-                "--server",
-                env.url,
-                "--auth-token",
-                env.tokens[MEASURED],
-                "--session",
-                session_id,
-                "--codec",
-                "VP8",
-                "--loopback",
-                "--duration",
-                str(MEDIA_TIMEOUT + timing.warmup + timing.window + 10),
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        process = await start_endpoint(
+            env,
+            MEASURED,
+            session_id,
+            log_path,
+            MEDIA_TIMEOUT + timing.warmup + timing.window + 10,
+            "--codec",
+            "VP8",
+        )
         proc = process
 
         def everyone_sees_video() -> bool:
             if proc.returncode is not None:
-                raise RuntimeError(f"endpoint exited early ({proc.returncode}): {_tail(log_path)}")
+                raise RuntimeError(f"endpoint exited early ({proc.returncode}): {tail(log_path)}")
             for calls in listeners:
                 session = calls.session
                 peer = session.peers.get(MEASURED) if session is not None else None
@@ -92,19 +89,14 @@ async def _measure(env: BenchServer, peers: int, timing: Timing) -> tuple[float,
         await asyncio.sleep(timing.window)
         cpu1, wall1, frames1 = process_cpu_seconds(proc.pid), asyncio.get_running_loop().time(), decoded()
         if proc.returncode is not None:
-            raise RuntimeError(f"endpoint left during the window: {_tail(log_path)}")
+            raise RuntimeError(f"endpoint left during the window: {tail(log_path)}")
         wall = wall1 - wall0
         fps = [(b - a) / wall for a, b in zip(frames0, frames1, strict=True)]
         return (cpu1 - cpu0) / wall, {"fps_at_each_listener": fps}
     finally:
         for calls in listeners:
             await calls.close()
-        if process is not None:
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await finish_process(process)
 
 
 async def run(settings: RunSettings) -> Samples:

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -47,7 +46,16 @@ import av
 from aiortc.codecs import vpx
 
 from bench.bare import BarePair
-from bench.common import BenchServer, bench_server, loopback_only, new_session_id, wait_until
+from bench.common import (
+    BenchServer,
+    bench_server,
+    finish_process,
+    loopback_only,
+    new_session_id,
+    start_endpoint,
+    tail,
+    wait_until,
+)
 from bench.cpu_call import codec_baseline
 from bench.harness import Benchmark, RunSettings, Samples
 from kiosk.calls import Call, CallEventListener, Calls, CallSettingsBuilder
@@ -132,25 +140,6 @@ def _kbps(before: tuple[int, float] | None, after: tuple[int, float] | None) -> 
     return (after[0] - before[0]) * 8 / (after[1] - before[1]) / 1000
 
 
-async def _stop(process: asyncio.subprocess.Process | None, sig: int = signal.SIGTERM) -> None:
-    if process is None or process.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(sig)
-    try:
-        await asyncio.wait_for(process.wait(), 10)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    with contextlib.suppress(OSError):
-        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 # ----------------------------------------------------------------------------- decoded, no UI
 
 
@@ -185,29 +174,14 @@ async def _decoded_once(env: BenchServer, timing: Timing) -> Reading:
         await receiver.start_session(
             await receiver.generate_token(session_id), CallSettingsBuilder().build(), view=probe
         )
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "kiosk.cli",
-                "endpoint",
-                "--server",
-                env.url,
-                "--auth-token",
-                env.tokens[SENDER],
-                "--session",
-                session_id,
-                "--loopback",
-                "--duration",
-                str(MEDIA_TIMEOUT + timing.warmup + timing.window + 10),  # a safety net only
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+        process = await start_endpoint(
+            env, SENDER, session_id, log_path, MEDIA_TIMEOUT + timing.warmup + timing.window + 10
+        )
         proc = process
 
         def arrived() -> bool:
             if proc.returncode is not None:
-                raise RuntimeError(f"sender exited early ({proc.returncode}): {_tail(log_path)}")
+                raise RuntimeError(f"sender exited early ({proc.returncode}): {tail(log_path, 8)}")
             return bool(probe.samples)
 
         await wait_until(arrived, MEDIA_TIMEOUT, "stamped video from the sender")
@@ -233,7 +207,7 @@ async def _decoded_once(env: BenchServer, timing: Timing) -> Reading:
         )
     finally:
         await receiver.close()  # leaving ends the 1:1 session: the sender exits by itself
-        await _stop(process)
+        await finish_process(process, terminate=True)
 
 
 async def _bare_once(timing: Timing) -> list[float]:
@@ -307,9 +281,9 @@ async def _kiosk_ready(process: asyncio.subprocess.Process, socket_path: Path, l
     deadline = time.monotonic() + UI_START_TIMEOUT
     while True:
         if process.returncode is not None:
-            raise RuntimeError(f"kiosk UI exited early ({process.returncode}): {_tail(log_path)}")
+            raise RuntimeError(f"kiosk UI exited early ({process.returncode}): {tail(log_path, 8)}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"kiosk UI not up within {UI_START_TIMEOUT} s: {_tail(log_path)}")
+            raise TimeoutError(f"kiosk UI not up within {UI_START_TIMEOUT} s: {tail(log_path, 8)}")
         with contextlib.suppress(OSError, TimeoutError):  # no socket yet
             reader, writer = await asyncio.open_unix_connection(socket_path)
             try:
@@ -381,7 +355,7 @@ async def _on_screen_once(env: BenchServer, timing: Timing, run: int) -> Reading
         try:
             await wait_until(media_up, MEDIA_TIMEOUT, "video from the kiosk")
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; the kiosk's log: {_tail(log_path, 20)}") from None
+            raise TimeoutError(f"{exc}; the kiosk's log: {tail(log_path, 20)}") from None
         codec = _negotiated_video_codec(caller, KIOSK)
         if codec != CODEC:
             raise RuntimeError(f"the call negotiated {codec}, not {CODEC}")
@@ -393,15 +367,15 @@ async def _on_screen_once(env: BenchServer, timing: Timing, run: int) -> Reading
         with contextlib.suppress(Exception):
             await caller.end_call(call.session_id)
         await caller.end_session()
-        await _stop(process)
+        await finish_process(process, terminate=True)
         if not samples_path.exists():
-            raise RuntimeError(f"the kiosk UI wrote no samples: {_tail(log_path)}")
+            raise RuntimeError(f"the kiosk UI wrote no samples: {tail(log_path, 8)}")
         data = json.loads(samples_path.read_text())
         shown = _in_window([(a, float(b)) for a, b in data["on_screen"]], start, end)
         decoded = _in_window([(a, float(b)) for a, b in data["decoded"]], start, end)
         if len(shown) < 3:
             raise RuntimeError(
-                f"only {len(shown)} stamped frames shown in {timing.window} s: {_tail(log_path)}"
+                f"only {len(shown)} stamped frames shown in {timing.window} s: {tail(log_path, 8)}"
             )
         return Reading(
             shown,
@@ -422,7 +396,7 @@ async def _on_screen_once(env: BenchServer, timing: Timing, run: int) -> Reading
         )
     finally:
         await caller.close()
-        await _stop(process)
+        await finish_process(process, terminate=True)
 
 
 # ----------------------------------------------------------------------------- the benchmark
