@@ -221,8 +221,8 @@ class CallSession:
     def _rebuild_if_broken(self, uid: str, now_reachable: bool = False) -> None:
         peer = self.peers.get(uid)
         participant = self.participants.get(uid)
-        if participant is None or not self._initiates_with(uid):
-            return
+        if not self.active or participant is None or not self._initiates_with(uid):
+            return  # (a follow-up scheduled with call_later may run after the session ended)
         if peer is not None and peer.receiving(MEDIA_STALL_SECONDS):
             return
         if peer is not None and peer.awaiting_answer(OFFER_ANSWER_SECONDS):
