@@ -109,51 +109,48 @@ def _share_encoder(transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> N
     sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]
 
 
-class RemotePeer:
-    """The peer connection to one remote participant, and the consumers of its tracks."""
+def _forward_keyframe_requests(video: RTCRtpTransceiver, on_keyframe_request: Callable[[], None]) -> None:
+    """A camera that encodes by itself must hear the receiver's picture-loss requests (PLI/FIR);
+    aiortc acts on them only when it encodes, through this hook of its sender."""
+    ask_encoder = video.sender._send_keyframe
+
+    def keyframe() -> None:
+        ask_encoder()
+        on_keyframe_request()
+
+    video.sender._send_keyframe = keyframe  # type: ignore[method-assign]
+
+
+def _prefer_video_codec(video: RTCRtpTransceiver, video_codec: str) -> None:
+    """Offer only `video_codec` ("VP8", "H264") and its retransmissions on this transceiver."""
+    wanted = f"video/{video_codec}".lower()
+    codecs = [
+        c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in (wanted, "video/rtx")
+    ]
+    video.setCodecPreferences(codecs)
+
+
+class RemoteMedia:
+    """The receiving half of a connection to one remote participant: the consumers of its tracks, what
+    we measured of it (frames, levels, stamp latencies, the peer connection's stats) and their close.
+
+    `RemotePeer` (mesh: one peer connection each way) and `kiosk.calls.sfu.SfuFeed` (one subscription
+    to the participant's feed on an SFU) both receive through it.
+    """
 
     def __init__(
         self,
         participant: RemoteParticipant,
+        pc: RTCPeerConnection,
         *,
-        audio_track: MediaStreamTrack,
-        video_track: MediaStreamTrack,
-        ice_servers: list[dict[str, Any]],
-        video_codec: str | None,
         session_started_at: float,
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
-        on_connection_state: Callable[[RemotePeer, str], None],
-        on_keyframe_request: Callable[[], None] | None = None,
+        on_connection_state: Callable[[Any, str], None],
     ) -> None:
         self.participant = participant
         self.uid = participant.user.uid
-        # An explicit empty list: aiortc would otherwise try a public STUN server.
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
-        self._local_tracks = (audio_track, video_track)
-        audio = self.pc.addTransceiver(audio_track, direction="sendrecv")
-        video = self.pc.addTransceiver(video_track, direction="sendrecv")
-        for transceiver, track in ((audio, audio_track), (video, video_track)):
-            _share_encoder(transceiver, track)
-        release_frames_on_marker(video.receiver)  # a frame is decoded when complete, not 33 ms later
-        if on_keyframe_request is not None:
-            # A camera that encodes by itself must hear the receiver's picture-loss requests (PLI/FIR);
-            # aiortc acts on them only when it encodes, through this hook of its sender.
-            ask_encoder = video.sender._send_keyframe
-
-            def keyframe() -> None:
-                ask_encoder()
-                on_keyframe_request()
-
-            video.sender._send_keyframe = keyframe  # type: ignore[method-assign]
-        if video_codec:
-            wanted = f"video/{video_codec}".lower()
-            codecs = [
-                c
-                for c in RTCRtpSender.getCapabilities("video").codecs
-                if c.mimeType.lower() in (wanted, "video/rtx")
-            ]
-            video.setCodecPreferences(codecs)
+        self.pc = pc
         self.stats = ParticipantStats(uid=self.uid)
         self._session_started_at = session_started_at
         self._on_video_frame = on_video_frame
@@ -163,35 +160,20 @@ class RemotePeer:
         self._latencies: collections.deque[int] = collections.deque(maxlen=600)
         self._levels: collections.deque[float] = collections.deque(maxlen=LEVEL_WINDOW_FRAMES)
         self.remote_tracks: dict[str, MediaStreamTrack] = {}
-        self.lock = asyncio.Lock()  # negotiation steps for this peer run one at a time
         self.closed = False
         self.created_at = time.monotonic()
         self.last_media_at: float | None = None  # when the last audio or video frame arrived
-        self.offered_at: float | None = None  # when this side made its offer, if it did
 
-        @self.pc.on("track")
+        @pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
             self.remote_tracks[track.kind] = track
             consume = self._consume_video if track.kind == "video" else self._consume_audio
             self._consumers.append(asyncio.ensure_future(consume(track)))
 
-        @self.pc.on("connectionstatechange")
+        @pc.on("connectionstatechange")
         def _on_state() -> None:
-            self.stats.connection_state = self.pc.connectionState
-            self._on_connection_state(self, self.pc.connectionState)
-
-    async def create_offer(self) -> str:
-        self.offered_at = time.monotonic()
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
-
-    async def answer_offer(self, sdp: str) -> str:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription.sdp
-
-    async def accept_answer(self, sdp: str) -> None:
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            self.stats.connection_state = pc.connectionState
+            self._on_connection_state(self, pc.connectionState)
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         while True:
@@ -222,14 +204,6 @@ class RemotePeer:
             rms = math.sqrt(float(samples @ samples) / samples.size) / 32768.0 if samples.size else 0.0
             self._levels.append(rms)
             self._on_audio_frame(self.uid, frame)
-
-    def awaiting_answer(self, within: float) -> bool:
-        """Whether this side offered less than `within` seconds ago and has no answer yet."""
-        return (
-            self.offered_at is not None
-            and self.pc.signalingState == "have-local-offer"
-            and time.monotonic() - self.offered_at < within
-        )
 
     def age(self) -> float:
         return time.monotonic() - self.created_at
@@ -273,12 +247,8 @@ class RemotePeer:
                 s.bytes_received = item.bytesReceived
                 s.bytes_sent = item.bytesSent
 
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for track in self._local_tracks:
-            track.stop()
+    async def _close_media(self) -> None:
+        """Close the peer connection, then stop the track consumers (after `closed` is set)."""
         with contextlib.suppress(Exception):
             await self.pc.close()
         for task in self._consumers:
@@ -286,6 +256,76 @@ class RemotePeer:
         for task in self._consumers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+class RemotePeer(RemoteMedia):
+    """The peer connection to one remote participant, and the consumers of its tracks."""
+
+    def __init__(
+        self,
+        participant: RemoteParticipant,
+        *,
+        audio_track: MediaStreamTrack,
+        video_track: MediaStreamTrack,
+        ice_servers: list[dict[str, Any]],
+        video_codec: str | None,
+        session_started_at: float,
+        on_video_frame: FrameSink,
+        on_audio_frame: AudioSink,
+        on_connection_state: Callable[[RemotePeer, str], None],
+        on_keyframe_request: Callable[[], None] | None = None,
+    ) -> None:
+        # An explicit empty list: aiortc would otherwise try a public STUN server.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
+        super().__init__(
+            participant,
+            pc,
+            session_started_at=session_started_at,
+            on_video_frame=on_video_frame,
+            on_audio_frame=on_audio_frame,
+            on_connection_state=on_connection_state,
+        )
+        self._local_tracks = (audio_track, video_track)
+        audio = self.pc.addTransceiver(audio_track, direction="sendrecv")
+        video = self.pc.addTransceiver(video_track, direction="sendrecv")
+        for transceiver, track in ((audio, audio_track), (video, video_track)):
+            _share_encoder(transceiver, track)
+        release_frames_on_marker(video.receiver)  # a frame is decoded when complete, not 33 ms later
+        if on_keyframe_request is not None:
+            _forward_keyframe_requests(video, on_keyframe_request)
+        if video_codec:
+            _prefer_video_codec(video, video_codec)
+        self.lock = asyncio.Lock()  # negotiation steps for this peer run one at a time
+        self.offered_at: float | None = None  # when this side made its offer, if it did
+
+    async def create_offer(self) -> str:
+        self.offered_at = time.monotonic()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def answer_offer(self, sdp: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    def awaiting_answer(self, within: float) -> bool:
+        """Whether this side offered less than `within` seconds ago and has no answer yet."""
+        return (
+            self.offered_at is not None
+            and self.pc.signalingState == "have-local-offer"
+            and time.monotonic() - self.offered_at < within
+        )
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for track in self._local_tracks:
+            track.stop()
+        await self._close_media()
 
 
 @dataclass

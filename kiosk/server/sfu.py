@@ -1,0 +1,147 @@
+"""VideoRoom rooms on a Janus WebRTC server, for sessions larger than the mesh limit.
+
+The call server creates one room per group session over Janus's HTTP API and hands its participants
+the room number and pin; their SDKs publish and subscribe themselves (kiosk/calls/sfu.py). Each call
+here runs on a fresh Janus session (create, attach the VideoRoom plugin, one request, destroy), so
+nothing is left to keep alive or to recover when Janus restarts. Any failure to reach Janus, or
+Janus refusing, is `SfuUnavailable` with a readable message.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+VIDEOROOM = "janus.plugin.videoroom"
+REQUEST_TIMEOUT = 5.0
+# Room options every group call gets.
+VIDEO_CODECS = "vp8,h264"
+AUDIO_CODEC = "opus"
+ROOM_BITRATE = 1_000_000  # per publisher, bits/s: Janus's REMB cap towards each publisher
+FIR_FREQ = 10  # seconds between keyframe requests to publishers (a late subscriber waits at most this)
+AUDIO_ACTIVE_PACKETS = 50  # about 1 s of 20 ms packets per talking/stopped-talking decision
+AUDIO_LEVEL_AVERAGE = 40  # dBov (0 loudest .. 127 silence) a talker stays above on average
+
+
+class SfuUnavailable(Exception):
+    """Janus could not be reached, did not answer in time, or refused the request."""
+
+
+@dataclass(frozen=True)
+class SfuRoom:
+    """A VideoRoom room: what a participant needs to join (`api_url`, `room`, `pin`), and the secret
+    only the call server keeps (`secret`, to destroy it)."""
+
+    session_id: str
+    room: int
+    pin: str
+    secret: str = field(repr=False)
+    publishers: int
+    api_url: str
+    video_codecs: str = VIDEO_CODECS
+
+    def for_client(self) -> dict[str, Any]:
+        """What a participant's SDK is told (never the secret)."""
+        return {"url": self.api_url, "room": self.room, "pin": self.pin, "videoCodecs": self.video_codecs}
+
+
+class JanusRooms:
+    """Creates and destroys VideoRoom rooms on one Janus (`api_url`: http://host:8088/janus)."""
+
+    def __init__(self, api_url: str, admin_key: str | None = None, *, client_url: str | None = None) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.client_url = (client_url or api_url).rstrip("/")  # as participants reach it, if different
+        self.admin_key = admin_key
+        self._http: aiohttp.ClientSession | None = None
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        body = {**body, "transaction": secrets.token_hex(8)}
+        try:
+            async with self._http.post(f"{self.api_url}{path}", json=body) as response:
+                if response.status != 200:
+                    raise SfuUnavailable(f"Janus answered HTTP {response.status} to {body['janus']}")
+                reply = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise SfuUnavailable(
+                f"Janus at {self.api_url} is unavailable: {exc or type(exc).__name__}"
+            ) from None
+        if not isinstance(reply, dict):
+            raise SfuUnavailable("Janus sent a reply that is not a JSON object")
+        if reply.get("janus") == "error":
+            error = reply.get("error") or {}
+            raise SfuUnavailable(
+                f"Janus refused {body['janus']}: {error.get('reason')} ({error.get('code')})"
+            )
+        return reply
+
+    async def _videoroom(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One synchronous VideoRoom request on a Janus session of its own."""
+        if self.admin_key is not None:
+            request = {**request, "admin_key": self.admin_key}
+        created = await self._post("", {"janus": "create"})
+        session = f"/{created['data']['id']}"
+        try:
+            attached = await self._post(session, {"janus": "attach", "plugin": VIDEOROOM})
+            reply = await self._post(
+                f"{session}/{attached['data']['id']}", {"janus": "message", "body": request}
+            )
+        finally:
+            try:
+                await self._post(session, {"janus": "destroy"})
+            except SfuUnavailable as exc:
+                log.debug("destroying a Janus session failed: %s", exc)
+        data = (reply.get("plugindata") or {}).get("data") or {}
+        if "error_code" in data or "error" in data:
+            raise SfuUnavailable(f"Janus VideoRoom refused {request['request']}: {data.get('error')}")
+        return dict(data)
+
+    async def create_room(self, session_id: str, publishers: int) -> SfuRoom:
+        pin, secret = secrets.token_urlsafe(16), secrets.token_urlsafe(24)
+        data = await self._videoroom(
+            {
+                "request": "create",
+                "description": f"kiosk session {session_id}"[:100],
+                "is_private": True,  # not listed to anyone who asks Janus for its rooms
+                "permanent": False,
+                "secret": secret,
+                "pin": pin,
+                "publishers": max(1, publishers),
+                "bitrate": ROOM_BITRATE,
+                "fir_freq": FIR_FREQ,
+                "audiocodec": AUDIO_CODEC,
+                "videocodec": VIDEO_CODECS,
+                "audiolevel_ext": True,
+                "audiolevel_event": True,
+                "audio_active_packets": AUDIO_ACTIVE_PACKETS,
+                "audio_level_average": AUDIO_LEVEL_AVERAGE,
+                "notify_joining": True,
+                "record": False,
+                "require_pvtid": False,
+            }
+        )
+        room = int(data["room"])
+        log.info("SFU room %s created for session %s (%d publishers)", room, session_id, publishers)
+        return SfuRoom(session_id, room, pin, secret, max(1, publishers), self.client_url)
+
+    async def destroy_room(self, room: SfuRoom) -> None:
+        """Destroy the room; its participants are told (`destroyed`) and dropped. A room Janus no longer
+        has (it restarted) counts as destroyed."""
+        try:
+            await self._videoroom({"request": "destroy", "room": room.room, "secret": room.secret})
+        except SfuUnavailable as exc:
+            if "No such room" not in str(exc):
+                raise
+        log.info("SFU room %s of session %s destroyed", room.room, room.session_id)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
