@@ -11,7 +11,8 @@ APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libaso
     libgl1 libgl1-mesa-dri libegl1 libmtdev1
     chromium  # a real browser peer for the web client's tests (Playwright drives it; no browser download)
     coturn  # turnserver for the TURN tests, which start their own on a private network namespace
-    redis-server)  # shared live state for several server processes (`kiosk server --redis`); tests start their own
+    redis-server  # shared live state for several server processes (`kiosk server --redis`); tests start their own
+    janus)  # the SFU for group calls larger than the mesh (VideoRoom plugin); tests start their own
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -39,6 +40,17 @@ if ((${#missing[@]})); then
         fi
         if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/redis-server ]; then
             "${sudo_cmd[@]}" /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+        fi
+    fi
+    if [[ " ${missing[*]} " == *" janus "* ]]; then
+        # Likewise Debian's janus service (HTTP API on 8088, all interfaces, demo rooms): the tests start
+        # a private janus from a generated configuration, and a deployment configures its own.
+        if command -v systemctl >/dev/null; then
+            "${sudo_cmd[@]}" systemctl disable janus.service >/dev/null 2>&1 || true
+            if [ -d /run/systemd/system ]; then "${sudo_cmd[@]}" systemctl stop janus.service || true; fi
+        fi
+        if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/janus ]; then
+            "${sudo_cmd[@]}" /etc/init.d/janus stop >/dev/null 2>&1 || true
         fi
     fi
 fi

@@ -15,7 +15,7 @@ from calls_support import wait_until
 from janus_server import VIDEOROOM_ADMIN_KEY, JanusServer, running_janus
 
 from kiosk.calls.ice import restrict_host_addresses
-from kiosk.calls.sfu import SfuError, SfuFeed, SfuPublisher, SfuPublisherInfo, SfuUnavailable
+from kiosk.calls.sfu import AudioLevelMeter, SfuError, SfuFeed, SfuPublisher, SfuPublisherInfo, SfuUnavailable
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.emulated import EmulatedDevices
 from kiosk.server.sfu import JanusRooms, SfuRoom
@@ -54,6 +54,9 @@ class Participant:
         self.video = VideoCapture(self.devices, "emulated-camera-front", self._error)
         self.video.set_enabled(True)
         self.audio = AudioCapture(self.devices, "emulated-mic", self._error)
+        self.meter = AudioLevelMeter()
+        self.audio.taps.append(self.meter)
+        self.talking: list[tuple[str, bool]] = []
         self.errors: list[Exception] = []
         self.feeds: dict[str, SfuFeed] = {}
         self.video_frames: dict[str, int] = {}
@@ -76,6 +79,9 @@ class Participant:
             on_unpublished=self.unpublished.append,
             on_connection_state=self.states.append,
             on_lost=self.lost.append,
+            on_talking=lambda uid, talking: self.talking.append((uid, talking)),
+            audio_level=self.meter,
+            on_keyframe_request=self.video.request_keyframe,
         )
 
     def _error(self, exc: Exception) -> None:
@@ -212,16 +218,30 @@ async def test_three_participants_each_encode_once_and_receive_both_others(
                     await wait_until(
                         lambda p=person, o=other: p.receives(o.uid), 15, f"{other.uid} at {person.uid}"
                     )
+        # One encoder per capture, feeding the one publisher connection however many receive it.
+        before = {}
         for person in people:
-            # One encoder per capture, feeding the one publisher connection however many receive it.
             [video] = person.video.encoders
             [audio] = person.audio.encoders
             assert (video.sinks, audio.sinks) == (1, 1)
-            captured, encoded = person.video.frames_captured, video.frames_encoded
-            await asyncio.sleep(1.0)
-            captured, encoded = person.video.frames_captured - captured, video.frames_encoded - encoded
+            before[person.uid] = (person.video.frames_captured, video.frames_encoded)
+        await asyncio.sleep(1.0)
+        for person in people:
+            [video] = person.video.encoders
+            captured = person.video.frames_captured - before[person.uid][0]
+            encoded = video.frames_encoded - before[person.uid][1]
             assert 0.7 * captured <= encoded <= captured + 1
             assert person.publisher.publishers.keys() == {o.publisher.feed for o in people if o is not person}
+        # Everyone's tone makes the room report them talking (the audio-level extension through Janus);
+        # a muted microphone sends silence, and the room reports that she stopped.
+        for person in people:
+            for other in people:
+                await wait_until(
+                    lambda p=person, o=other: (o.uid, True) in p.talking, 5, f"{other.uid} talking"
+                )
+        people[1].audio.set_muted(True)
+        await wait_until(lambda: ("bob", False) in people[0].talking, 5, "bob stopped talking at alice")
+        assert people[0].publisher.talking == {"alice", "carol"}
         # carol leaves: the others hear that her feed is unpublished, and go on receiving each other.
         alice, bob, carol = people
         carol_feed = carol.publisher.feed

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from kiosk.calls.events import RTCUser
@@ -35,6 +38,7 @@ from kiosk.calls.peer import (
     FrameSink,
     RemoteMedia,
     RemoteParticipant,
+    _forward_keyframe_requests,
     _ice_servers,
     _prefer_video_codec,
     _share_encoder,
@@ -309,6 +313,39 @@ class JanusHandle:
             await self.session._request(self, {"janus": "detach"}, 2.0)
 
 
+class AudioLevelMeter:
+    """The level of the newest captured audio frame, for the RTP audio-level header extension
+    (RFC 6464) that the VideoRoom's talking events read.
+
+    aiortc writes that extension only for audio it encodes itself; the shared Opus encoder hands it
+    packets, whose level aiortc does not know. Add the meter to the audio capture's taps
+    (`session.audio.taps.append(meter)`) and give it to `SfuPublisher(audio_level=meter)`.
+    """
+
+    def __init__(self) -> None:
+        self.dbov: int | None = None  # -127 (silence) .. 0 (full scale)
+
+    def __call__(self, frame: Any) -> None:
+        if not isinstance(frame, av.AudioFrame):
+            return
+        samples = frame.to_ndarray().ravel().astype(np.float64)
+        rms = math.sqrt(float(samples @ samples) / samples.size) / 32767.0 if samples.size else 0.0
+        self.dbov = max(-127, min(0, round(20 * math.log10(rms)))) if rms > 0 else -127
+
+
+def _send_audio_level(sender: RTCRtpSender, meter: AudioLevelMeter) -> None:
+    """Stamp the meter's level on every audio frame the sender sends without a level of its own."""
+    next_frame = sender._next_encoded_frame
+
+    async def with_level(codec: Any) -> Any:
+        frame = await next_frame(codec)
+        if frame is not None and frame.audio_level is None and meter.dbov is not None:
+            frame.audio_level = meter.dbov
+        return frame
+
+    sender._next_encoded_frame = with_level  # type: ignore[method-assign]
+
+
 def _participant(uid: str) -> RemoteParticipant:
     return RemoteParticipant(user=RTCUser(uid=uid, name=uid))
 
@@ -318,7 +355,10 @@ class SfuPublisher:
 
     Callbacks: `on_publisher(info)` for every other publisher present at join or publishing later;
     `on_unpublished(feed)` when one stops publishing or leaves; `on_talking(uid, talking)` from the
-    room's audio-level events; `on_connection_state(state)` for our peer connection;
+    room's audio-level events (which need `audio_level`, see AudioLevelMeter);
+    `on_keyframe_request()` when Janus asks for a keyframe for a new subscriber (pass the video
+    capture's `request_keyframe`, as for a mesh `RemotePeer`);
+    `on_connection_state(state)` for our peer connection;
     `on_lost(error)` when Janus goes away.
     """
 
@@ -338,6 +378,8 @@ class SfuPublisher:
         on_talking: Callable[[str, bool], None] | None = None,
         on_connection_state: Callable[[str], None] | None = None,
         on_lost: Callable[[SfuUnavailable], None] | None = None,
+        audio_level: AudioLevelMeter | None = None,
+        on_keyframe_request: Callable[[], None] | None = None,
         http: aiohttp.ClientSession | None = None,
     ) -> None:
         self.room = room
@@ -363,11 +405,17 @@ class SfuPublisher:
         self._local_tracks = [t for t in (audio_track, video_track) if t is not None]
         audio = self.pc.addTransceiver(audio_track, direction="sendonly")
         _share_encoder(audio, audio_track)
+        if audio_level is not None:
+            _send_audio_level(audio.sender, audio_level)
         if video_track is not None:
             video = self.pc.addTransceiver(video_track, direction="sendonly")
             _share_encoder(video, video_track)
             if video_codec:
                 _prefer_video_codec(video, video_codec)
+            if on_keyframe_request is not None:
+                # Janus relays each new subscriber's picture-loss request (PLI) to us: the shared encoder
+                # (or a camera that encodes by itself) must hear it, not only aiortc's idle encoder.
+                _forward_keyframe_requests(video, on_keyframe_request)
 
         @self.pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -560,6 +608,7 @@ class SfuFeed(RemoteMedia):
 
 
 __all__ = [
+    "AudioLevelMeter",
     "JanusHandle",
     "JanusSession",
     "SfuError",
