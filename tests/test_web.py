@@ -425,6 +425,27 @@ async def _grew(kiosk: Any, audio_before: int, video_before: int) -> bool:
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 
+async def test_join_notice_clears_itself_whoever_joins_first(tmp_path, monkeypatch):
+    """The kiosk joins after the page is in the session: the page says so, then the notice goes
+    (it used to stay over the call for good when the page happened to join first)."""
+    async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, token):
+        page = await browser.new_page()
+        page.set_default_timeout(15_000)
+        await page.goto(f"{server.url}/app/?token={token}")
+        await page.locator("#lobby").wait_for()
+        call = await kiosk.calls.initiate_call("visitor", "video")
+        await page.locator("#accept").click()
+        await page.locator("#call").wait_for()
+        await page.locator("#message").wait_for(state="hidden")  # "Connecting…" done: the page is in
+        await kiosk.join(call.session_id)
+        message = page.locator("#message")
+        await message.wait_for(state="visible")
+        assert await message.text_content() == "Kiosk joined."
+        await message.wait_for(state="hidden", timeout=8_000)
+        await kiosk.calls.end_call(call.session_id)
+        await kiosk.calls.end_session()
+
+
 async def test_screenshot_of_a_call(tmp_path, monkeypatch):
     """The call screen at 800x600, in tmp_path; KIOSK_UPDATE_SCREENSHOTS=1 writes docs/screenshots/ too."""
     async with web_call(tmp_path, "kiosk") as (server, (kiosk,), browser, token):

@@ -76,11 +76,18 @@ function show(...names) {
   for (const name of SECTIONS) $(name).hidden = !names.includes(name);
 }
 
-function say(text, isError = false) {
+let messageTimer = null;
+const NOTICE_MS = 4000;
+
+// `notice`: a passing remark ("Kiosk joined.") that clears itself; errors and states stay until replaced.
+function say(text, isError = false, notice = false) {
   const box = $("message");
+  clearTimeout(messageTimer);
+  messageTimer = null;
   box.textContent = text || "";
   box.hidden = !text;
   box.classList.toggle("error", !!isError);
+  if (notice && text) messageTimer = setTimeout(() => say(""), NOTICE_MS);
 }
 
 function describe(err) {
@@ -275,8 +282,8 @@ async function startCall(call) {
   show("call");
   say("Connecting…");
   const listener = new Calls.OngoingCallListener({
-    onUserJoined: (user) => say(`${user.name} joined.`),
-    onUserLeft: (user) => say(`${user.name} left.`),
+    onUserJoined: (user) => say(`${user.name} joined.`, false, true),
+    onUserLeft: (user) => say(`${user.name} left.`, false, true),
     onCallEnded: () => callOver("The call has ended."),
     onCallEndButtonPressed: () => hangUp(),
     onRecordingToggled: (info) => showRecording(!!info.recording),
