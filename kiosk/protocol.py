@@ -15,7 +15,9 @@ from typing import Any
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SESSIONS_PER_CONNECTION = 4
-DEFAULT_MAX_PARTICIPANTS = 4
+DEFAULT_MAX_PARTICIPANTS = 4  # without an SFU every session is a mesh, and a mesh of four is the most
+DEFAULT_MESH_LIMIT = 4  # with an SFU (Janus), a session of more participants than this goes through it
+DEFAULT_SFU_MAX_PARTICIPANTS = 16
 DEFAULT_RING_TIMEOUT = 45.0
 DEFAULT_TOKEN_TTL = 3600
 DEFAULT_REJOIN_GRACE = 20.0  # seconds a dropped participant may take to come back (join with rejoin)
@@ -56,6 +58,7 @@ class ErrorCode(StrEnum):
     MALFORMED = "MALFORMED"
     UNKNOWN_TYPE = "UNKNOWN_TYPE"
     RATE_LIMITED = "RATE_LIMITED"
+    SFU_UNAVAILABLE = "SFU_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -72,6 +75,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TOKEN_WRONG_SESSION: 403,
     ErrorCode.TOKEN_WRONG_USER: 403,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.SFU_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -137,8 +141,18 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     },
     "leave": {"sessionId": (_STR, True)},
     "end": {"sessionId": (_STR, True)},
-    "offer": {"sessionId": (_STR, True), "to": (_STR, True), "sdp": (_STR, True)},
-    "answer": {"sessionId": (_STR, True), "to": (_STR, True), "sdp": (_STR, True)},
+    "offer": {
+        "sessionId": (_STR, True),
+        "to": (_STR, True),
+        "sdp": (_STR, True),
+        "negotiationId": (_STR, False),
+    },
+    "answer": {
+        "sessionId": (_STR, True),
+        "to": (_STR, True),
+        "sdp": (_STR, True),
+        "negotiationId": (_STR, False),
+    },
     "candidate": {"sessionId": (_STR, True), "to": (_STR, True), "candidate": ((dict, type(None)), True)},
     "media.state": {"sessionId": (_STR, True), "audioMuted": (_BOOL, True), "videoMuted": (_BOOL, True)},
     "switch.video": {"sessionId": (_STR, True)},
@@ -160,13 +174,14 @@ SERVER_MESSAGES = frozenset(
         "media.state",
         "switch.video",
         "recording",
+        "session.media",
         "call.incoming",
         "call.updated",
         "pong",
     }
 )
 
-_ID_FIELDS = {"sessionId", "to", "authToken"}
+_ID_FIELDS = {"sessionId", "to", "authToken", "negotiationId"}
 
 
 def is_valid_id(value: object) -> bool:

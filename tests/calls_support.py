@@ -57,11 +57,11 @@ class Endpoint:
         self.devices: EmulatedDevices = options.pop("devices", None) or EmulatedDevices(
             width=320, height=240, fps=15, tone_hz=tone_for(uid)
         )
+        options.setdefault("ice_host_addresses", ["127.0.0.1"])
         self.calls = Calls(
             server_url,
             auth_token=token,
             devices=self.devices,
-            ice_host_addresses=["127.0.0.1"],
             recording_dir=tmp / "recordings" / uid,
             device_poll_interval=0.2,
             **options,

@@ -332,6 +332,17 @@ async def test_relay_offer_answer_candidate(
         "from": "bob",
         "sdp": "v=0 answer",
     }
+    # A negotiation id travels with the offer and its answer, so a rebuilt connection can tell
+    # the answer to its own offer from one to an older offer.
+    await amy.ok("offer", sessionId="room", to="bob", sdp="v=0 offer 2", negotiationId="n-2")
+    assert (await bob.wait_for("offer"))["negotiationId"] == "n-2"
+    await bob.ok("answer", sessionId="room", to="amy", sdp="v=0 answer 2", negotiationId="n-2")
+    assert (await amy.wait_for("answer"))["negotiationId"] == "n-2"
+    assert (
+        await amy.error("offer", sessionId="room", to="bob", sdp="x", negotiationId="not an id")
+        == "BAD_REQUEST"
+    )
+    assert await amy.error("offer", sessionId="room", to="bob", sdp="x", negotiationId=7) == "BAD_REQUEST"
     candidate = {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0"}
     await cat.ok("candidate", sessionId="room", to="amy", candidate=candidate)
     assert (await amy.wait_for("candidate"))["candidate"] == candidate

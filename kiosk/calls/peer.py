@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import secrets
 import statistics
 import time
 from collections.abc import Callable
@@ -297,6 +298,9 @@ class RemotePeer(RemoteMedia):
             _prefer_video_codec(video, video_codec)
         self.lock = asyncio.Lock()  # negotiation steps for this peer run one at a time
         self.offered_at: float | None = None  # when this side made its offer, if it did
+        # Names this connection's offer; the answer echoes it, so an answer to an older offer (one
+        # delayed behind a dead connection) is never applied to this one.
+        self.negotiation_id = secrets.token_hex(6)
 
     async def create_offer(self) -> str:
         self.offered_at = time.monotonic()

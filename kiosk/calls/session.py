@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -26,9 +27,10 @@ from kiosk.calls.events import (
     RTCRecordingInfo,
     RTCUser,
 )
-from kiosk.calls.peer import RemoteParticipant, RemotePeer, SessionStats
+from kiosk.calls.peer import RemoteMedia, RemoteParticipant, RemotePeer, SessionStats
 from kiosk.calls.recorder import CallRecorder
 from kiosk.calls.settings import CallSettings
+from kiosk.calls.sfu import AudioLevelMeter, SfuError, SfuPublisher, SfuPublisherInfo
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, SpeakerSink
 from kiosk.protocol import DEFAULT_REJOIN_GRACE
@@ -42,12 +44,13 @@ IDLE_WARNING_SECONDS = 60
 # A peer's media has stopped when nothing arrived for this long (audio flows 50 times a second, even
 # muted: digital silence).
 MEDIA_STALL_SECONDS = 1.5
-MEDIA_START_SECONDS = 5.0  # a new peer connection gets this long to bring its first media
+MEDIA_START_SECONDS = 3.0  # a rebuilt peer connection gets this long to bring its first media
 MEDIA_WATCH_INTERVAL = 0.5
 REBUILD_INTERVAL_SECONDS = 2.0  # between two rebuilds of the same peer connection
 OFFER_ANSWER_SECONDS = 1.5  # an offer unanswered this long is taken as lost
 SIGNALING_REFRESH_AFTER = 3.0  # media stalled this long: renew the signaling connection too
 SIGNALING_REFRESH_INTERVAL = 4.0
+SFU_RETRY_SECONDS = 1.0  # between two attempts to (re)publish into a group call's SFU room
 
 
 class CallSession:
@@ -59,7 +62,14 @@ class CallSession:
         self.started_at = time.monotonic()
         self.self_user: RTCUser | None = None
         self.participants: dict[str, RemoteParticipant] = {}
-        self.peers: dict[str, RemotePeer] = {}
+        # One per remote participant: a mesh RemotePeer, or an SfuFeed once the session goes through
+        # the SFU (docs/protocol.md, "Group calls through the SFU"); both are RemoteMedia.
+        self.peers: dict[str, RemoteMedia] = {}
+        self.media_mode = "mesh"
+        self.sfu: SfuPublisher | None = None
+        self._sfu_room: dict[str, Any] | None = None  # the room's `sfu` description from the server
+        self._sfu_level = AudioLevelMeter()  # our audio level, for the room's talking events
+        self.talking: set[str] = set()  # uids the SFU says are talking (its active speakers)
         self.audio_only = settings.audio_only
         self.audio_muted = settings.start_with_audio_muted
         self.video_muted = settings.start_with_video_muted
@@ -69,11 +79,9 @@ class CallSession:
         self.call_token = ""
         self.rejoin_grace = DEFAULT_REJOIN_GRACE  # the server says how long it keeps our place
         self.rejoined_since_loss = True  # False from a signaling loss until the rejoin succeeded
-        self._stalled_since: dict[str, float] = {}  # uid -> when its media stopped arriving
-        self._had_media: set[str] = set()
-        self._offers_seen: dict[
-            str, int
-        ] = {}  # uid -> offers received from it  # participants whose media has flowed (so it can stop)
+        self._had_media: set[str] = set()  # participants whose media has flowed (so it can stop)
+        self._last_media_from: dict[str, float] = {}  # uid -> newest media from it, any connection
+        self._offers_seen: dict[str, int] = {}  # uid -> offers received from it
         self._rebuilt_at: dict[str, float] = {}  # uid -> when we last rebuilt its peer connection
         self._refreshed_at = 0.0
         self.active = False
@@ -133,10 +141,14 @@ class CallSession:
         for participant in self.participants.values():
             if participant.audio_muted or participant.video_muted:
                 self._emit_muted(participant)
-        # We offer to those already in the session (the joined reply); anyone who joined after us
-        # offers to us. So the early messages are replayed only after these offers are on their way.
-        for participant in list(self.participants.values()):
-            self._spawn(self._offer_to(participant))
+        media = reply.get("media") or {}
+        if media.get("mode") == "sfu":
+            self._spawn(self._use_sfu(media["sfu"]))
+        else:
+            # We offer to those already in the session (the joined reply); anyone who joined after us
+            # offers to us. So the early messages are replayed only after these offers are on their way.
+            for participant in list(self.participants.values()):
+                self._spawn(self._offer_to(participant))
         early, self._early = self._early, []
         for message in early:
             self.handle(message)
@@ -181,6 +193,10 @@ class CallSession:
             # kept while their media flows or until they rejoin within the grace.
             self._spawn(self._forget_unconfirmed(set(listed)))
         log.info("rejoined session %s (%d others)", self.session_id, len(listed))
+        media = reply.get("media") or {}
+        if media.get("mode") == "sfu":
+            self._spawn(self._use_sfu(media["sfu"]))
+            return
         for uid in listed:
             self._rebuild_if_broken(uid, now_reachable=True)
 
@@ -221,18 +237,16 @@ class CallSession:
     def _rebuild_if_broken(self, uid: str, now_reachable: bool = False) -> None:
         peer = self.peers.get(uid)
         participant = self.participants.get(uid)
+        if self.media_mode == "sfu":
+            if self.active and peer is not None and not peer.receiving(MEDIA_STALL_SECONDS):
+                self._resubscribe(uid)
+            return
         if not self.active or participant is None or not self._initiates_with(uid):
-            return  # (a follow-up scheduled with call_later may run after the session ended)
+            return
         if peer is not None and peer.receiving(MEDIA_STALL_SECONDS):
             return
-        if peer is not None and peer.awaiting_answer(OFFER_ANSWER_SECONDS):
-            # One offer in flight at a time: an answer to an older offer would be applied to a newer
-            # connection and fail. If this one was lost, look again once it is overdue.
-            if now_reachable:
-                asyncio.get_running_loop().call_later(
-                    OFFER_ANSWER_SECONDS, self._rebuild_if_broken, uid, True
-                )
-            return
+        if isinstance(peer, RemotePeer) and peer.awaiting_answer(OFFER_ANSWER_SECONDS) and not now_reachable:
+            return  # one offer in flight at a time, unless that one went to a connection now gone
         now = time.monotonic()
         if not now_reachable and now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
             return
@@ -240,11 +254,11 @@ class CallSession:
         log.info("media from %s stopped: rebuilding the peer connection", uid)
         self._spawn(self._offer_to(participant))
 
-    def _broken(self, uid: str, peer: RemotePeer) -> bool:
+    def _broken(self, uid: str, peer: RemoteMedia) -> bool:
         """Whether the connection to a participant whose media has flowed no longer carries it."""
         if uid not in self.participants or uid not in self._had_media or peer.receiving(MEDIA_STALL_SECONDS):
             return False
-        if peer.pc.signalingState == "have-local-offer" and peer.offered_at is not None:
+        if isinstance(peer, RemotePeer) and peer.pc.signalingState == "have-local-offer" and peer.offered_at:
             return time.monotonic() - peer.offered_at > OFFER_ANSWER_SECONDS  # our offer went unanswered
         if peer.last_media_at is None:
             return peer.age() > MEDIA_START_SECONDS  # negotiated: give it time to connect
@@ -260,29 +274,132 @@ class CallSession:
             for uid, peer in list(self.peers.items()):
                 if peer.last_media_at is not None:
                     self._had_media.add(uid)
+                    # Kept per participant, across rebuilt connections (a new one starts with none).
+                    self._last_media_from[uid] = max(self._last_media_from.get(uid, 0.0), peer.last_media_at)
             # Only media that flowed and stopped counts: a peer that never sends (no microphone, a
             # receive-only browser) is not broken.
             stalled = [uid for uid, peer in list(self.peers.items()) if self._broken(uid, peer)]
-            for uid in list(self._stalled_since):
-                if uid not in stalled:
-                    del self._stalled_since[uid]
-            for uid in stalled:
-                self._stalled_since.setdefault(uid, now)
-            if not stalled:
-                continue
-            if self.calls.signaling_connected:
+            if stalled and self.calls.signaling_connected:
                 for uid in stalled:
                     self._rebuild_if_broken(uid)
-            # Everyone silent at once points at our own network (one silent peer, at theirs).
-            everyone = all(uid in self._stalled_since for uid in self.peers if uid in self.participants)
-            longest = now - min(self._stalled_since.values())
+            # Everyone silent at once points at our own network (one silent peer, at theirs): the
+            # signaling connection may be dead without knowing it (TCP retransmits for minutes, and
+            # what the server sends waits behind them), so make a new one.
+            flowed = [self._last_media_from[uid] for uid in self.participants if uid in self._last_media_from]
             if (
-                everyone
-                and longest >= SIGNALING_REFRESH_AFTER
+                flowed
+                and now - max(flowed) >= SIGNALING_REFRESH_AFTER
                 and now - self._refreshed_at >= SIGNALING_REFRESH_INTERVAL
             ):
                 self._refreshed_at = now
+                log.info(
+                    "no media from anyone for %.1f s: renewing the signaling connection", now - max(flowed)
+                )
                 self.calls.refresh_signaling()
+
+    # ----------------------------------------------------------------- group calls through the SFU
+
+    async def _use_sfu(self, room: dict[str, Any], again: bool = False) -> None:
+        """The session outgrew the mesh (or is past it already): publish our media once into the
+        room and subscribe to everyone else's there. Mesh connections close; participants, events
+        and in-call methods stay as they were, so the application sees no difference."""
+        if self.sfu is not None and self._sfu_room == room and not again:
+            return  # publishing there already (a rejoin's reply names the same room)
+        self._sfu_room = room
+        if self.media_mode != "sfu":
+            self.media_mode = "sfu"
+            log.info("session %s goes through the SFU (room %s)", self.session_id, room.get("room"))
+            mesh, self.peers = self.peers, {}
+            for peer in mesh.values():
+                self._spawn(peer.close())
+            if self._sfu_level not in self.audio.taps:
+                self.audio.taps.append(self._sfu_level)
+        while self.active and self._sfu_room is room:
+            await self._drop_sfu()
+            assert self.self_user is not None
+            publisher = SfuPublisher(
+                room["url"],
+                room=int(room["room"]),
+                pin=str(room["pin"]),
+                uid=self.self_user.uid,
+                audio_track=self.audio.subscribe(),
+                video_track=self.video.subscribe(),
+                ice_servers=self.ice_servers,
+                video_codec=self.calls.video_codec,
+                on_publisher=lambda info: self._spawn(self._subscribe(info)),
+                on_unpublished=self._unpublished,
+                on_talking=self._talking,
+                audio_level=self._sfu_level,
+                on_keyframe_request=self.video.request_keyframe,
+            )
+            publisher.on_lost = functools.partial(self._sfu_lost, publisher)
+            self.sfu = publisher
+            try:
+                await publisher.start()
+                return
+            except SfuError as exc:
+                if self.sfu is publisher:
+                    self._emit_error("SFU_UNAVAILABLE", f"group call media server: {exc}; retrying")
+            await asyncio.sleep(SFU_RETRY_SECONDS)
+
+    async def _drop_sfu(self) -> None:
+        publisher, self.sfu = self.sfu, None
+        feeds = {uid: peer for uid, peer in self.peers.items() if not isinstance(peer, RemotePeer)}
+        for uid in feeds:
+            self.peers.pop(uid, None)
+        await asyncio.gather(*(feed.close() for feed in feeds.values()), return_exceptions=True)
+        if publisher is not None:
+            with contextlib.suppress(Exception):
+                await publisher.close()
+
+    def _sfu_lost(self, publisher: SfuPublisher, error: Exception) -> None:
+        """Janus went away or dropped us (our network, its restart): publish again until it works."""
+        if self.active and self.sfu is publisher and self._sfu_room is not None:
+            log.info("lost the SFU: %s; publishing again", error)
+            self._spawn(self._use_sfu(self._sfu_room, again=True))
+
+    async def _subscribe(self, info: SfuPublisherInfo) -> None:
+        publisher = self.sfu
+        if publisher is None or not self.active:
+            return
+        participant = self.participants.get(info.uid)
+        feed = await publisher.subscribe(
+            info,
+            session_started_at=self.started_at,
+            on_video_frame=self._on_remote_video,
+            on_audio_frame=self._on_remote_audio,
+            on_connection_state=self._on_peer_state,
+            participant=participant,
+        )
+        if not self.active or self.sfu is not publisher or info.feed not in publisher.publishers:
+            await feed.close()  # ended, republished, or that publisher left meanwhile
+            return
+        old = self.peers.get(info.uid)
+        self.peers[info.uid] = feed
+        if old is not None:
+            await old.close()
+
+    def _resubscribe(self, uid: str) -> None:
+        """A feed whose media stopped: subscribe to that publisher again (at most every few seconds)."""
+        publisher = self.sfu
+        now = time.monotonic()
+        if publisher is None or now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
+            return
+        feed = next((f for f, owner in publisher.publishers.items() if owner == uid), None)
+        if feed is None:
+            return
+        self._rebuilt_at[uid] = now
+        log.info("media from %s through the SFU stopped: subscribing again", uid)
+        self._spawn(self._subscribe(SfuPublisherInfo(feed, uid)))
+
+    def _unpublished(self, feed: int) -> None:
+        for uid, peer in list(self.peers.items()):
+            if getattr(peer, "feed", None) == feed:
+                del self.peers[uid]
+                self._spawn(peer.close())
+
+    def _talking(self, uid: str, talking: bool) -> None:
+        (self.talking.add if talking else self.talking.discard)(uid)
 
     async def close(self, notify_server: bool) -> None:
         """Tear everything down. `notify_server`: send `leave` (False when the server ended it)."""
@@ -314,6 +431,10 @@ class CallSession:
             log.exception("final stats failed")
         await asyncio.gather(*(peer.close() for peer in self.peers.values()), return_exceptions=True)
         self.peers.clear()
+        if self.sfu is not None:
+            publisher, self.sfu = self.sfu, None
+            with contextlib.suppress(Exception):
+                await publisher.close()
         await self.video.close()
         await self.audio.close()
         if self.speaker is not None:
@@ -383,9 +504,16 @@ class CallSession:
         async with peer.lock:
             sdp = await peer.create_offer()
             if self.active and not peer.closed:
-                await self.calls.signaling.request("offer", sessionId=self.session_id, to=peer.uid, sdp=sdp)
+                log.info("offer %s to %s", peer.negotiation_id, peer.uid)
+                await self.calls.signaling.request(
+                    "offer",
+                    sessionId=self.session_id,
+                    to=peer.uid,
+                    sdp=sdp,
+                    negotiationId=peer.negotiation_id,
+                )
 
-    async def _answer(self, uid: str, sdp: str, seen: int = 0) -> None:
+    async def _answer(self, uid: str, sdp: str, seen: int = 0, negotiation: str | None = None) -> None:
         if seen and seen != self._offers_seen.get(uid):
             # Offers queued behind a dead connection arrive together when it comes back: only the
             # newest is the offerer's current connection; answering the others would confuse it.
@@ -407,13 +535,25 @@ class CallSession:
             if seen and seen != self._offers_seen.get(uid):
                 return  # a newer offer came meanwhile: it gets the answer
             if self.active and not peer.closed:
-                await self.calls.signaling.request("answer", sessionId=self.session_id, to=uid, sdp=answer)
+                log.info("answer %s to %s", negotiation or "", uid)
+                fields = {"negotiationId": negotiation} if negotiation else {}
+                await self.calls.signaling.request(
+                    "answer", sessionId=self.session_id, to=uid, sdp=answer, **fields
+                )
 
-    async def _accept_answer(self, uid: str, sdp: str) -> None:
+    async def _accept_answer(self, uid: str, sdp: str, negotiation: str | None = None) -> None:
         peer = self.peers.get(uid)
         if peer is None:
             return
         async with peer.lock:
+            if peer.pc.signalingState != "have-local-offer" or (
+                negotiation is not None and negotiation != peer.negotiation_id
+            ):
+                # The answer to an offer of a connection since replaced: applying it to this one
+                # would leave this one unable to connect.
+                log.info("answer %s from %s is for an older offer: ignored", negotiation, uid)
+                return
+            log.info("answer %s from %s", negotiation or "", uid)
             await peer.accept_answer(sdp)
 
     def _on_remote_video(self, uid: str, frame: av.VideoFrame) -> None:
@@ -434,6 +574,7 @@ class CallSession:
             self.recorder.write(uid, frame)
 
     def _on_peer_state(self, peer: RemotePeer, state: str) -> None:
+        log.info("connection to %s: %s", peer.uid, state)
         if state == "failed" and self.active:
             self._emit_error("PEER_CONNECTION_FAILED", f"media connection to {peer.uid} failed")
 
@@ -474,12 +615,20 @@ class CallSession:
                 self._rebuild_if_broken(participant.user.uid, now_reachable=bool(message.get("rejoined")))
         elif kind == "participant.left":
             self._participant_left(message["participant"]["uid"])
+        elif kind == "session.media":
+            media = message.get("media") or {}
+            if media.get("mode") == "sfu":
+                self._spawn(self._use_sfu(media["sfu"]))
+        elif kind in ("offer", "answer") and self.media_mode == "sfu":
+            pass  # a mesh negotiation overtaken by the switch to the SFU
         elif kind == "offer":
             uid = message["from"]
             self._offers_seen[uid] = self._offers_seen.get(uid, 0) + 1
-            self._spawn(self._answer(uid, message["sdp"], self._offers_seen[uid]))
+            self._spawn(
+                self._answer(uid, message["sdp"], self._offers_seen[uid], message.get("negotiationId"))
+            )
         elif kind == "answer":
-            self._spawn(self._accept_answer(message["from"], message["sdp"]))
+            self._spawn(self._accept_answer(message["from"], message["sdp"], message.get("negotiationId")))
         elif kind == "candidate":
             pass  # aiortc puts every candidate in the SDP; trickled ones are not needed
         elif kind == "media.state":
@@ -503,7 +652,7 @@ class CallSession:
     def _participant_left(self, uid: str) -> None:
         participant = self.participants.pop(uid, None)
         peer = self.peers.pop(uid, None)
-        self._stalled_since.pop(uid, None)
+        self._last_media_from.pop(uid, None)
         self._had_media.discard(uid)
         if self.recorder is not None and self.recorder.main_uid == uid:
             self.recorder.main_uid = next(iter(self.participants), None)

@@ -22,6 +22,7 @@ from kiosk.server.context import CONTEXT, ServerContext
 from kiosk.server.errors import error_middleware
 from kiosk.server.ringing import Calls
 from kiosk.server.sessions import Sessions
+from kiosk.server.sfu import JanusRooms
 from kiosk.server.state import LiveState, MemoryState
 from kiosk.server.storage import SqliteStorage, Storage
 from kiosk.server.tokens import CallTokens, load_admin_key, load_signing_key
@@ -107,7 +108,12 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         state = MemoryState()
         hub = Hub(state)
     tokens = CallTokens(signing_key, config.token_ttl)
-    sessions = Sessions(config, state, storage, tokens, hub)
+    rooms = (
+        JanusRooms(config.janus_url, config.janus_admin_key, client_url=config.janus_public_url)
+        if config.janus_url
+        else None
+    )
+    sessions = Sessions(config, state, storage, tokens, hub, rooms)
     calls = Calls(config, storage, state, hub, sessions)
     app[CONTEXT] = ServerContext(
         config=config,
@@ -140,6 +146,8 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         yield
     finally:
         await calls.close()
+        if rooms is not None:
+            await rooms.close()
         if redis_state is not None:
             await redis_state.close()
         await storage.close()

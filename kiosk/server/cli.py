@@ -15,14 +15,17 @@ from typing import Any
 
 from kiosk.protocol import (
     DEFAULT_MAX_PARTICIPANTS,
+    DEFAULT_MESH_LIMIT,
     DEFAULT_REJOIN_GRACE,
     DEFAULT_RING_TIMEOUT,
+    DEFAULT_SFU_MAX_PARTICIPANTS,
     DEFAULT_TOKEN_TTL,
 )
 from kiosk.server.config import DEFAULT_TURN_TTL
 
 DATA_DIR_ENV = "KIOSK_DATA_DIR"
 TURN_SECRET_ENV = "KIOSK_TURN_SECRET"
+JANUS_ADMIN_KEY_ENV = "KIOSK_JANUS_ADMIN_KEY"  # the VideoRoom plugin's admin_key, if it has one
 
 
 def default_data_dir() -> Path:
@@ -57,7 +60,11 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--ring-timeout", type=float, default=DEFAULT_RING_TIMEOUT, help="seconds before a call is unanswered"
     )
     parser.add_argument(
-        "--max-participants", type=int, default=DEFAULT_MAX_PARTICIPANTS, help="participants per session"
+        "--max-participants",
+        type=int,
+        default=None,
+        help=f"participants per session (default {DEFAULT_MAX_PARTICIPANTS}, "
+        f"or {DEFAULT_SFU_MAX_PARTICIPANTS} with --janus-url)",
     )
     parser.add_argument(
         "--rejoin-grace",
@@ -106,6 +113,25 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="share live state with other server processes through this Redis, e.g. redis://127.0.0.1:6379/0 "
         "(all processes also share --data-dir; see docs/scale-out.md)",
     )
+    parser.add_argument(
+        "--janus-url",
+        default=None,
+        metavar="URL",
+        help="Janus HTTP API for group calls, e.g. http://127.0.0.1:8088/janus: a session of more than "
+        "--mesh-limit participants goes through a VideoRoom there (docs/sfu.md)",
+    )
+    parser.add_argument(
+        "--janus-public-url",
+        default=None,
+        metavar="URL",
+        help="Janus's HTTP API as endpoints reach it (default: --janus-url)",
+    )
+    parser.add_argument(
+        "--mesh-limit",
+        type=int,
+        default=DEFAULT_MESH_LIMIT,
+        help=f"largest session whose media is peer to peer; larger ones use Janus (default {DEFAULT_MESH_LIMIT})",
+    )
     parser.set_defaults(func=_run_server)
     return parser
 
@@ -132,6 +158,10 @@ def _run_server(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             redis_url=args.redis,
+            janus_url=args.janus_url,
+            janus_public_url=args.janus_public_url,
+            janus_admin_key=os.environ.get(JANUS_ADMIN_KEY_ENV) or None,
+            mesh_limit=args.mesh_limit,
         )
         server_ssl_context(config)  # a bad certificate or key: one line and exit 2, before starting
     except (ValueError, TLSConfigError) as exc:

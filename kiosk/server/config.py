@@ -8,8 +8,10 @@ from typing import Any
 
 from kiosk.protocol import (
     DEFAULT_MAX_PARTICIPANTS,
+    DEFAULT_MESH_LIMIT,
     DEFAULT_REJOIN_GRACE,
     DEFAULT_RING_TIMEOUT,
+    DEFAULT_SFU_MAX_PARTICIPANTS,
     DEFAULT_TOKEN_TTL,
 )
 
@@ -29,7 +31,8 @@ class ServerConfig:
     admin_key: str | None = None
     token_ttl: int = DEFAULT_TOKEN_TTL
     ring_timeout: float = DEFAULT_RING_TIMEOUT
-    max_participants: int = DEFAULT_MAX_PARTICIPANTS
+    # None: DEFAULT_MAX_PARTICIPANTS (a mesh), or DEFAULT_SFU_MAX_PARTICIPANTS with an SFU.
+    max_participants: int = None  # type: ignore[assignment]  # always an int after __post_init__
     # Handed to clients as RTCPeerConnection iceServers, e.g. [{"urls": ["stun:stun.example.org"]}].
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     # How long a participant whose connection dropped stays in its sessions, so that it can come back
@@ -46,6 +49,13 @@ class ServerConfig:
     # Several server processes: live state, presence and message delivery shared through this Redis,
     # e.g. "redis://127.0.0.1:6379/0" (docs/scale-out.md). None: all in this process.
     redis_url: str | None = None
+    # Group calls through Janus (docs/sfu.md): the server creates a VideoRoom through `janus_url` (its
+    # HTTP API, e.g. "http://127.0.0.1:8088/janus") for a session of more than `mesh_limit`
+    # participants; endpoints reach Janus at `janus_public_url` (default: the same URL).
+    janus_url: str | None = None
+    janus_public_url: str | None = None
+    janus_admin_key: str | None = field(default=None, repr=False)  # the VideoRoom plugin's admin_key
+    mesh_limit: int = DEFAULT_MESH_LIMIT
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -53,6 +63,10 @@ class ServerConfig:
             raise ValueError("token_ttl must be at least 1 second")
         if self.ring_timeout <= 0:
             raise ValueError("ring_timeout must be positive")
+        if self.max_participants is None:
+            self.max_participants = (
+                DEFAULT_SFU_MAX_PARTICIPANTS if self.janus_url else DEFAULT_MAX_PARTICIPANTS
+            )
         if self.max_participants < 2:
             raise ValueError("max_participants must be at least 2")
         if self.rejoin_grace < 0:
@@ -72,5 +86,14 @@ class ServerConfig:
             raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"Redis URL {self.redis_url!r} must start with redis://, rediss:// or unix://")
+        if self.mesh_limit < 2:
+            raise ValueError("mesh_limit must be at least 2")
+        for url in (self.janus_url, self.janus_public_url):
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"Janus URL {url!r} must start with http:// or https://")
+        if self.janus_public_url is not None and self.janus_url is None:
+            raise ValueError("a public Janus URL is set but no Janus URL (--janus-url)")
+        if self.janus_url is not None and self.janus_public_url is None:
+            self.janus_public_url = self.janus_url
         if self.tls_cert is not None and self.tls_key is not None:
             self.tls_cert, self.tls_key = Path(self.tls_cert), Path(self.tls_key)

@@ -129,6 +129,7 @@ def _session_to_json(session: Session) -> str:
         {
             "type": str(session.type),
             "audioOnly": session.audio_only,
+            "sfu": session.sfu,
             "participants": [
                 {
                     "conn": p.conn_id,
@@ -146,7 +147,9 @@ def _session_to_json(session: Session) -> str:
 
 def _session_from_json(session_id: str, text: str) -> Session:
     data = json.loads(text)
-    session = Session(id=session_id, type=SessionType(data["type"]), audio_only=data["audioOnly"])
+    session = Session(
+        id=session_id, type=SessionType(data["type"]), audio_only=data["audioOnly"], sfu=data.get("sfu")
+    )
     for p in data["participants"]:
         user = p["user"]
         session.participants[p["conn"]] = Participant(
@@ -577,6 +580,20 @@ class RedisState(LiveState):
                 self._store(pipe, session)
 
         await self._transact([self._k("session", session_id)], body)
+
+    async def set_sfu(self, session_id: str, room: dict[str, Any]) -> dict[str, Any] | None:
+        async def body(pipe: Pipeline) -> dict[str, Any] | None:
+            session = await self._load(pipe, session_id)
+            pipe.multi()
+            if session is None:
+                return None
+            if session.sfu is None:
+                session.sfu = dict(room)
+                self._store(pipe, session)
+            return dict(session.sfu)
+
+        result: dict[str, Any] | None = await self._transact([self._k("session", session_id)], body)
+        return result
 
     async def sessions_of_connection(self, conn_id: str) -> list[str]:
         return list(await self._redis.lrange(self._k("joined", conn_id), 0, -1))

@@ -19,6 +19,7 @@ from kiosk.server.clock import now_ms
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
 from kiosk.server.models import User
+from kiosk.server.sfu import JanusRooms, SfuRoom, SfuUnavailable
 from kiosk.server.state import LiveState, Participant, Session
 from kiosk.server.storage import Storage
 from kiosk.server.tokens import CallTokens
@@ -34,11 +35,27 @@ def _others(session: Session, conn_id: str) -> list[str]:
     return [cid for cid in session.participants if cid != conn_id]
 
 
+def media_of(session: Session) -> dict[str, Any]:
+    """The session's `media` as participants see it (docs/protocol.md, "Group calls through the SFU")."""
+    if session.sfu is None:
+        return {"mode": "mesh"}
+    return {"mode": "sfu", "sfu": SfuRoom.from_state(session.sfu).for_client()}
+
+
 class Sessions:
     def __init__(
-        self, config: ServerConfig, state: LiveState, storage: Storage, tokens: CallTokens, hub: Hub
+        self,
+        config: ServerConfig,
+        state: LiveState,
+        storage: Storage,
+        tokens: CallTokens,
+        hub: Hub,
+        rooms: JanusRooms | None = None,
     ) -> None:
         self._config = config
+        self._rooms = rooms
+        # Session ids whose SFU room this process is creating: one creation at a time per session.
+        self._allocating: dict[str, asyncio.Lock] = {}
         self._state = state
         self._storage = storage
         self._tokens = tokens
@@ -57,6 +74,7 @@ class Sessions:
             if rejoined is not None:
                 return rejoined
         call = await self._storage.get_call(session_id)
+        switched = await self._grow_past_mesh(session_id)
         participant = Participant(
             conn_id=conn_id,
             user=user,
@@ -75,6 +93,12 @@ class Sessions:
         )
         me = session.participants[conn_id]
         others = [p for cid, p in session.participants.items() if cid != conn_id]
+        if switched:
+            # Those in the mesh move their media to the room; the newcomer learns it from its reply.
+            self._hub.send_many(
+                (p.conn_id for p in others),
+                {"type": "session.media", "sessionId": session_id, "media": media_of(session)},
+            )
         # Before the reply: the others must know the newcomer before its offers reach them.
         self._hub.send_many(
             (p.conn_id for p in others),
@@ -90,7 +114,57 @@ class Sessions:
             "iceServers": ice_servers_for(self._config, user.uid),
             "rejoined": False,
             "rejoinGraceMs": int(self._config.rejoin_grace * 1000),
+            "media": media_of(session),
         }
+
+    async def _grow_past_mesh(self, session_id: str) -> bool:
+        """Before a join that takes a mesh session past the mesh limit, give the session an SFU room.
+        True if this join switched the session to it. Raises SFU_UNAVAILABLE if Janus cannot make a
+        room: the newcomer is refused and the call goes on as it was."""
+        if self._rooms is None:
+            return False
+        session = await self._state.get_session(session_id)
+        if session is None or session.sfu is not None or len(session.participants) < self._config.mesh_limit:
+            return False
+        lock = self._allocating.setdefault(session_id, asyncio.Lock())
+        try:
+            async with lock:
+                session = await self._state.get_session(session_id)
+                if session is None or session.sfu is not None:
+                    return False
+                try:
+                    room = await self._rooms.create_room(session_id, self._config.max_participants)
+                except SfuUnavailable as exc:
+                    log.warning("session %s outgrew the mesh but has no SFU room: %s", session_id, exc)
+                    raise ProtocolError(
+                        ErrorCode.SFU_UNAVAILABLE,
+                        f"the group-call media server is unavailable; session {session_id} stays at "
+                        f"{len(session.participants)}",
+                    ) from None
+                kept = await self._state.set_sfu(session_id, room.to_state())
+                if kept is None or kept["room"] != room.room:
+                    # The session ended meanwhile, or another server process gave it a room first.
+                    await self._destroy_room(room)
+                    return False
+                log.info("session %s outgrew the mesh: media through SFU room %s", session_id, room.room)
+                return True
+        finally:
+            if not lock.locked():
+                self._allocating.pop(session_id, None)
+
+    async def _room_of(self, session_id: str) -> SfuRoom | None:
+        if self._rooms is None:
+            return None
+        session = await self._state.get_session(session_id)
+        return SfuRoom.from_state(session.sfu) if session is not None and session.sfu else None
+
+    async def _destroy_room(self, room: SfuRoom) -> None:
+        if self._rooms is None:
+            return
+        try:
+            await self._rooms.destroy_room(room)
+        except SfuUnavailable as exc:
+            log.warning("SFU room %s of session %s not destroyed: %s", room.room, room.session_id, exc)
 
     async def _rejoin(
         self, conn_id: str, user: User, session_id: str, msg: dict[str, Any]
@@ -127,10 +201,12 @@ class Sessions:
             "iceServers": ice_servers_for(self._config, user.uid),
             "rejoined": True,
             "rejoinGraceMs": int(self._config.rejoin_grace * 1000),
+            "media": media_of(session),
         }
 
     async def leave(self, conn_id: str, session_id: str, reason: str = "left") -> None:
         """Remove one connection; a 1:1 session is then over for the other side (reason hangup)."""
+        room = await self._room_of(session_id)
         outcome = await self._state.leave(session_id, conn_id)
         leaver = outcome.participant
         others = [p.conn_id for p in outcome.others]
@@ -151,6 +227,8 @@ class Sessions:
         self._hub.send_many(others, message)
         log.info("%s left session %s (%s)", leaver.uid, session_id, reason)
         if outcome.session_empty:
+            if room is not None:
+                await self._destroy_room(room)
             await self._session_over(session_id, leaver.user)
 
     async def disconnected(self, conn_id: str) -> None:
@@ -193,6 +271,7 @@ class Sessions:
 
     async def end(self, session_id: str, by: User | None) -> int:
         """End the session for everyone in it (reason ended); returns how many were in it."""
+        room = await self._room_of(session_id)
         participants = await self._state.end_session(session_id)
         self._hub.send_many(
             (p.conn_id for p in participants),
@@ -205,6 +284,8 @@ class Sessions:
         )
         if participants:
             log.info("session %s ended by %s", session_id, by.uid if by else "the server")
+        if room is not None:
+            await self._destroy_room(room)
         await self._session_over(session_id, by)
         return len(participants)
 
@@ -230,10 +311,10 @@ class Sessions:
         if peer is None:
             raise ProtocolError(ErrorCode.PEER_NOT_FOUND, f"{msg['to']} is not in session {session_id}")
         payload = "candidate" if msg["type"] == "candidate" else "sdp"
-        self._hub.send(
-            peer.conn_id,
-            {"type": msg["type"], "sessionId": session_id, "from": user.uid, payload: msg[payload]},
-        )
+        relayed = {"type": msg["type"], "sessionId": session_id, "from": user.uid, payload: msg[payload]}
+        if "negotiationId" in msg:
+            relayed["negotiationId"] = msg["negotiationId"]
+        self._hub.send(peer.conn_id, relayed)
 
     async def media_state(self, conn_id: str, user: User, msg: dict[str, Any]) -> None:
         session_id: str = msg["sessionId"]

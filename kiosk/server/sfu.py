@@ -46,6 +46,30 @@ class SfuRoom:
     api_url: str
     video_codecs: str = VIDEO_CODECS
 
+    def to_state(self) -> dict[str, Any]:
+        """As kept in the live state (server side only: it holds the secret)."""
+        return {
+            "sessionId": self.session_id,
+            "room": self.room,
+            "pin": self.pin,
+            "secret": self.secret,
+            "publishers": self.publishers,
+            "url": self.api_url,
+            "videoCodecs": self.video_codecs,
+        }
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any]) -> SfuRoom:
+        return cls(
+            session_id=data["sessionId"],
+            room=int(data["room"]),
+            pin=data["pin"],
+            secret=data["secret"],
+            publishers=int(data["publishers"]),
+            api_url=data["url"],
+            video_codecs=data.get("videoCodecs", VIDEO_CODECS),
+        )
+
     def for_client(self) -> dict[str, Any]:
         """What a participant's SDK is told (never the secret)."""
         return {"url": self.api_url, "room": self.room, "pin": self.pin, "videoCodecs": self.video_codecs}
@@ -130,6 +154,11 @@ class JanusRooms:
         room = int(data["room"])
         log.info("SFU room %s created for session %s (%d publishers)", room, session_id, publishers)
         return SfuRoom(session_id, room, pin, secret, max(1, publishers), self.client_url)
+
+    async def exists(self, room: int) -> bool:
+        """Whether Janus has this room (an ended session's room must not)."""
+        data = await self._videoroom({"request": "exists", "room": room})
+        return bool(data.get("exists"))
 
     async def destroy_room(self, room: SfuRoom) -> None:
         """Destroy the room; its participants are told (`destroyed`) and dropped. A room Janus no longer

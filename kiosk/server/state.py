@@ -46,6 +46,9 @@ class Session:
     audio_only: bool
     # Keyed by connection id, in join order: membership is per connection, not per user.
     participants: dict[str, Participant] = field(default_factory=dict)
+    # The SFU room the session's media goes through once it outgrew the mesh (kiosk.server.sfu
+    # SfuRoom.to_state()), or None while it is a mesh. It stays for the rest of the session.
+    sfu: dict[str, Any] | None = None
 
     def by_uid(self, uid: str) -> Participant | None:
         return next((p for p in self.participants.values() if p.uid == uid), None)
@@ -126,6 +129,11 @@ class LiveState(ABC):
 
     @abstractmethod
     async def set_audio_only(self, session_id: str, audio_only: bool) -> None: ...
+
+    @abstractmethod
+    async def set_sfu(self, session_id: str, room: dict[str, Any]) -> dict[str, Any] | None:
+        """Give the session this SFU room unless it has one already; returns the session's room
+        (the one given, or the one another join gave first), or None if there is no such session."""
 
     @abstractmethod
     async def sessions_of_connection(self, conn_id: str) -> list[str]: ...
@@ -277,6 +285,14 @@ class MemoryState(LiveState):
         session = self._sessions.get(session_id)
         if session is not None:
             session.audio_only = audio_only
+
+    async def set_sfu(self, session_id: str, room: dict[str, Any]) -> dict[str, Any] | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        if session.sfu is None:
+            session.sfu = dict(room)
+        return dict(session.sfu)
 
     async def sessions_of_connection(self, conn_id: str) -> list[str]:
         return list(self._joined.get(conn_id, ()))

@@ -506,11 +506,20 @@ class Session {
     preferVideoCodec(video, this.settings.videoCodec);
     await pc.setLocalDescription(await pc.createOffer());
     await waitForGathering(pc);
-    if (this.active && this.peers.get(uid)?.pc === pc)
-      await state.signaling.request("offer", { sessionId: this.sessionId, to: uid, sdp: pc.localDescription.sdp });
+    const peer = this.peers.get(uid);
+    if (this.active && peer?.pc === pc) {
+      // The answer echoes it: an answer to an older offer is never applied to this connection.
+      peer.negotiationId = Math.random().toString(36).slice(2, 14);
+      await state.signaling.request("offer", {
+        sessionId: this.sessionId,
+        to: uid,
+        sdp: pc.localDescription.sdp,
+        negotiationId: peer.negotiationId,
+      });
+    }
   }
 
-  async answer(uid, sdp) {
+  async answer(uid, sdp, negotiationId) {
     if (!this.participants.has(uid)) this.participants.set(uid, { uid, name: uid });
     const { pc } = this.newPeer(uid);
     await pc.setRemoteDescription({ type: "offer", sdp });
@@ -526,13 +535,18 @@ class Session {
     }
     await pc.setLocalDescription(await pc.createAnswer());
     await waitForGathering(pc);
-    if (this.active && this.peers.get(uid)?.pc === pc)
-      await state.signaling.request("answer", { sessionId: this.sessionId, to: uid, sdp: pc.localDescription.sdp });
+    if (this.active && this.peers.get(uid)?.pc === pc) {
+      const answer = { sessionId: this.sessionId, to: uid, sdp: pc.localDescription.sdp };
+      if (negotiationId) answer.negotiationId = negotiationId;
+      await state.signaling.request("answer", answer);
+    }
   }
 
-  async acceptAnswer(uid, sdp) {
+  async acceptAnswer(uid, sdp, negotiationId) {
     const peer = this.peers.get(uid);
-    if (peer) await peer.pc.setRemoteDescription({ type: "answer", sdp });
+    if (!peer || peer.pc.signalingState !== "have-local-offer") return;
+    if (negotiationId && peer.negotiationId && negotiationId !== peer.negotiationId) return; // an older offer's
+    await peer.pc.setRemoteDescription({ type: "answer", sdp });
   }
 
   emitMuted(p) {
@@ -574,10 +588,10 @@ class Session {
         this.teardown(message.reason || "ended");
         return;
       case "offer":
-        this.guard(this.answer(message.from, message.sdp));
+        this.guard(this.answer(message.from, message.sdp, message.negotiationId));
         break;
       case "answer":
-        this.guard(this.acceptAnswer(message.from, message.sdp));
+        this.guard(this.acceptAnswer(message.from, message.sdp, message.negotiationId));
         break;
       case "candidate":
         if (message.candidate && this.peers.has(message.from))

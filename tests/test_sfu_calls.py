@@ -1,0 +1,143 @@
+"""Group calls through the SFU, end to end: the call server, Debian's Janus (VideoRoom) and Calls SDK
+endpoints. A session that grows past the mesh limit moves its media into a Janus room by itself; the
+application sees the same events, lists and in-call methods as in a mesh."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from calls_support import endpoints, new_session_id, running_server, wait_until
+from janus_server import VIDEOROOM_ADMIN_KEY, JanusServer, running_janus
+
+from kiosk.calls import CallsError
+from kiosk.calls.peer import RemotePeer
+from kiosk.calls.sfu import SfuFeed
+
+pytestmark = pytest.mark.timeout(120)
+
+UIDS = ("ann", "ben", "cat", "dan", "eve", "fay")
+
+
+@pytest.fixture
+def janus(tmp_path: Path) -> Iterator[JanusServer]:
+    with running_janus(tmp_path) as server:
+        yield server
+
+
+async def received_from_all(ep, others: list[str], frames: int = 5) -> bool:
+    stats = await ep.calls.get_session_stats()
+    return all(
+        (p := stats.participants.get(uid)) is not None
+        and p.video_frames_decoded >= frames
+        and p.audio_frames_decoded >= frames
+        for uid in others
+    )
+
+
+async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
+    async with (
+        running_server(
+            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
+        ) as server,
+        # ICE on the address Janus gathers on (it cannot use loopback; see tests/janus_server.py).
+        endpoints(server.url, tmp_path, *UIDS, ice_host_addresses=[janus.ice_address]) as eps,
+    ):
+        session = new_session_id()
+        mesh, late = eps[:4], eps[4:]
+        for ep in mesh:
+            await ep.join(session)
+        for ep in mesh:
+            others = [o.uid for o in mesh if o is not ep]
+            await wait_until(lambda e=ep, o=others: received_from_all(e, o), 30, f"mesh media at {ep.uid}")
+            assert ep.calls.session.media_mode == "mesh"
+            assert all(isinstance(p, RemotePeer) for p in ep.calls.session.peers.values())
+
+        # The fifth takes the session past the mesh limit (4): everyone moves to the room.
+        for ep in late:
+            await ep.join(session)
+        for ep in eps:
+            others = [o.uid for o in eps if o is not ep]
+            await wait_until(lambda e=ep, o=others: received_from_all(e, o), 45, f"SFU media at {ep.uid}")
+            s = ep.calls.session
+            assert s.media_mode == "sfu" and s.sfu is not None
+            assert sorted(s.peers) == sorted(others)
+            assert all(isinstance(p, SfuFeed) for p in s.peers.values())
+            # Same participant list as in a mesh, each once; nobody was seen to leave.
+            assert sorted(u.uid for u in s.user_list()) == sorted(UIDS)
+            assert not ep.events.of("on_user_left")
+            joined = [u.uid for (u,) in ep.events.of("on_user_joined")]
+            assert len(joined) == len(set(joined)), joined
+
+        # Each endpoint encodes its camera once, for the room, not once per receiver.
+        ann = eps[0].calls.session
+        [video] = [e for e in ann.video.encoders if e.sinks]
+        captured, encoded = ann.video.frames_captured, video.frames_encoded
+        await asyncio.sleep(1.0)
+        captured, encoded = ann.video.frames_captured - captured, video.frames_encoded - encoded
+        assert video.sinks == 1
+        assert 0.7 * captured <= encoded <= captured + 2, (captured, encoded)
+
+        # In-call methods work as in a mesh: a mute reaches the others as on_user_muted, and the
+        # muted endpoint's audio through the room turns to silence.
+        eps[1].calls.mute_audio(True)
+        for ep in eps[2:]:
+            await wait_until(
+                lambda e=ep: any(m.uid == "ben" and m.audio_muted for (m,) in e.events.of("on_user_muted")),
+                10,
+                f"ben muted at {ep.uid}",
+            )
+        await wait_until(
+            lambda: eps[0].calls.session.peers["ben"].audio_level < 0.003, 10, "ben's silence at ann"
+        )
+
+        # One leaves: the others see on_user_left, its feed goes, the call goes on for five.
+        await eps[5].calls.end_session()
+        for ep in eps[:5]:
+            await ep.events.wait_for("on_user_left", timeout=10)
+            await wait_until(
+                lambda e=ep: "fay" not in e.calls.session.peers, 10, f"fay's feed gone at {ep.uid}"
+            )
+        before = await eps[0].stats_from("eve")
+        await asyncio.sleep(0.5)
+        after = await eps[0].stats_from("eve")
+        assert after.video_frames_decoded > before.video_frames_decoded
+
+        # Ending the session destroys its room: its pin opens nothing any more.
+        room = ann._sfu_room
+        assert room is not None
+        for ep in eps[:5]:
+            await ep.calls.end_session()
+        await wait_until(lambda: janus_room_gone(janus, room["room"]), 10, "the room destroyed")
+
+
+async def janus_room_gone(janus: JanusServer, room: int) -> bool:
+    from kiosk.server.sfu import JanusRooms
+
+    rooms = JanusRooms(janus.url, VIDEOROOM_ADMIN_KEY)
+    try:
+        return not await rooms.exists(room)
+    finally:
+        await rooms.close()
+
+
+async def test_without_janus_the_fifth_is_refused_and_the_four_go_on(tmp_path):
+    # A Janus URL where nothing listens: the mesh works; the join that needs a room gets a clear error.
+    async with (
+        running_server(tmp_path / "server", janus_url="http://127.0.0.1:9/janus") as server,
+        endpoints(server.url, tmp_path, *UIDS[:5]) as eps,
+    ):
+        session = new_session_id()
+        for ep in eps[:4]:
+            await ep.join(session)
+        with pytest.raises(CallsError) as refused:
+            await eps[4].join(session)
+        assert refused.value.code == "SFU_UNAVAILABLE"
+        assert "unavailable" in refused.value.message
+        for ep in eps[:4]:
+            assert ep.calls.session is not None and ep.calls.session.media_mode == "mesh"
+            assert sorted(u.uid for u in ep.calls.session.user_list()) == sorted(UIDS[:4])
+        others = [o.uid for o in eps[1:4]]
+        await wait_until(lambda: received_from_all(eps[0], others), 30, "the mesh going on")
