@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import av
 
 from kiosk.calls.constants import AudioMode, Mode, parse_enum
-from kiosk.calls.errors import CallsError, NotSupportedError
+from kiosk.calls.errors import CallsError, ConnectionFailedError, NotSupportedError
 from kiosk.calls.events import (
     AudioModeInfo,
     CallError,
@@ -50,6 +50,11 @@ REBUILD_INTERVAL_SECONDS = 2.0  # between two rebuilds of the same peer connecti
 OFFER_ANSWER_SECONDS = 1.5  # an offer unanswered this long is taken as lost
 SIGNALING_REFRESH_AFTER = 3.0  # media stalled this long: renew the signaling connection too
 SIGNALING_REFRESH_INTERVAL = 4.0
+# In a call the signaling connection is probed with `ping`: a TCP connection whose network died
+# looks open for minutes, and what the server sends us (an offer to rebuild a connection) waits
+# behind TCP's backed-off retransmits. No pong in time: make a new connection.
+SIGNALING_PROBE_INTERVAL = 2.0
+SIGNALING_PROBE_TIMEOUT = 2.0
 SFU_RETRY_SECONDS = 1.0  # between two attempts to (re)publish into a group call's SFU room
 
 
@@ -154,6 +159,7 @@ class CallSession:
             self.handle(message)
         self._update_idle_timer()
         self._spawn(self._watch_media())
+        self._spawn(self._probe_signaling())
         if self.settings.auto_record_on_call_start:
             self.start_recording()
 
@@ -263,6 +269,22 @@ class CallSession:
         if peer.last_media_at is None:
             return peer.age() > MEDIA_START_SECONDS  # negotiated: give it time to connect
         return peer.age() > MEDIA_STALL_SECONDS  # media came, then stopped
+
+    async def _probe_signaling(self) -> None:
+        while self.active:
+            await asyncio.sleep(SIGNALING_PROBE_INTERVAL)
+            if not self.calls.signaling_connected:
+                continue  # reconnecting already
+            signaling = self.calls.signaling
+            probed = signaling.generation
+            try:
+                await signaling.request("ping", timeout=SIGNALING_PROBE_TIMEOUT)
+            except ConnectionFailedError as exc:
+                if self.active and self.calls.signaling_connected and signaling.generation == probed:
+                    log.info("signaling probe: %s; renewing the connection", exc)
+                    self.calls.refresh_signaling()
+            except CallsError:
+                pass  # an answer, even a refusal, means the connection is alive
 
     async def _watch_media(self) -> None:
         """Notice a peer whose media stopped (its network dropped): aiortc has no ICE restart, so the

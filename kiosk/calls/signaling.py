@@ -100,6 +100,8 @@ class SignalingClient:
         scheme, rest = base_url.rstrip("/").split("://", 1)
         self.url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/v1/ws"
 
+    generation = 0  # counts connections made: tells "this connection" from a newer one
+
     @property
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed and self.user is not None
@@ -115,12 +117,15 @@ class SignalingClient:
             raise ConnectionFailedError(
                 f"cannot open signaling to {self.url}: {exc or type(exc).__name__}"
             ) from exc
+        self.generation += 1
         self._reader = asyncio.get_running_loop().create_task(self._read(self._ws), name="signaling-reader")
         reply = await self.request("auth", authToken=auth_token)
         self.user = reply["user"]
         return self.user
 
-    async def request(self, message_type: str, **fields: Any) -> dict[str, Any]:
+    async def request(
+        self, message_type: str, *, timeout: float = REQUEST_TIMEOUT, **fields: Any
+    ) -> dict[str, Any]:
         """Send a message and wait for its `ok` (or `joined`, `pong`) reply; raise CallsError on `error`."""
         ws = self._ws
         if ws is None or ws.closed:
@@ -130,11 +135,9 @@ class SignalingClient:
         self._pending[request_id] = future
         try:
             await ws.send_str(json.dumps({"type": message_type, "id": request_id, **fields}))
-            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise ConnectionFailedError(
-                f"no reply to {message_type} within {REQUEST_TIMEOUT:.0f} s"
-            ) from None
+            raise ConnectionFailedError(f"no reply to {message_type} within {timeout:g} s") from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise ConnectionFailedError(f"signaling connection lost: {exc}") from exc
         finally:
