@@ -385,14 +385,19 @@ class CallSession:
         if publisher is None or not self.active:
             return
         participant = self.participants.get(info.uid)
-        feed = await publisher.subscribe(
-            info,
-            session_started_at=self.started_at,
-            on_video_frame=self._on_remote_video,
-            on_audio_frame=self._on_remote_audio,
-            on_connection_state=self._on_peer_state,
-            participant=participant,
-        )
+        try:
+            feed = await publisher.subscribe(
+                info,
+                session_started_at=self.started_at,
+                on_video_frame=self._on_remote_video,
+                on_audio_frame=self._on_remote_audio,
+                on_connection_state=self._on_peer_state,
+                participant=participant,
+            )
+        except SfuError as exc:
+            # The feed left meanwhile, or we lost Janus (then _sfu_lost publishes and subscribes again).
+            log.info("subscribing to %s through the SFU failed: %s", info.uid, exc)
+            return
         if not self.active or self.sfu is not publisher or info.feed not in publisher.publishers:
             await feed.close()  # ended, republished, or that publisher left meanwhile
             return

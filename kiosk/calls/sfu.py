@@ -53,6 +53,7 @@ EVENT_TIMEOUT = 10.0  # a plugin's asynchronous reply (joined, configured, attac
 POLL_MAX_EVENTS = 10
 
 # VideoRoom error codes a caller may want to tell apart.
+ERROR_NO_SUCH_SESSION = 458  # Janus core: the Janus session is gone
 ERROR_NO_SUCH_ROOM = 426
 ERROR_NO_SUCH_FEED = 428
 ERROR_UNAUTHORIZED = 433
@@ -117,6 +118,12 @@ class JanusSession:
             raise SfuUnavailable("Janus sent a reply that is not a JSON object")
         if reply.get("janus") == "error":
             error = reply.get("error") or {}
+            if error.get("code") == ERROR_NO_SUCH_SESSION and path and self.id is not None:
+                # Janus dropped our session (its timeout after a network loss, or a restart): every
+                # handle on it is gone too, which the long poll may take 30 s to tell.
+                lost = SfuUnavailable("Janus dropped the session", ERROR_NO_SUCH_SESSION)
+                self._lost(lost)
+                raise lost
             raise SfuError(f"Janus refused {body.get('janus')}: {error.get('reason')}", error.get("code"))
         return reply
 
@@ -220,8 +227,8 @@ class JanusSession:
                         log.exception("handling Janus event %s failed", event.get("janus"))
                     if event.get("janus") == "error":
                         error = event.get("error") or {}
-                        if error.get("code") == 458:  # no such session: it timed out on Janus
-                            self._lost(SfuUnavailable("Janus dropped the session", 458))
+                        if error.get("code") == ERROR_NO_SUCH_SESSION:  # it timed out on Janus
+                            self._lost(SfuUnavailable("Janus dropped the session", ERROR_NO_SUCH_SESSION))
                             return
 
     def _dispatch(self, event: dict[str, Any]) -> None:
