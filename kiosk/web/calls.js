@@ -7,6 +7,13 @@ export const CALL_TYPE = Object.freeze({ AUDIO: "audio", VIDEO: "video" });
 // How long to wait for ICE gathering: the Python side does not trickle, so candidates must be in the SDP.
 const GATHER_TIMEOUT_MS = 5000;
 const REQUEST_TIMEOUT_MS = 10000;
+// Group calls through Janus's VideoRoom (docs/protocol.md, "Group calls through the SFU"; docs/sfu.md).
+const SFU_REQUEST_TIMEOUT_MS = 5000; // one HTTP request to Janus
+const SFU_EVENT_TIMEOUT_MS = 10000; // a plugin's asynchronous reply (joined, configured, attached, started)
+const SFU_KEEPALIVE_MS = 25000; // Janus drops a session after 60 s without a request
+const SFU_POLL_TIMEOUT_MS = 45000; // Janus answers a quiet long poll after 30 s
+const SFU_RETRY_MS = 1000; // between two attempts to (re)publish into the room
+const SFU_RESUBSCRIBE_MS = 2000; // a feed whose connection failed is subscribed again after this
 
 export class CallsError extends Error {
   constructor(code, message) {
@@ -377,6 +384,199 @@ function mediaErrorMessage(err) {
   return ["MEDIA_ERROR", `camera/microphone failed: ${err.message}`];
 }
 
+// ------------------------------------------------------------------ Janus (group calls)
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const transactionId = () => Math.random().toString(36).slice(2, 14);
+const sfuUnavailable = (message) => new CallsError("SFU_UNAVAILABLE", message);
+
+// One Janus API session over its HTTP transport: requests, a keepalive every 25 s, and one long poll
+// for the events of all its handles. Bodies go as text/plain (Janus reads any), so a request from the
+// page's origin is a "simple" cross-origin request; Janus answers with Access-Control-Allow-Origin.
+class JanusSession {
+  constructor(url) {
+    this.url = url.replace(/\/$/, "");
+    this.id = null;
+    this.pending = new Map(); // transaction -> {resolve, reject, timer}: asynchronous plugin replies
+    this.handles = new Map(); // handle id -> onEvent(data, jsep) for events Janus sends on its own
+    this.closed = false;
+    this.error = null; // why the session stopped, if Janus went away
+    this.onlost = () => {};
+    this.keepaliveTimer = null;
+    this.pollAbort = null;
+    this.publishers = new Map(); // feed -> uid: the others publishing in the room now
+    this.feed = null; // our own publisher id
+    this.privateId = null; // given to our subscriptions, so Janus ties them to us
+    this.pc = null; // our send-only publisher connection
+  }
+
+  async post(path, body, timeoutMs = SFU_REQUEST_TIMEOUT_MS, keepalive = false) {
+    let reply;
+    try {
+      const response = await fetch(this.url + path, {
+        method: "POST",
+        body: JSON.stringify({ transaction: transactionId(), ...body }),
+        signal: AbortSignal.timeout(timeoutMs),
+        keepalive,
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      reply = await response.json();
+    } catch (err) {
+      throw sfuUnavailable(`Janus at ${this.url} is unavailable: ${err.message}`);
+    }
+    if (!reply || typeof reply !== "object") throw sfuUnavailable("Janus sent a reply that is not a JSON object");
+    if (reply.janus === "error")
+      throw new CallsError("SFU_ERROR", `Janus refused ${body.janus}: ${reply.error?.reason} (${reply.error?.code})`);
+    return reply;
+  }
+
+  check() {
+    if (this.error) throw this.error;
+    if (this.closed || this.id === null) throw sfuUnavailable("the Janus session is closed");
+  }
+
+  async create() {
+    const reply = await this.post("", { janus: "create" });
+    this.id = reply.data.id;
+    if (this.closed) {
+      this.post(`/${this.id}`, { janus: "destroy" }).catch(() => {}); // closed while it was being made
+      return;
+    }
+    this.keepaliveTimer = setInterval(() => {
+      this.post(`/${this.id}`, { janus: "keepalive" }).catch((err) => this.lost(err));
+    }, SFU_KEEPALIVE_MS);
+    this.poll();
+  }
+
+  async attach(onEvent = () => {}) {
+    this.check();
+    const reply = await this.post(`/${this.id}`, { janus: "attach", plugin: "janus.plugin.videoroom" });
+    this.handles.set(reply.data.id, onEvent);
+    return reply.data.id;
+  }
+
+  // A plugin request on a handle; an asynchronous one ("ack") waits for its event. Resolves {data, jsep}.
+  async request(handle, body, jsep = null, timeoutMs = SFU_EVENT_TIMEOUT_MS) {
+    this.check();
+    const transaction = transactionId();
+    const event = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(transaction);
+        reject(sfuUnavailable(`Janus did not answer ${body.request} in time`));
+      }, timeoutMs);
+      this.pending.set(transaction, { resolve, reject, timer });
+    });
+    event.catch(() => {}); // awaited below, or given up with the request
+    const message = { janus: "message", transaction, body };
+    if (jsep) message.jsep = jsep;
+    let reply;
+    try {
+      reply = await this.post(`/${this.id}/${handle}`, message);
+      if (reply.janus === "ack") reply = await event;
+    } finally {
+      const waiting = this.pending.get(transaction);
+      if (waiting) {
+        clearTimeout(waiting.timer);
+        this.pending.delete(transaction);
+      }
+    }
+    if (reply.janus === "error") throw new CallsError("SFU_ERROR", `Janus: ${reply.error?.reason}`);
+    const data = reply.plugindata?.data || {};
+    if (data.error_code || data.error)
+      throw new CallsError("SFU_ERROR", `Janus VideoRoom: ${data.error} (${data.error_code})`);
+    return { data, jsep: reply.jsep || null };
+  }
+
+  detach(handle) {
+    this.handles.delete(handle);
+    if (this.closed || this.error) return;
+    this.post(`/${this.id}/${handle}`, { janus: "detach" }).catch(() => {}); // best effort
+  }
+
+  async poll() {
+    let failures = 0;
+    while (!this.closed && !this.error) {
+      let events;
+      const controller = new AbortController();
+      this.pollAbort = controller;
+      const timer = setTimeout(() => controller.abort(), SFU_POLL_TIMEOUT_MS);
+      try {
+        const url = `${this.url}/${this.id}?maxev=10&rid=${Date.now()}`;
+        const response = await fetch(url, { signal: controller.signal });
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        events = await response.json();
+        failures = 0;
+      } catch (err) {
+        if (this.closed) return;
+        if (++failures >= 2) {
+          // one retry: a single dropped connection is not Janus gone
+          this.lost(sfuUnavailable(`Janus poll failed: ${err.message}`));
+          return;
+        }
+        await sleep(200);
+        continue;
+      } finally {
+        clearTimeout(timer);
+      }
+      for (const event of Array.isArray(events) ? events : [events]) {
+        if (this.closed) return;
+        if (event?.janus === "error" && event.error?.code === 458) {
+          this.lost(sfuUnavailable("Janus dropped the session")); // it timed out there
+          return;
+        }
+        this.dispatch(event);
+      }
+    }
+  }
+
+  dispatch(event) {
+    if (!event || typeof event !== "object" || event.janus === "keepalive" || event.janus === "ack") return;
+    const waiting = event.transaction ? this.pending.get(event.transaction) : undefined;
+    if (waiting && ["event", "success", "error"].includes(event.janus)) {
+      this.pending.delete(event.transaction);
+      clearTimeout(waiting.timer);
+      waiting.resolve(event);
+      return;
+    }
+    const onEvent = this.handles.get(event.sender);
+    if (onEvent && event.janus === "event") {
+      try {
+        onEvent(event.plugindata?.data || {}, event.jsep || null);
+      } catch (err) {
+        console.error("handling a Janus event failed", err);
+      }
+    }
+  }
+
+  stop(error) {
+    clearInterval(this.keepaliveTimer);
+    if (this.pollAbort) this.pollAbort.abort();
+    for (const { reject, timer } of this.pending.values()) {
+      clearTimeout(timer);
+      reject(error);
+    }
+    this.pending.clear();
+  }
+
+  lost(error) {
+    if (this.closed || this.error) return;
+    this.error = error;
+    this.stop(error);
+    this.onlost(error);
+  }
+
+  // Leave: our publisher connection closes, and destroying the session detaches every handle on it, so
+  // the room tells the others we unpublished. Best effort, and sent even while the page unloads.
+  destroy() {
+    if (this.closed) return;
+    this.closed = true;
+    this.stop(sfuUnavailable("the Janus session was closed"));
+    if (this.pc) this.pc.close();
+    if (this.id !== null && !this.error)
+      this.post(`/${this.id}`, { janus: "destroy" }, 2000, true).catch(() => {});
+  }
+}
+
 class Session {
   constructor(sessionId, settings, element) {
     this.sessionId = sessionId;
@@ -388,7 +588,12 @@ class Session {
     this.mode = settings.mode;
     this.self = null;
     this.participants = new Map(); // uid -> Participant
-    this.peers = new Map(); // uid -> {pc, stream}
+    // uid -> {pc, stream}: a mesh connection, or (SFU) the receive-only subscription to its feed,
+    // which also has {feed, handle, janus}. Either way the layout shows `stream` in that uid's tile.
+    this.peers = new Map();
+    this.mediaMode = "mesh";
+    this.janus = null; // the JanusSession we publish on, once the session goes through the SFU
+    this.sfuRoom = null; // the room's `sfu` description from the server
     this.localStream = new MediaStream();
     this.iceServers = [];
     this.active = false;
@@ -457,8 +662,9 @@ class Session {
     if (this.layout) this.layout.update();
     if (this.participants.size) this.emit("onUserListUpdated", this.userList());
     for (const p of this.participants.values()) if (p.audioMuted || p.videoMuted) this.emitMuted(p);
+    if (reply.media?.mode === "sfu") this.useSfu(reply.media.sfu);
     // The joiner offers to everyone already in the session; they answer (docs/protocol.md, "mesh").
-    for (const uid of this.participants.keys()) this.guard(this.offerTo(uid));
+    else for (const uid of this.participants.keys()) this.guard(this.offerTo(uid));
     this.resetIdleTimer();
   }
 
@@ -493,10 +699,23 @@ class Session {
     if (!peer) return;
     this.peers.delete(uid);
     peer.pc.close();
+    if (peer.handle) peer.janus.detach(peer.handle);
   }
 
-  async offerTo(uid) {
+  // A negotiation whose connection was replaced or closed meanwhile (a newer offer, the switch to the
+  // SFU) fails on the closed connection: that is no error of the call.
+  unlessReplaced(uid, pc, promise) {
+    return promise.catch((err) => {
+      if (this.peers.get(uid)?.pc === pc) throw err;
+    });
+  }
+
+  offerTo(uid) {
     const { pc } = this.newPeer(uid);
+    return this.unlessReplaced(uid, pc, this.negotiateOffer(uid, pc));
+  }
+
+  async negotiateOffer(uid, pc) {
     // One audio and one video m-line, both sendrecv, even audio-only: switching needs no renegotiation.
     pc.addTransceiver(this.track("audio") || "audio", { direction: "sendrecv", streams: [this.localStream] });
     const video = pc.addTransceiver(this.track("video") || "video", {
@@ -519,9 +738,13 @@ class Session {
     }
   }
 
-  async answer(uid, sdp, negotiationId) {
+  answer(uid, sdp, negotiationId) {
     if (!this.participants.has(uid)) this.participants.set(uid, { uid, name: uid });
     const { pc } = this.newPeer(uid);
+    return this.unlessReplaced(uid, pc, this.negotiateAnswer(uid, pc, sdp, negotiationId));
+  }
+
+  async negotiateAnswer(uid, pc, sdp, negotiationId) {
     await pc.setRemoteDescription({ type: "offer", sdp });
     for (const transceiver of pc.getTransceivers()) {
       const kind = transceiver.receiver.track.kind;
@@ -547,6 +770,173 @@ class Session {
     if (!peer || peer.pc.signalingState !== "have-local-offer") return;
     if (negotiationId && peer.negotiationId && negotiationId !== peer.negotiationId) return; // an older offer's
     await peer.pc.setRemoteDescription({ type: "answer", sdp });
+  }
+
+  // ---------------------------------------------------------------- group calls through the SFU
+
+  // The session outgrew the mesh (or is past it already): close the mesh connections, publish our
+  // media once into the room and subscribe to everyone else's there. Participants, events and the
+  // layout stay as they were: each feed's stream goes to its publisher's tile.
+  useSfu(room) {
+    if (!room || !this.active) return;
+    const same = this.sfuRoom && ["url", "room", "pin"].every((k) => this.sfuRoom[k] === room[k]);
+    if (same && this.janus) return;
+    this.sfuRoom = room;
+    if (this.mediaMode !== "sfu") {
+      this.mediaMode = "sfu";
+      for (const uid of [...this.peers.keys()]) this.closePeer(uid);
+      if (this.layout) this.layout.update();
+    }
+    this.guard(this.publishUntilDone(room));
+  }
+
+  async publishUntilDone(room) {
+    let failures = 0;
+    while (this.active && this.sfuRoom === room) {
+      this.dropSfu();
+      const janus = new JanusSession(room.url);
+      this.janus = janus;
+      janus.onlost = (err) => {
+        if (!this.active || this.janus !== janus) return;
+        this.error("SFU_UNAVAILABLE", `group call media server: ${err.message}; publishing again`);
+        this.guard(this.publishUntilDone(room));
+      };
+      try {
+        await this.publish(janus, room);
+        return;
+      } catch (err) {
+        if (!this.active || this.janus !== janus) return;
+        // Once per run of failures: the retries every second would otherwise flood the page.
+        if (failures++ === 0) this.error("SFU_UNAVAILABLE", `group call media server: ${err.message}; retrying`);
+      }
+      await sleep(SFU_RETRY_MS);
+    }
+  }
+
+  async publish(janus, room) {
+    await janus.create();
+    const handle = await janus.attach((data) => this.onRoomEvent(janus, data));
+    const { data: joined } = await janus.request(handle, {
+      request: "join",
+      ptype: "publisher",
+      room: room.room,
+      pin: room.pin,
+      display: this.self.uid, // the name by which we and our feed are known to the others
+    });
+    janus.feed = joined.id;
+    janus.privateId = joined.private_id ?? null;
+    this.onPublishers(janus, joined.publishers || []);
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    janus.pc = pc;
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" && this.active && this.janus === janus)
+        this.error("PEER_CONNECTION_FAILED", "media connection to the group call server failed");
+    };
+    // Audio and video lines even without a camera, as in the mesh: switching to video is a replaceTrack.
+    pc.addTransceiver(this.track("audio") || "audio", { direction: "sendonly", streams: [this.localStream] });
+    const video = pc.addTransceiver(this.track("video") || "video", {
+      direction: "sendonly",
+      streams: [this.localStream],
+    });
+    preferVideoCodec(video, this.settings.videoCodec);
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForGathering(pc);
+    janus.check();
+    const body = { request: "publish", audiocodec: "opus" };
+    if (this.settings.videoCodec) body.videocodec = this.settings.videoCodec.toLowerCase();
+    const { data, jsep } = await janus.request(handle, body, { type: "offer", sdp: pc.localDescription.sdp });
+    if (jsep?.type !== "answer")
+      throw new CallsError("SFU_ERROR", `Janus did not answer our offer: ${JSON.stringify(data)}`);
+    await pc.setRemoteDescription(jsep);
+  }
+
+  dropSfu() {
+    const janus = this.janus;
+    this.janus = null;
+    if (janus) janus.destroy(); // first: its handles then go with it, no detach each
+    for (const [uid, peer] of [...this.peers]) if (peer.janus) this.closePeer(uid);
+  }
+
+  onRoomEvent(janus, data) {
+    if (this.janus !== janus || !this.active) return;
+    if (data.videoroom === "event") {
+      this.onPublishers(janus, data.publishers || []);
+      for (const key of ["unpublished", "leaving"]) if (key in data) this.onUnpublished(janus, data[key]);
+    } else if (data.videoroom === "destroyed") {
+      janus.lost(sfuUnavailable("the room was destroyed"));
+    }
+  }
+
+  onPublishers(janus, publishers) {
+    for (const p of publishers) {
+      if (p.id === janus.feed || p.dummy) continue;
+      const uid = String(p.display || p.id);
+      const known = janus.publishers.get(p.id) === uid;
+      janus.publishers.set(p.id, uid);
+      if (!known) this.guard(this.subscribe(janus, p.id, uid));
+    }
+  }
+
+  onUnpublished(janus, feed) {
+    if (!janus.publishers.has(feed)) return; // "ok" (ourselves), or someone who never published
+    janus.publishers.delete(feed);
+    for (const [uid, peer] of [...this.peers]) if (peer.feed === feed) this.closePeer(uid);
+    if (this.layout) this.layout.update();
+  }
+
+  // One receive-only connection per feed: Janus offers, we answer.
+  async subscribe(janus, feed, uid) {
+    const current = () => this.active && this.janus === janus && janus.publishers.get(feed) === uid;
+    const handle = await janus.attach();
+    const peer = { pc: null, stream: new MediaStream(), feed, handle, janus };
+    const drop = () => {
+      if (this.peers.get(uid) === peer) this.closePeer(uid);
+      else {
+        if (peer.pc) peer.pc.close();
+        janus.detach(handle);
+      }
+    };
+    try {
+      const { room, pin } = this.sfuRoom;
+      const body = { request: "join", ptype: "subscriber", room, pin, streams: [{ feed }] };
+      if (janus.privateId !== null) body.private_id = janus.privateId;
+      const { data, jsep } = await janus.request(handle, body);
+      if (jsep?.type !== "offer")
+        throw new CallsError("SFU_ERROR", `Janus sent no offer for ${uid}: ${JSON.stringify(data)}`);
+      if (!current()) {
+        drop(); // ended, republished, or that publisher left meanwhile
+        return;
+      }
+      const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+      peer.pc = pc;
+      pc.ontrack = (event) => {
+        peer.stream.addTrack(event.track);
+        if (this.layout) this.layout.update();
+      };
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState !== "failed" || this.peers.get(uid) !== peer || !this.active) return;
+        this.error("PEER_CONNECTION_FAILED", `media connection to ${uid} (through the group call server) failed`);
+        setTimeout(() => {
+          if (this.peers.get(uid) === peer && current()) this.guard(this.subscribe(janus, feed, uid));
+        }, SFU_RESUBSCRIBE_MS);
+      };
+      await pc.setRemoteDescription(jsep);
+      for (const transceiver of pc.getTransceivers()) transceiver.direction = "recvonly";
+      await pc.setLocalDescription(await pc.createAnswer());
+      await waitForGathering(pc);
+      if (!current()) {
+        drop();
+        return;
+      }
+      // The tile of that participant shows this stream from now on, as a mesh connection's.
+      this.closePeer(uid);
+      this.peers.set(uid, peer);
+      if (this.layout) this.layout.update();
+      await janus.request(handle, { request: "start" }, { type: "answer", sdp: pc.localDescription.sdp });
+    } catch (err) {
+      drop();
+      if (current()) throw err;
+    }
   }
 
   emitMuted(p) {
@@ -587,14 +977,18 @@ class Session {
       case "session.ended":
         this.teardown(message.reason || "ended");
         return;
+      case "session.media":
+        if (message.media?.mode === "sfu") this.useSfu(message.media.sfu);
+        break;
       case "offer":
-        this.guard(this.answer(message.from, message.sdp, message.negotiationId));
+        // Through the SFU, offers and answers between participants are a mesh negotiation overtaken by the switch.
+        if (this.mediaMode !== "sfu") this.guard(this.answer(message.from, message.sdp, message.negotiationId));
         break;
       case "answer":
-        this.guard(this.acceptAnswer(message.from, message.sdp, message.negotiationId));
+        if (this.mediaMode !== "sfu") this.guard(this.acceptAnswer(message.from, message.sdp, message.negotiationId));
         break;
       case "candidate":
-        if (message.candidate && this.peers.has(message.from))
+        if (this.mediaMode !== "sfu" && message.candidate && this.peers.has(message.from))
           this.guard(this.peers.get(message.from).pc.addIceCandidate(message.candidate));
         break;
       case "media.state": {
@@ -638,7 +1032,10 @@ class Session {
   }
 
   async replaceTrack(kind, track) {
-    for (const { pc } of this.peers.values()) {
+    // Mesh connections, or our one publisher connection to the SFU (its subscriptions only receive).
+    const pcs = [...this.peers.values()].filter((peer) => !peer.janus).map((peer) => peer.pc);
+    if (this.janus?.pc) pcs.push(this.janus.pc);
+    for (const pc of pcs) {
       for (const t of pc.getTransceivers()) {
         if (t.receiver.track.kind === kind) await t.sender.replaceTrack(track);
       }
@@ -680,6 +1077,8 @@ class Session {
     this.ended = true;
     this.active = false;
     clearTimeout(this.idleTimer);
+    this.sfuRoom = null;
+    this.dropSfu();
     for (const uid of [...this.peers.keys()]) this.closePeer(uid);
     for (const track of this.localStream.getTracks()) track.stop();
     if (this.layout) this.layout.destroy();
@@ -825,7 +1224,17 @@ if (navigator.mediaDevices) {
 export async function getSessionStats() {
   const s = state.session;
   if (!s) return null;
-  const result = { sessionId: s.sessionId, participants: {} };
+  const result = { sessionId: s.sessionId, mediaMode: s.mediaMode, participants: {} };
+  const publisher = s.janus?.pc;
+  if (publisher) {
+    // Through the SFU: what our one publisher connection sends.
+    result.publisher = { connectionState: publisher.connectionState, bytesSent: 0, videoFramesEncoded: 0 };
+    (await publisher.getStats()).forEach((r) => {
+      if (r.type !== "outbound-rtp") return;
+      result.publisher.bytesSent += r.bytesSent || 0;
+      if (r.kind === "video") result.publisher.videoFramesEncoded = r.framesEncoded || 0;
+    });
+  }
   for (const [uid, { pc }] of s.peers) {
     const entry = {
       connectionState: pc.connectionState,
