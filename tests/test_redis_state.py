@@ -210,6 +210,22 @@ async def test_leave_a_group_and_end(state: LiveState) -> None:
     assert await state.sessions_of_connection("c1") == []
 
 
+async def test_the_first_sfu_room_given_stays(state: LiveState) -> None:
+    assert await state.set_sfu("nowhere", {"room": 1}) is None
+    for i, uid in enumerate(["alice", "bob"]):
+        await join(state, "s1", participant(f"c{i}", uid))
+    assert (await state.get_session("s1")).sfu is None
+    first = {"room": 7, "pin": "p", "secret": "s"}
+    assert await state.set_sfu("s1", first) == first
+    # A second join racing the first (here, or on another server process) keeps the first room.
+    assert await state.set_sfu("s1", {"room": 8, "pin": "q", "secret": "t"}) == first
+    await join(state, "s1", participant("c2", "carol"))
+    session = await state.get_session("s1")
+    assert session is not None and session.sfu == first
+    await state.leave("s1", "c0")
+    assert (await state.get_session("s1")).sfu == first
+
+
 async def test_busy_check(state: LiveState) -> None:
     assert await state.reserve_call("call1", "alice", "bob")
     assert not await state.reserve_call("call2", "carol", "bob")  # bob is being called

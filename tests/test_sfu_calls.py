@@ -5,6 +5,8 @@ application sees the same events, lists and in-call methods as in a mesh."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from janus_server import VIDEOROOM_ADMIN_KEY, JanusServer, running_janus
 from kiosk.calls import CallsError
 from kiosk.calls.peer import RemotePeer
 from kiosk.calls.sfu import SfuFeed
+from kiosk.server.config import ServerConfig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -190,3 +193,45 @@ async def test_without_janus_the_fifth_is_refused_and_the_four_go_on(tmp_path):
             assert sorted(u.uid for u in ep.calls.session.user_list()) == sorted(UIDS[:4])
         others = [o.uid for o in eps[1:4]]
         await wait_until(lambda: received_from_all(eps[0], others), 30, "the mesh going on")
+
+
+def test_sfu_settings_are_checked(tmp_path):
+    config = ServerConfig(data_dir=tmp_path, janus_url="http://127.0.0.1:8088/janus")
+    assert (config.mesh_limit, config.max_participants) == (4, 16)
+    assert config.janus_public_url == config.janus_url
+    assert ServerConfig(data_dir=tmp_path).max_participants == 4  # no SFU: a mesh of four at most
+    assert (
+        ServerConfig(data_dir=tmp_path, janus_url="http://j/janus", max_participants=8).max_participants == 8
+    )
+    for settings, message in (
+        ({"janus_url": "ws://127.0.0.1:8188"}, "must start with http"),
+        ({"janus_public_url": "https://sfu.example.org/janus"}, "no Janus URL"),
+        ({"janus_url": "http://j/janus", "mesh_limit": 1}, "mesh_limit"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ServerConfig(data_dir=tmp_path, **settings)
+    assert "k3y" not in repr(
+        ServerConfig(data_dir=tmp_path, janus_url="http://j/janus", janus_admin_key="k3y")
+    )
+
+
+def test_the_server_command_refuses_a_bad_janus_url_in_one_line(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiosk.cli",
+            "server",
+            "--data-dir",
+            str(tmp_path),
+            "--janus-url",
+            "janus:8088",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "kiosk server: Janus URL 'janus:8088' must start with http:// or https://"
+    ]

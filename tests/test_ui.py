@@ -423,3 +423,14 @@ def _child(tmp: Path, shots: Path, report: Path) -> None:
 
 if __name__ == "__main__":
     _child(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+
+
+def test_spotlight_speaker_prefers_who_the_sfu_says_is_talking() -> None:
+    from kiosk.ui.frames import choose_speaker
+
+    levels = {"ann": 0.20, "ben": 0.05, "cat": 0.002}
+    assert choose_speaker(levels, set()) == "ann"  # mesh: the loudest decoded audio
+    assert choose_speaker(levels, {"ben"}) == "ben"  # the room's talking events win over a loud blip
+    assert choose_speaker(levels, {"ben", "cat"}) == "ben"  # the loudest of those talking
+    assert choose_speaker({"ann": 0.001, "ben": 0.002}, set()) is None  # nobody audible: no change
+    assert choose_speaker({}, {"ann"}) is None

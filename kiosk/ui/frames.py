@@ -78,3 +78,17 @@ class FrameStore:
     def _layout_changed(self) -> None:
         if self.on_layout is not None:
             self.on_layout()
+
+
+SPEAKING_LEVEL = 0.01  # decoded audio RMS (full scale 1.0) above which a participant counts as speaking
+
+
+def choose_speaker(levels: dict[str, float], talking: set[str]) -> str | None:
+    """The active speaker for SPOTLIGHT: in a group call through the SFU, the loudest of those the
+    room says are talking (its audio-level events, which smooth over a second); otherwise, or when
+    nobody is talking there, the loudest decoded audio, if anyone is audible at all."""
+    among = {uid: level for uid, level in levels.items() if uid in talking} or levels
+    if not among:
+        return None
+    loudest = max(among, key=lambda uid: among[uid])
+    return loudest if among[loudest] > SPEAKING_LEVEL or loudest in talking else None

@@ -34,7 +34,7 @@ from kiosk.calls.events import CallError, RTCMutedUser, RTCUser
 from kiosk.config import Contact
 from kiosk.controller import KioskController, KioskState, Phase
 from kiosk.hardware.control import KEYS
-from kiosk.ui.frames import LOCAL, FrameStore
+from kiosk.ui.frames import LOCAL, FrameStore, choose_speaker
 from kiosk.ui.widgets import (
     AMBER,
     BLUE,
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 DISPLAY_FPS = 30
 PREVIEW_ALONE_AFTER = 0.1  # seconds without remote video after which the preview is drawn on its own
 MODES = ("DEFAULT", "SPOTLIGHT", "SINGLE")
+
 MODE_WORDS = {"DEFAULT": "Grid", "SPOTLIGHT": "Speaker", "SINGLE": "Single"}
 AUDIO_MODE_WORDS = {
     "SPEAKER": "Speaker",
@@ -741,12 +742,11 @@ class KioskApp(App):
         except Exception as exc:
             log.debug("stats for the active speaker: %s", exc)
             return
-        levels = {uid: p.audio_level for uid, p in stats.participants.items()}
-        if not levels:
-            return
-        loudest = max(levels, key=lambda uid: levels[uid])
-        if levels[loudest] > 0.01 and loudest != self.in_call.speaker:
-            self.in_call.speaker = loudest
+        session = self.calls.session
+        talking = set(session.talking) if session is not None else set()
+        speaker = choose_speaker({uid: p.audio_level for uid, p in stats.participants.items()}, talking)
+        if speaker is not None and speaker != self.in_call.speaker:
+            self.in_call.speaker = speaker
             self.in_call.relayout()
 
     # ----------------------------------------------------------------- local preview
