@@ -26,6 +26,8 @@ from kiosk.server.config import DEFAULT_TURN_TTL
 DATA_DIR_ENV = "KIOSK_DATA_DIR"
 TURN_SECRET_ENV = "KIOSK_TURN_SECRET"
 JANUS_ADMIN_KEY_ENV = "KIOSK_JANUS_ADMIN_KEY"  # the VideoRoom plugin's admin_key, if it has one
+JANUS_URL_ENV = "KIOSK_JANUS_URL"
+JANUS_PUBLIC_URL_ENV = "KIOSK_JANUS_PUBLIC_URL"
 
 
 def default_data_dir() -> Path:
@@ -115,16 +117,17 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--janus-url",
-        default=None,
+        default=os.environ.get(JANUS_URL_ENV) or None,
         metavar="URL",
         help="Janus HTTP API for group calls, e.g. http://127.0.0.1:8088/janus: a session of more than "
-        "--mesh-limit participants goes through a VideoRoom there (docs/sfu.md)",
+        f"--mesh-limit participants goes through a VideoRoom there (docs/sfu.md; default ${JANUS_URL_ENV}); "
+        f"the VideoRoom plugin's admin_key comes from ${JANUS_ADMIN_KEY_ENV}",
     )
     parser.add_argument(
         "--janus-public-url",
-        default=None,
+        default=os.environ.get(JANUS_PUBLIC_URL_ENV) or None,
         metavar="URL",
-        help="Janus's HTTP API as endpoints reach it (default: --janus-url)",
+        help=f"Janus's HTTP API as endpoints reach it (default ${JANUS_PUBLIC_URL_ENV}, else --janus-url)",
     )
     parser.add_argument(
         "--mesh-limit",
