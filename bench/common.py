@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -45,11 +46,18 @@ class BenchServer:
 
 
 @asynccontextmanager
-async def bench_server(*uids: str) -> AsyncIterator[BenchServer]:
-    """An embedded call server on 127.0.0.1 (port 0) in a temp dir, with these users created."""
+async def bench_server(*uids: str, **config_options: Any) -> AsyncIterator[BenchServer]:
+    """An embedded call server on 127.0.0.1 (port 0) in a temp dir, with these users created;
+    `config_options` are further ServerConfig fields (e.g. janus_url)."""
     admin_key = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="kiosk-bench-") as tmp:
-        config = ServerConfig(host="127.0.0.1", port=0, data_dir=Path(tmp) / "server", admin_key=admin_key)
+        config = ServerConfig(
+            host="127.0.0.1",
+            port=0,
+            data_dir=Path(tmp) / "server",
+            admin_key=admin_key,
+            **config_options,
+        )
         server = await start_server(config)
         # The benchmarks drive single connections far harder than a kiosk does (1,000 join/leave
         # cycles at a dozen a second); the per-connection rate limit guards a real server against

@@ -239,6 +239,7 @@ MODULES = [
     "latency",
     "button",
     "group_cost",
+    "sfu_group",
     "memory",
     "server_capacity",
     "echo",
