@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,11 +61,18 @@ async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
             assert all(isinstance(p, RemotePeer) for p in ep.calls.session.peers.values())
 
         # The fifth takes the session past the mesh limit (4): everyone moves to the room.
+        switched_at = time.monotonic()
         for ep in late:
             await ep.join(session)
         for ep in eps:
             others = [o.uid for o in eps if o is not ep]
             await wait_until(lambda e=ep, o=others: received_from_all(e, o), 45, f"SFU media at {ep.uid}")
+        print(
+            f"six through the SFU, each receiving the five others, {time.monotonic() - switched_at:.2f} s "
+            "after the fifth and sixth joined"
+        )
+        for ep in eps:
+            others = [o.uid for o in eps if o is not ep]
             s = ep.calls.session
             assert s.media_mode == "sfu" and s.sfu is not None
             assert sorted(s.peers) == sorted(others)
