@@ -196,6 +196,8 @@ async def test_without_janus_the_fifth_is_refused_and_the_four_go_on(tmp_path):
             await eps[4].join(session)
         assert refused.value.code == "SFU_UNAVAILABLE"
         assert "unavailable" in refused.value.message
+        # The refused endpoint holds nothing: no session, no speaker opened, camera and mic closed.
+        assert eps[4].calls.session is None and not eps[4].devices.opened_speakers
         for ep in eps[:4]:
             assert ep.calls.session is not None and ep.calls.session.media_mode == "mesh"
             assert sorted(u.uid for u in ep.calls.session.user_list()) == sorted(UIDS[:4])
