@@ -32,6 +32,7 @@ def _endpoint(args: argparse.Namespace) -> int:
         report=args.report,
         codec=args.codec,
         loopback=args.loopback,
+        ice_addresses=args.ice_address,
         ring_wait=args.ring_wait,
         record=args.record,
         recording_dir=args.recording_dir,
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--codec", choices=["VP8", "H264"], help="video codec to prefer")
     endpoint.add_argument(
         "--loopback", action="store_true", help="offer only 127.0.0.1 to ICE (one-machine tests)"
+    )
+    endpoint.add_argument(
+        "--ice-address",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="offer only this local address to ICE (repeatable), e.g. the one a Janus SFU gathers on",
     )
     endpoint.add_argument(
         "--ring-wait", type=float, default=60.0, help="seconds to wait for an answer or a call"

@@ -117,6 +117,7 @@ class EndpointOptions:
     report: Path | None = None
     codec: str | None = None
     loopback: bool = False
+    ice_addresses: list[str] | None = None  # offer only these local addresses to ICE
     ring_wait: float = 60.0
     record: bool = False
     recording_dir: Path | None = None
@@ -149,7 +150,7 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         auth_token=token,
         devices=devices,
         video_codec=codec,
-        ice_host_addresses=["127.0.0.1"] if options.loopback else None,
+        ice_host_addresses=["127.0.0.1"] if options.loopback else (options.ice_addresses or None),
         recording_dir=recording_dir,
         device_poll_interval=poll,
         ca_file=ca_file,

@@ -5,6 +5,7 @@ application sees the same events, lists and in-call methods as in a mesh."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from calls_support import endpoints, new_session_id, running_server, wait_until
+from calls_support import endpoints, make_user, new_session_id, running_server, wait_until
 from janus_server import VIDEOROOM_ADMIN_KEY, JanusServer, running_janus
 
 from kiosk.calls import CallsError
@@ -129,6 +130,40 @@ async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
         for ep in eps[:5]:
             await ep.calls.end_session()
         await wait_until(lambda: janus_room_gone(janus, room["room"]), 10, "the room destroyed")
+
+
+async def test_a_kiosk_endpoint_process_joins_as_the_fifth(tmp_path, janus):
+    """`kiosk endpoint --ice-address` in its own process: the join that moves the session to Janus."""
+    async with (
+        running_server(
+            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
+        ) as server,
+        endpoints(server.url, tmp_path, *UIDS[:4], ice_host_addresses=[janus.ice_address]) as eps,
+    ):
+        session = new_session_id()
+        for ep in eps:
+            await ep.join(session)
+        token = await make_user(server.url, "eve")
+        report = tmp_path / "eve.json"
+        eve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kiosk.cli", "endpoint", "--server", server.url, "--auth-token", token,
+            "--session", session, "--ice-address", janus.ice_address, "--duration", "6", "--report", str(report),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            for ep in eps:
+                await wait_until(lambda e=ep: received_from_all(e, ["eve"]), 30, f"eve's media at {ep.uid}")
+                assert ep.calls.session.media_mode == "sfu"
+            _, err = await asyncio.wait_for(eve.communicate(), 30)
+        finally:
+            if eve.returncode is None:
+                eve.kill()
+                await eve.wait()
+        assert eve.returncode == 0, err.decode()[-2000:]
+        got = json.loads(report.read_text())
+        assert got["ok"], got
+        decoded = {uid: p["video_frames_decoded"] for uid, p in got["stats"]["participants"].items()}
+        assert sorted(decoded) == sorted(UIDS[:4]) and min(decoded.values()) > 30, decoded
 
 
 async def test_an_endpoint_that_loses_janus_publishes_again_and_is_seen_again(tmp_path, janus):
