@@ -12,6 +12,7 @@ APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libaso
     chromium  # a real browser peer for the web client's tests (Playwright drives it; no browser download)
     coturn  # turnserver for the TURN tests, which start their own on a private network namespace
     redis-server  # shared live state for several server processes (`kiosk server --redis`); tests start their own
+    postgresql  # users and call logs shared by server processes on several hosts (`kiosk server --database`); tests start their own
     janus)  # the SFU for group calls larger than the mesh (VideoRoom plugin); tests start their own
 
 missing=()
@@ -40,6 +41,18 @@ if ((${#missing[@]})); then
         fi
         if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/redis-server ]; then
             "${sudo_cmd[@]}" /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+        fi
+    fi
+    if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+        # Likewise Debian's postgresql service (the cluster it creates, port 5432): the tests run a private
+        # PostgreSQL from the package's binaries (/usr/lib/postgresql/<version>/bin), and a deployment
+        # runs the database it configures (docs/scale-out.md).
+        if command -v systemctl >/dev/null; then
+            "${sudo_cmd[@]}" systemctl disable postgresql.service >/dev/null 2>&1 || true
+            if [ -d /run/systemd/system ]; then "${sudo_cmd[@]}" systemctl stop postgresql.service || true; fi
+        fi
+        if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/postgresql ]; then
+            "${sudo_cmd[@]}" /etc/init.d/postgresql stop >/dev/null 2>&1 || true
         fi
     fi
     if [[ " ${missing[*]} " == *" janus "* ]]; then

@@ -88,10 +88,25 @@ def create_app(config: ServerConfig) -> web.Application:
 
 async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
-    # Key files are read (or created) off the event loop, like all other disk access.
-    signing_key = await loop.run_in_executor(None, load_signing_key, config.data_dir)
-    admin = await loop.run_in_executor(None, load_admin_key, config.data_dir, config.admin_key)
-    storage = SqliteStorage(config.data_dir)
+    storage: Storage
+    if config.database_url is not None:
+        # Processes on several hosts: records and shared secrets in PostgreSQL (docs/scale-out.md).
+        # Imported here: only a server started with --database needs asyncpg.
+        from kiosk.server.storage_pg import PostgresStorage
+
+        pg = await PostgresStorage.connect(config.database_url)
+        try:
+            signing_key = await pg.signing_key()
+            admin = await pg.admin_key(config.admin_key)
+        except BaseException:
+            await pg.close()
+            raise
+        storage = pg
+    else:
+        # Key files are read (or created) off the event loop, like all other disk access.
+        signing_key = await loop.run_in_executor(None, load_signing_key, config.data_dir)
+        admin = await loop.run_in_executor(None, load_admin_key, config.data_dir, config.admin_key)
+        storage = SqliteStorage(config.data_dir)
     state: LiveState
     if config.redis_url is not None:
         # Several processes share the live state and reach each other's connections through Redis

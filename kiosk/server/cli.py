@@ -28,6 +28,7 @@ TURN_SECRET_ENV = "KIOSK_TURN_SECRET"
 JANUS_ADMIN_KEY_ENV = "KIOSK_JANUS_ADMIN_KEY"  # the VideoRoom plugin's admin_key, if it has one
 JANUS_URL_ENV = "KIOSK_JANUS_URL"
 JANUS_PUBLIC_URL_ENV = "KIOSK_JANUS_PUBLIC_URL"
+DATABASE_URL_ENV = "KIOSK_DATABASE_URL"
 
 
 def default_data_dir() -> Path:
@@ -113,7 +114,15 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         metavar="URL",
         help="share live state with other server processes through this Redis, e.g. redis://127.0.0.1:6379/0 "
-        "(all processes also share --data-dir; see docs/scale-out.md)",
+        "(all processes also share --data-dir, or --database; see docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--database",
+        default=os.environ.get(DATABASE_URL_ENV) or None,
+        metavar="URL",
+        help="keep users, call logs and the shared keys in this PostgreSQL, e.g. postgresql://kiosk@db/kiosk, "
+        f"so processes on several hosts serve as one (default ${DATABASE_URL_ENV}, which keeps a password "
+        "out of the process list; without it: SQLite in --data-dir; see docs/scale-out.md)",
     )
     parser.add_argument(
         "--janus-url",
@@ -161,6 +170,7 @@ def _run_server(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             redis_url=args.redis,
+            database_url=args.database,
             janus_url=args.janus_url,
             janus_public_url=args.janus_public_url,
             janus_admin_key=os.environ.get(JANUS_ADMIN_KEY_ENV) or None,
@@ -170,9 +180,17 @@ def _run_server(args: argparse.Namespace) -> int:
     except (ValueError, TLSConfigError) as exc:
         print(f"kiosk server: {exc}", file=sys.stderr)
         return 2
+    database_errors: tuple[type[Exception], ...] = ()
+    if config.database_url is not None:
+        from kiosk.server.storage_pg import DatabaseUnavailableError
+
+        database_errors = (DatabaseUnavailableError,)
     try:
         run_server(config)
     except TLSConfigError as exc:  # the files changed since the check above
+        print(f"kiosk server: {exc}", file=sys.stderr)
+        return 2
+    except database_errors as exc:  # PostgreSQL out of reach or unusable at start
         print(f"kiosk server: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the port is taken, the data dir is not writable

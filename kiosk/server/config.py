@@ -49,6 +49,10 @@ class ServerConfig:
     # Several server processes: live state, presence and message delivery shared through this Redis,
     # e.g. "redis://127.0.0.1:6379/0" (docs/scale-out.md). None: all in this process.
     redis_url: str | None = None
+    # Users, auth tokens, call logs and the shared secrets in this PostgreSQL, e.g.
+    # "postgresql://kiosk:PASSWORD@db.example.org/kiosk", for processes on several hosts
+    # (docs/scale-out.md). None: SQLite and key files in data_dir.
+    database_url: str | None = field(default=None, repr=False)  # may hold a password
     # Group calls through Janus (docs/sfu.md): the server creates a VideoRoom through `janus_url` (its
     # HTTP API, e.g. "http://127.0.0.1:8088/janus") for a session of more than `mesh_limit`
     # participants; endpoints reach Janus at `janus_public_url` (default: the same URL).
@@ -86,6 +90,14 @@ class ServerConfig:
             raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
         if self.redis_url is not None and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"Redis URL {self.redis_url!r} must start with redis://, rediss:// or unix://")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            # Only the scheme: the rest of the URL may hold a password.
+            got = (
+                self.database_url.split("://", 1)[0] + "://..." if "://" in self.database_url else "no scheme"
+            )
+            raise ValueError(f"database URL must start with postgresql:// or postgres:// (got {got})")
         if self.mesh_limit < 2:
             raise ValueError("mesh_limit must be at least 2")
         for url in (self.janus_url, self.janus_public_url):
