@@ -18,7 +18,6 @@ first decoded remote video frame, then stops the tracks and closes the connectio
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from typing import Any
@@ -37,6 +36,7 @@ from bench._memory_common import (
     emit,
     in_call_readings,
     rss_mb,
+    run_child,
     settled_reading,
     wait_for,
 )
@@ -139,13 +139,7 @@ async def serve() -> None:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    try:
-        asyncio.run(serve())
-    except Exception as exc:
-        emit({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-    return 0
+    return run_child(serve())
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ import asyncio
 import ctypes
 import gc
 import json
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,14 @@ async def in_call_readings(count: int, interval: float) -> list[float]:
             await asyncio.sleep(interval)
         readings.append(rss_mb(collect=False))
     return readings
+
+
+def run_child(serve: Coroutine[Any, Any, None]) -> int:
+    """A benchmark child's main: run its command loop; a failure is reported to the parent, then raised."""
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    try:
+        asyncio.run(serve)
+    except Exception as exc:
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        raise
+    return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
 from typing import Any
@@ -30,6 +29,7 @@ from bench._memory_common import (
     emit,
     in_call_readings,
     rss_mb,
+    run_child,
     settled_reading,
     wait_for,
 )
@@ -94,13 +94,7 @@ def main() -> int:
     parser.add_argument("--server", required=True)
     parser.add_argument("--auth-token", required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    try:
-        asyncio.run(serve(args.server, args.auth_token))
-    except Exception as exc:
-        emit({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-    return 0
+    return run_child(serve(args.server, args.auth_token))
 
 
 if __name__ == "__main__":

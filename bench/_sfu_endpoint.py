@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._memory_common import command, emit, wait_for
+from bench._memory_common import command, emit, run_child, wait_for
 from kiosk.calls import Calls, CallSession, CallSettingsBuilder
 from kiosk.media.emulated import EmulatedDevices
 
@@ -181,13 +180,7 @@ def main() -> int:
     parser.add_argument("--auth-token", required=True)
     parser.add_argument("--ice-address", required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    try:
-        asyncio.run(serve(args.server, args.auth_token, args.ice_address))
-    except Exception as exc:
-        emit({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-    return 0
+    return run_child(serve(args.server, args.auth_token, args.ice_address))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ application sees the same events, lists and in-call methods as in a mesh."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -33,6 +35,19 @@ def janus(tmp_path: Path) -> Iterator[JanusServer]:
         yield server
 
 
+@contextlib.asynccontextmanager
+async def group_call(tmp_path: Path, janus: JanusServer, *uids: str) -> AsyncIterator[tuple[Any, list[Any]]]:
+    """A call server that sends sessions past the mesh limit to this Janus, and logged-in endpoints
+    whose ICE uses the address Janus gathers on (it cannot use loopback; see tests/janus_server.py)."""
+    async with (
+        running_server(
+            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
+        ) as server,
+        endpoints(server.url, tmp_path, *uids, ice_host_addresses=[janus.ice_address]) as eps,
+    ):
+        yield server, eps
+
+
 async def received_from_all(ep, others: list[str], frames: int = 5) -> bool:
     stats = await ep.calls.get_session_stats()
     return all(
@@ -44,13 +59,7 @@ async def received_from_all(ep, others: list[str], frames: int = 5) -> bool:
 
 
 async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
-    async with (
-        running_server(
-            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
-        ) as server,
-        # ICE on the address Janus gathers on (it cannot use loopback; see tests/janus_server.py).
-        endpoints(server.url, tmp_path, *UIDS, ice_host_addresses=[janus.ice_address]) as eps,
-    ):
+    async with group_call(tmp_path, janus, *UIDS) as (server, eps):
         session = new_session_id()
         mesh, late = eps[:4], eps[4:]
         for ep in mesh:
@@ -134,12 +143,7 @@ async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
 
 async def test_a_kiosk_endpoint_process_joins_as_the_fifth(tmp_path, janus):
     """`kiosk endpoint --ice-address` in its own process: the join that moves the session to Janus."""
-    async with (
-        running_server(
-            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
-        ) as server,
-        endpoints(server.url, tmp_path, *UIDS[:4], ice_host_addresses=[janus.ice_address]) as eps,
-    ):
+    async with group_call(tmp_path, janus, *UIDS[:4]) as (server, eps):
         session = new_session_id()
         for ep in eps:
             await ep.join(session)
@@ -167,12 +171,7 @@ async def test_a_kiosk_endpoint_process_joins_as_the_fifth(tmp_path, janus):
 
 
 async def test_an_endpoint_that_loses_janus_publishes_again_and_is_seen_again(tmp_path, janus):
-    async with (
-        running_server(
-            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
-        ) as server,
-        endpoints(server.url, tmp_path, *UIDS[:5], ice_host_addresses=[janus.ice_address]) as eps,
-    ):
+    async with group_call(tmp_path, janus, *UIDS[:5]) as (server, eps):
         session = new_session_id()
         for ep in eps:
             await ep.join(session)

@@ -142,8 +142,8 @@ class RemoteMedia:
     def __init__(
         self,
         participant: RemoteParticipant,
-        pc: RTCPeerConnection,
         *,
+        ice_servers: list[dict[str, Any]],
         session_started_at: float,
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
@@ -151,7 +151,8 @@ class RemoteMedia:
     ) -> None:
         self.participant = participant
         self.uid = participant.user.uid
-        self.pc = pc
+        # An explicit empty list: aiortc would otherwise try a public STUN server.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
         self.stats = ParticipantStats(uid=self.uid)
         self._session_started_at = session_started_at
         self._on_video_frame = on_video_frame
@@ -165,16 +166,16 @@ class RemoteMedia:
         self.created_at = time.monotonic()
         self.last_media_at: float | None = None  # when the last audio or video frame arrived
 
-        @pc.on("track")
+        @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
             self.remote_tracks[track.kind] = track
             consume = self._consume_video if track.kind == "video" else self._consume_audio
             self._consumers.append(asyncio.ensure_future(consume(track)))
 
-        @pc.on("connectionstatechange")
+        @self.pc.on("connectionstatechange")
         def _on_state() -> None:
-            self.stats.connection_state = pc.connectionState
-            self._on_connection_state(self, pc.connectionState)
+            self.stats.connection_state = self.pc.connectionState
+            self._on_connection_state(self, self.pc.connectionState)
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         while True:
@@ -276,11 +277,9 @@ class RemotePeer(RemoteMedia):
         on_connection_state: Callable[[RemotePeer, str], None],
         on_keyframe_request: Callable[[], None] | None = None,
     ) -> None:
-        # An explicit empty list: aiortc would otherwise try a public STUN server.
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
         super().__init__(
             participant,
-            pc,
+            ice_servers=ice_servers,
             session_started_at=session_started_at,
             on_video_frame=on_video_frame,
             on_audio_frame=on_audio_frame,

@@ -561,10 +561,9 @@ class SfuFeed(RemoteMedia):
         on_audio_frame: AudioSink,
         on_connection_state: Callable[[Any, str], None],
     ) -> None:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
         super().__init__(
             participant,
-            pc,
+            ice_servers=ice_servers,
             session_started_at=session_started_at,
             on_video_frame=on_video_frame,
             on_audio_frame=on_audio_frame,
