@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 import pytest
 from test_redis_state import REDIS_SERVER, free_port, redis_server
-from test_scale_out import ServerProcess
+from test_scale_out import ServerProcess, start_server_process
 
 from kiosk.protocol import CallStatus, CallType
 from kiosk.server.config import ServerConfig
@@ -386,30 +386,11 @@ def test_database_url_setting_and_cli_errors(tmp_path: Path) -> None:
 
 
 async def start_server(name: str, tmp: Path, redis_url: str, database_url: str) -> ServerProcess:
-    port = free_port()
-    log = tmp / f"server-{name}.log"
+    """A server process as on a host of its own: its own data dir, no admin key given, the database shared."""
     env = {k: v for k, v in os.environ.items() if k not in ("KIOSK_ADMIN_KEY", "KIOSK_DATABASE_URL")}
-    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kiosk.cli", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(tmp / f"host-{name}"), "--redis", redis_url, "--ring-timeout", "30",
-            stdout=out, stderr=out, env={**env, "PYTHONUNBUFFERED": "1", "KIOSK_DATABASE_URL": database_url},
-        )  # fmt: skip
-    finally:
-        os.close(out)
-    server = ServerProcess(name, f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as http:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{server.url}/app/") as response:
-                    if response.status == 200:
-                        return server
-            if proc.returncode is not None or time.monotonic() > deadline:
-                await server.stop()
-                raise RuntimeError(f"server {name} did not start: {log.read_text()[-2000:]}")
-            await asyncio.sleep(0.1)
+    return await start_server_process(
+        name, tmp / f"host-{name}", redis_url, tmp, args=(), env={**env, "KIOSK_DATABASE_URL": database_url}
+    )
 
 
 async def request(method: str, url: str, *, token: str = "", admin: str = "", body: Any = None) -> Any:

@@ -51,16 +51,23 @@ class ServerProcess:
                 await self.proc.wait()
 
 
-async def start_server_process(name: str, data_dir: Path, redis_url: str, tmp: Path) -> ServerProcess:
+async def start_server_process(
+    name: str,
+    data_dir: Path,
+    redis_url: str,
+    tmp: Path,
+    args: tuple[str, ...] = ("--admin-key", ADMIN_KEY, "--rejoin-grace", str(GRACE)),
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`kiosk server --redis` in its own process, its output in tmp/server-<name>.log; returns once it serves."""
     port = free_port()
     log = tmp / f"server-{name}.log"
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kiosk.cli", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(data_dir), "--admin-key", ADMIN_KEY, "--redis", redis_url,
-            "--rejoin-grace", str(GRACE), "--ring-timeout", "30",
-            stdout=out, stderr=out, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            "--data-dir", str(data_dir), "--redis", redis_url, "--ring-timeout", "30", *args,
+            stdout=out, stderr=out, env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
     finally:
         os.close(out)
