@@ -156,6 +156,7 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "candidate": {"sessionId": (_STR, True), "to": (_STR, True), "candidate": ((dict, type(None)), True)},
     "media.state": {"sessionId": (_STR, True), "audioMuted": (_BOOL, True), "videoMuted": (_BOOL, True)},
     "switch.video": {"sessionId": (_STR, True)},
+    "sfu.lost": {"sessionId": (_STR, True), "room": ((int,), True)},
     "recording": {"sessionId": (_STR, True), "recording": (_BOOL, True)},
     "ping": {},
 }

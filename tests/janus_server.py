@@ -177,6 +177,15 @@ class JanusServer:
 
     def start(self) -> JanusServer:
         self._write_config()
+        return self._launch()
+
+    def restart(self) -> JanusServer:
+        """Stop and start again on the same port and configuration: everything in Janus's memory
+        (sessions, rooms) is gone, as after a real restart."""
+        self.stop()
+        return self._launch()
+
+    def _launch(self) -> JanusServer:
         self.process = subprocess.Popen(
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )

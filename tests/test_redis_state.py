@@ -224,6 +224,11 @@ async def test_the_first_sfu_room_given_stays(state: LiveState) -> None:
     assert session is not None and session.sfu == first
     await state.leave("s1", "c0")
     assert (await state.get_session("s1")).sfu == first
+    # Janus lost the room: a new one replaces it, once; a replacement naming a stale room is refused.
+    second = {"room": 9, "pin": "r", "secret": "u"}
+    assert await state.set_sfu("s1", second, replacing=7) == second
+    assert await state.set_sfu("s1", {"room": 10, "pin": "v", "secret": "w"}, replacing=7) == second
+    assert (await state.get_session("s1")).sfu == second
 
 
 async def test_busy_check(state: LiveState) -> None:

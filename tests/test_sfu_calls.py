@@ -279,3 +279,41 @@ def test_the_server_command_refuses_a_bad_janus_url_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "kiosk server: Janus URL 'janus:8088' must start with http:// or https://"
     ]
+
+
+async def test_a_janus_restart_mid_call_gets_the_session_a_new_room(tmp_path, janus):
+    async with group_call(tmp_path, janus, *UIDS[:5]) as (server, eps):
+        session = new_session_id()
+        for ep in eps:
+            await ep.join(session)
+        for ep in eps:
+            others = [o.uid for o in eps if o is not ep]
+            await wait_until(lambda e=ep, o=others: received_from_all(e, o), 45, f"SFU media at {ep.uid}")
+        old_room = eps[0].calls.session._sfu_room["room"]
+        janus.restart()  # the room and every Janus session are gone
+        restarted = time.monotonic()
+        for ep in eps:
+            await wait_until(
+                lambda e=ep: e.calls.session._sfu_room["room"] != old_room, 20, f"the new room at {ep.uid}"
+            )
+
+        def flowing(ep) -> bool:
+            peers = ep.calls.session.peers
+            return all(
+                (p := peers.get(o.uid)) is not None and p.receiving(0.5) and p.stats.video_frames_decoded >= 5
+                for o in eps
+                if o is not ep
+            )
+
+        for ep in eps:
+            await wait_until(lambda e=ep: flowing(e), 30, f"everyone's media at {ep.uid} after the restart")
+        print(
+            f"Janus restarted: everyone's media back through a new room in {time.monotonic() - restarted:.2f} s"
+        )
+        rooms = {ep.calls.session._sfu_room["room"] for ep in eps}
+        assert len(rooms) == 1 and old_room not in rooms
+        for ep in eps:
+            assert sorted(u.uid for u in ep.calls.session.user_list()) == sorted(UIDS[:5])
+            assert not ep.events.of("on_user_left")
+            errors = [e.code for (e,) in ep.events.of("on_error")]
+            assert errors.count("SFU_UNAVAILABLE") <= 1, errors  # said once, not once per retry

@@ -30,7 +30,7 @@ from kiosk.calls.events import (
 from kiosk.calls.peer import RemoteMedia, RemoteParticipant, RemotePeer, SessionStats
 from kiosk.calls.recorder import CallRecorder
 from kiosk.calls.settings import CallSettings
-from kiosk.calls.sfu import AudioLevelMeter, SfuError, SfuPublisher, SfuPublisherInfo
+from kiosk.calls.sfu import ERROR_NO_SUCH_ROOM, AudioLevelMeter, SfuError, SfuPublisher, SfuPublisherInfo
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, SpeakerSink
 from kiosk.protocol import DEFAULT_REJOIN_GRACE
@@ -336,6 +336,7 @@ class CallSession:
                 self._spawn(peer.close())
             if self._sfu_level not in self.audio.taps:
                 self.audio.taps.append(self._sfu_level)
+        failures = 0
         while self.active and self._sfu_room is room:
             await self._drop_sfu()
             assert self.self_user is not None
@@ -361,8 +362,20 @@ class CallSession:
                 return
             except SfuError as exc:
                 if self.sfu is publisher:
-                    self._emit_error("SFU_UNAVAILABLE", f"group call media server: {exc}; retrying")
+                    if not failures:  # once per outage; the retries are logged
+                        self._emit_error("SFU_UNAVAILABLE", f"group call media server: {exc}; retrying")
+                    log.info("publishing to the SFU failed: %s", exc)
+                    failures += 1
+                    if exc.code == ERROR_NO_SUCH_ROOM:
+                        # Janus lost the room (it restarted): the call server makes a new one.
+                        self._spawn(self._report_room_lost(int(room["room"])))
             await asyncio.sleep(SFU_RETRY_SECONDS)
+
+    async def _report_room_lost(self, room: int) -> None:
+        try:
+            await self.calls.signaling.request("sfu.lost", sessionId=self.session_id, room=room)
+        except CallsError as exc:
+            log.info("telling the server that SFU room %s is gone: %s", room, exc)
 
     async def _drop_sfu(self) -> None:
         publisher, self.sfu = self.sfu, None

@@ -581,13 +581,15 @@ class RedisState(LiveState):
 
         await self._transact([self._k("session", session_id)], body)
 
-    async def set_sfu(self, session_id: str, room: dict[str, Any]) -> dict[str, Any] | None:
+    async def set_sfu(
+        self, session_id: str, room: dict[str, Any], replacing: int | None = None
+    ) -> dict[str, Any] | None:
         async def body(pipe: Pipeline) -> dict[str, Any] | None:
             session = await self._load(pipe, session_id)
             pipe.multi()
             if session is None:
                 return None
-            if session.sfu is None:
+            if (session.sfu["room"] if session.sfu is not None else None) == replacing:
                 session.sfu = dict(room)
                 self._store(pipe, session)
             return dict(session.sfu)

@@ -152,6 +152,39 @@ class Sessions:
             if not lock.locked():
                 self._allocating.pop(session_id, None)
 
+    async def sfu_lost(self, conn_id: str, session_id: str, room_number: int) -> None:
+        """A participant found the session's room gone from Janus (Janus restarted): make a new one and
+        move everyone to it (`session.media`). A room that is still there, or was replaced already,
+        is left as it is. Raises SFU_UNAVAILABLE if Janus cannot be asked or make the room."""
+        session, _ = await self._state.member(session_id, conn_id)
+        if self._rooms is None or session.sfu is None or session.sfu["room"] != room_number:
+            return
+        lock = self._allocating.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            session = await self._state.get_session(session_id)
+            if session is None or session.sfu is None or session.sfu["room"] != room_number:
+                return  # replaced while we waited
+            try:
+                if await self._rooms.exists(room_number):
+                    return
+                room = await self._rooms.create_room(session_id, self._config.max_participants)
+            except SfuUnavailable as exc:
+                raise ProtocolError(
+                    ErrorCode.SFU_UNAVAILABLE, f"the group-call media server is unavailable: {exc}"
+                ) from None
+            kept = await self._state.set_sfu(session_id, room.to_state(), replacing=room_number)
+            if kept is None or kept["room"] != room.room:
+                await self._destroy_room(room)  # the session ended, or another process replaced the room
+                return
+            session = await self._state.get_session(session_id)
+            if session is None:
+                return
+            log.info("SFU room %s of session %s was gone: now room %s", room_number, session_id, room.room)
+            self._hub.send_many(
+                list(session.participants),
+                {"type": "session.media", "sessionId": session_id, "media": media_of(session)},
+            )
+
     async def _room_of(self, session_id: str) -> SfuRoom | None:
         if self._rooms is None:
             return None

@@ -72,6 +72,10 @@ async def _media_state(ctx: ServerContext, conn: Connection, user: User, msg: di
     await ctx.sessions.media_state(conn.id, user, msg)
 
 
+async def _sfu_lost(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
+    await ctx.sessions.sfu_lost(conn.id, msg["sessionId"], msg["room"])
+
+
 async def _switch_video(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
     await ctx.sessions.switch_video(conn.id, user, msg["sessionId"])
 
@@ -94,6 +98,7 @@ _HANDLERS: dict[str, Handler] = {
     "candidate": _relay,
     "media.state": _media_state,
     "switch.video": _switch_video,
+    "sfu.lost": _sfu_lost,
     "recording": _recording,
     "ping": _ping,
 }

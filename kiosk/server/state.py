@@ -131,9 +131,12 @@ class LiveState(ABC):
     async def set_audio_only(self, session_id: str, audio_only: bool) -> None: ...
 
     @abstractmethod
-    async def set_sfu(self, session_id: str, room: dict[str, Any]) -> dict[str, Any] | None:
-        """Give the session this SFU room unless it has one already; returns the session's room
-        (the one given, or the one another join gave first), or None if there is no such session."""
+    async def set_sfu(
+        self, session_id: str, room: dict[str, Any], replacing: int | None = None
+    ) -> dict[str, Any] | None:
+        """Give the session this SFU room unless it has one already (or, with `replacing`, in place of
+        the room numbered so, if that is still its room); returns the session's room (the one given,
+        or the one another join gave first), or None if there is no such session."""
 
     @abstractmethod
     async def sessions_of_connection(self, conn_id: str) -> list[str]: ...
@@ -286,11 +289,14 @@ class MemoryState(LiveState):
         if session is not None:
             session.audio_only = audio_only
 
-    async def set_sfu(self, session_id: str, room: dict[str, Any]) -> dict[str, Any] | None:
+    async def set_sfu(
+        self, session_id: str, room: dict[str, Any], replacing: int | None = None
+    ) -> dict[str, Any] | None:
         session = self._sessions.get(session_id)
         if session is None:
             return None
-        if session.sfu is None:
+        current = session.sfu["room"] if session.sfu is not None else None
+        if current == replacing:
             session.sfu = dict(room)
         return dict(session.sfu)
 
