@@ -22,6 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+# Imported before any test runs: otherwise its pytest plugin imports it at the end of a run that did
+# not use it, deep in pytest's hooks, where Python 3.11.7's ast.parse (pytest rewrites what it
+# imports) has failed with "SystemError: AST constructor recursion depth mismatch" after a passing run.
+import hypothesis  # noqa: F401
 import pytest
 from stand_in_support import pi  # noqa: F401  (the picamera2 stand-in fixture, for every test module)
 

@@ -230,3 +230,45 @@ async def test_page_that_cannot_reach_janus_reports_it_and_stays_in_the_call(tmp
         assert page_errors == []
         for ep in eps:
             await ep.calls.end_session()
+
+
+async def test_page_moves_to_the_new_room_after_a_janus_restart(tmp_path, janus):
+    async with (
+        asyncio.timeout(70),
+        running_server(
+            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
+        ) as server,
+        endpoints(server.url, tmp_path, *KIOSKS, ice_host_addresses=[janus.ice_address]) as eps,
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await _open_app(browser, server.url, token)
+        page_errors: list[str] = []
+        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+        session = new_session_id()
+        for ep in eps:
+            await ep.join(session)
+        await page.evaluate(_JOIN, session)
+
+        async def page_media(room_not: int | None = None) -> dict[str, Any] | None:
+            stats = await page.evaluate("() => window.kioskCalls.getSessionStats()")
+            ok = (
+                stats["mediaMode"] == "sfu"
+                and stats["room"] != room_not
+                and all(stats["participants"].get(uid, {}).get("videoFramesDecoded", 0) > 5 for uid in KIOSKS)
+            )
+            return stats if ok else None
+
+        before = await _poll("the four kiosks in the page", page_media, 25)
+        janus.restart()  # rooms and sessions gone: the session gets a new room (sfu.lost)
+        after = await _poll(
+            "the four kiosks in the page through the new room", lambda: page_media(before["room"]), 30
+        )
+        assert after["room"] == eps[0].calls.session._sfu_room["room"]
+        for ep in eps:
+            await wait_until(
+                lambda e=ep: _grew(video_frames(e, "visitor"), 5), 20, f"page video at {ep.uid} again"
+            )
+        assert page_errors == []
+        for ep in eps:
+            await ep.calls.end_session()

@@ -263,6 +263,8 @@ class JanusSession:
                 ) from None
         finally:
             self._pending.pop(transaction, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by _lost while _post itself raised: nobody else reads it
 
 
 class JanusHandle:

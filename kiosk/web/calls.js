@@ -389,6 +389,7 @@ function mediaErrorMessage(err) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const transactionId = () => Math.random().toString(36).slice(2, 14);
 const sfuUnavailable = (message) => new CallsError("SFU_UNAVAILABLE", message);
+const JANUS_NO_SUCH_ROOM = 426;
 
 // One Janus API session over its HTTP transport: requests, a keepalive every 25 s, and one long poll
 // for the events of all its handles. Bodies go as text/plain (Janus reads any), so a request from the
@@ -482,8 +483,11 @@ class JanusSession {
     }
     if (reply.janus === "error") throw new CallsError("SFU_ERROR", `Janus: ${reply.error?.reason}`);
     const data = reply.plugindata?.data || {};
-    if (data.error_code || data.error)
-      throw new CallsError("SFU_ERROR", `Janus VideoRoom: ${data.error} (${data.error_code})`);
+    if (data.error_code || data.error) {
+      const err = new CallsError("SFU_ERROR", `Janus VideoRoom: ${data.error} (${data.error_code})`);
+      err.janusCode = data.error_code;
+      throw err;
+    }
     return { data, jsep: reply.jsep || null };
   }
 
@@ -808,6 +812,9 @@ class Session {
         if (!this.active || this.janus !== janus) return;
         // Once per run of failures: the retries every second would otherwise flood the page.
         if (failures++ === 0) this.error("SFU_UNAVAILABLE", `group call media server: ${err.message}; retrying`);
+        // No such room: Janus restarted and lost it; the call server makes a new one (session.media).
+        if (err.janusCode === JANUS_NO_SUCH_ROOM)
+          state.signaling.request("sfu.lost", { sessionId: this.sessionId, room: room.room }).catch(() => {});
       }
       await sleep(SFU_RETRY_MS);
     }
@@ -1224,7 +1231,7 @@ if (navigator.mediaDevices) {
 export async function getSessionStats() {
   const s = state.session;
   if (!s) return null;
-  const result = { sessionId: s.sessionId, mediaMode: s.mediaMode, participants: {} };
+  const result = { sessionId: s.sessionId, mediaMode: s.mediaMode, room: s.sfuRoom?.room ?? null, participants: {} };
   const publisher = s.janus?.pc;
   if (publisher) {
     // Through the SFU: what our one publisher connection sends.
