@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# Set up everything the project needs on Debian 12 / Raspberry Pi OS Bookworm: system packages,
-# then the virtual environment at .venv/ with the project and its test tools. Safe to run again:
-# it installs only what is missing.
+# Set up what the project needs on Debian 12 / Raspberry Pi OS Bookworm: system packages, then the
+# virtual environment at .venv/ with the project and its test tools. With --tests, also the servers
+# and the browser the test suite starts (scripts/run-tests.sh passes it; the kiosk app needs none of
+# them). Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libasound2-dev and gcc build pyalsaaudio; alsa-utils gives aplay/arecord for checking a device.
 # libgl1, libgl1-mesa-dri and libegl1 let Kivy render (offscreen through EGL where there is no display).
 APT_PACKAGES=(python3 python3-venv python3-pip python3-dev gcc pkg-config libasound2-dev alsa-utils
-    libgl1 libgl1-mesa-dri libegl1 libmtdev1
+    libgl1 libgl1-mesa-dri libegl1 libmtdev1)
+# What the tests start for themselves, each a private instance on loopback.
+TEST_APT_PACKAGES=(
     chromium  # a real browser peer for the web client's tests (Playwright drives it; no browser download)
     coturn  # turnserver for the TURN tests, which start their own on a private network namespace
     redis-server  # shared live state for several server processes (`kiosk server --redis`); tests start their own
     postgresql  # users and call logs shared by server processes on several hosts (`kiosk server --database`); tests start their own
     janus)  # the SFU for group calls larger than the mesh (VideoRoom plugin); tests start their own
+case "${1:-}" in
+    --tests) APT_PACKAGES+=("${TEST_APT_PACKAGES[@]}") ;;
+    "") ;;
+    *) echo "usage: scripts/setup.sh [--tests]" >&2; exit 2 ;;
+esac
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -5,7 +5,7 @@ the plain HTTP transport bound to 127.0.0.1 on a free port, no admin API, no eve
 a small RTP port range, ICE gathering on one local address only, and runs `janus -F <configs>`;
 `start()` waits until `GET /janus/info` answers. It is a context manager, and `running_janus(tmp_path)`
 is the body of a pytest fixture. Janus missing is a failure with a clear message, not a skip:
-scripts/setup.sh installs it.
+scripts/setup.sh --tests installs it.
 
 ICE cannot run on loopback here: libnice (Janus) skips loopback interfaces even when
 `ice_enforce_list` names "lo" or 127.0.0.1, and aioice never offers 127.0.0.1 either. So Janus gathers
@@ -85,7 +85,7 @@ def janus_lib_dir() -> Path:
         if (Path(folder) / "plugins" / "libjanus_videoroom.so").exists():
             return Path(folder)
     raise AssertionError(
-        "Janus is not installed (no libjanus_videoroom.so): run scripts/setup.sh, or apt-get install janus"
+        "Janus is not installed (no libjanus_videoroom.so): run scripts/setup.sh --tests, or apt-get install janus"
     )
 
 
@@ -96,7 +96,7 @@ class JanusServer:
         binary = shutil.which("janus")
         if binary is None:
             raise AssertionError(
-                "`janus` is not installed: run scripts/setup.sh (it installs Debian's janus), "
+                "`janus` is not installed: run scripts/setup.sh --tests (it installs Debian's janus), "
                 "or apt-get install janus"
             )
         self.binary = binary

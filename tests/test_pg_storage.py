@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from test_redis_state import REDIS_SERVER, free_port, redis_server
+from test_redis_state import free_port, redis_server
 from test_scale_out import ServerProcess, start_server_process
 
 from kiosk.protocol import CallStatus, CallType
@@ -51,7 +51,7 @@ def postgres_server() -> Iterator[str]:
     if bin_dir is None:
         pytest.fail(
             "PostgreSQL server binaries not found (/usr/lib/postgresql/<version>/bin/initdb): "
-            "run scripts/setup.sh, which installs the postgresql package"
+            "run scripts/setup.sh --tests, which installs the postgresql package"
         )
     root = Path(tempfile.mkdtemp(prefix="kiosk-pg-"))
     as_postgres: list[str] = []
@@ -409,7 +409,6 @@ async def ws_request(ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any
             return dict(reply)
 
 
-@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (scripts/setup.sh)")
 async def test_two_hosts_share_users_keys_and_call_log(pg_url: str, tmp_path: Path) -> None:
     with redis_server(tmp_path / "redis") as redis_url:
         a = await start_server("a", tmp_path, redis_url, pg_url)

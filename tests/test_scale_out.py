@@ -17,13 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 from calls_support import ADMIN_KEY, Endpoint, make_user, video_frames, wait_until
-from test_redis_state import REDIS_SERVER, free_port, redis_server
+from test_redis_state import free_port, redis_server
 
 from kiosk.calls import CallStatus, CallType
-
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server is not installed (scripts/setup.sh)"
-)
 
 GRACE = 3.0  # --rejoin-grace of both servers
 NODE_TTL = 6.0  # redis_state.NODE_TTL_SECONDS: how long a killed server's heartbeat outlives it

@@ -7,7 +7,7 @@ The end-to-end tests build three network namespaces, unique to the run:
 
 ns m holds coturn and the call server and does not forward IP, so a and b each reach m but never each
 other: the only media path is coturn's relay. They need root, `ip netns` and `turnserver` (the coturn
-package, installed by scripts/setup.sh); without them they fail and say why rather than skipping.
+package, installed by scripts/setup.sh --tests); without them they fail and say why rather than skipping.
 """
 
 from __future__ import annotations
@@ -158,14 +158,16 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _require_lab() -> None:
-    """These tests must run where CI runs them (root, Debian 12, after scripts/setup.sh): fail, not skip."""
+    """These tests must run where CI runs them (root, Debian 12, after scripts/setup.sh --tests): fail, not skip."""
     problems = []
     if os.geteuid() != 0:
         problems.append("not root (network namespaces and veth pairs need root)")
     if shutil.which("ip") is None:
         problems.append("no `ip` command (iproute2)")
     if shutil.which("turnserver") is None:
-        problems.append("no `turnserver`: install coturn (scripts/setup.sh does: apt-get install coturn)")
+        problems.append(
+            "no `turnserver`: install coturn (scripts/setup.sh --tests does: apt-get install coturn)"
+        )
     if problems:
         pytest.fail("TURN test cannot run: " + "; ".join(problems), pytrace=False)
 
