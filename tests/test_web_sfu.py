@@ -5,7 +5,9 @@ publishes and subscribes there as the SDK does (docs/protocol.md, "Group calls t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,35 @@ def janus(tmp_path: Path) -> Iterator[JanusServer]:
         yield server
 
 
+@dataclass
+class WebGroupCall:
+    server: Any
+    eps: list[Any]
+    page: Any
+    page_errors: list[str]  # uncaught errors and unhandled rejections in the page
+
+
+@contextlib.asynccontextmanager
+async def web_group_call(
+    tmp_path: Path, janus: JanusServer, **server_options: Any
+) -> AsyncIterator[WebGroupCall]:
+    """A call server that sends sessions past the mesh limit to this Janus, the four kiosk endpoints
+    (ICE on the address Janus gathers on: it cannot use loopback; see tests/janus_server.py), and the
+    visitor's page, signed in."""
+    async with (
+        running_server(
+            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY, **server_options
+        ) as server,
+        endpoints(server.url, tmp_path, *KIOSKS, ice_host_addresses=[janus.ice_address]) as eps,
+        chromium() as browser,
+    ):
+        token = await make_user(server.url, "visitor", "Visitor")
+        page = await _open_app(browser, server.url, token)
+        page_errors: list[str] = []
+        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+        yield WebGroupCall(server, eps, page, page_errors)
+
+
 @pytest.mark.parametrize(
     "page_joins",
     [
@@ -75,19 +106,8 @@ def janus(tmp_path: Path) -> Iterator[JanusServer]:
     ],
 )
 async def test_browser_goes_through_the_sfu_with_four_kiosks(tmp_path, janus, page_joins):
-    async with (
-        asyncio.timeout(60),
-        running_server(
-            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
-        ) as server,
-        # ICE on the address Janus gathers on (it cannot use loopback; see tests/janus_server.py).
-        endpoints(server.url, tmp_path, *KIOSKS, ice_host_addresses=[janus.ice_address]) as eps,
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
-        page = await _open_app(browser, server.url, token)
-        page_errors: list[str] = []
-        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    async with asyncio.timeout(60), web_group_call(tmp_path, janus) as call:
+        eps, page, page_errors = call.eps, call.page, call.page_errors
         session = new_session_id()
         first = eps if page_joins == "fifth" else eps[:3]
         for ep in first:
@@ -195,19 +215,9 @@ async def test_page_that_cannot_reach_janus_reports_it_and_stays_in_the_call(tmp
     # --janus-public-url): the page says so through onError, with no uncaught promise rejection.
     async with (
         asyncio.timeout(40),
-        running_server(
-            tmp_path / "server",
-            janus_url=janus.url,
-            janus_public_url="http://127.0.0.1:9/janus",
-            janus_admin_key=VIDEOROOM_ADMIN_KEY,
-        ) as server,
-        endpoints(server.url, tmp_path, *KIOSKS, ice_host_addresses=[janus.ice_address]) as eps,
-        chromium() as browser,
+        web_group_call(tmp_path, janus, janus_public_url="http://127.0.0.1:9/janus") as call,
     ):
-        token = await make_user(server.url, "visitor", "Visitor")
-        page = await _open_app(browser, server.url, token)
-        page_errors: list[str] = []
-        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+        eps, page, page_errors = call.eps, call.page, call.page_errors
         session = new_session_id()
         for ep in eps:
             await ep.join(session)
@@ -233,18 +243,8 @@ async def test_page_that_cannot_reach_janus_reports_it_and_stays_in_the_call(tmp
 
 
 async def test_page_moves_to_the_new_room_after_a_janus_restart(tmp_path, janus):
-    async with (
-        asyncio.timeout(70),
-        running_server(
-            tmp_path / "server", janus_url=janus.url, janus_admin_key=VIDEOROOM_ADMIN_KEY
-        ) as server,
-        endpoints(server.url, tmp_path, *KIOSKS, ice_host_addresses=[janus.ice_address]) as eps,
-        chromium() as browser,
-    ):
-        token = await make_user(server.url, "visitor", "Visitor")
-        page = await _open_app(browser, server.url, token)
-        page_errors: list[str] = []
-        page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    async with asyncio.timeout(70), web_group_call(tmp_path, janus) as call:
+        eps, page, page_errors = call.eps, call.page, call.page_errors
         session = new_session_id()
         for ep in eps:
             await ep.join(session)
