@@ -292,3 +292,43 @@ def test_kiosk_server_refuses_a_redis_it_cannot_use(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "must start with redis://" in bad.stderr
     unreachable = run(f"redis://127.0.0.1:{free_port()}/0")
     assert unreachable.returncode == 1 and "cannot use Redis at" in unreachable.stderr
+
+
+async def test_a_group_call_across_two_servers_goes_through_one_sfu_room(tmp_path: Path) -> None:
+    """Five endpoints, on two server processes sharing Redis and one Janus: the session outgrows the
+    mesh on whichever process takes the fifth join, and everyone, on either process, moves to the one
+    room (session.media crosses processes like any message)."""
+    from janus_server import VIDEOROOM_ADMIN_KEY, running_janus
+
+    with running_janus(tmp_path) as janus, redis_server(tmp_path / "redis") as redis_url:
+        args = ("--admin-key", ADMIN_KEY, "--rejoin-grace", str(GRACE), "--janus-url", janus.url)
+        env = {**os.environ, "KIOSK_JANUS_ADMIN_KEY": VIDEOROOM_ADMIN_KEY}
+        a = await start_server_process("a", tmp_path / "data", redis_url, tmp_path, args=args, env=env)
+        b = await start_server_process("b", tmp_path / "data", redis_url, tmp_path, args=args, env=env)
+        eps: list[Endpoint] = []
+        try:
+            for i, uid in enumerate(("ann", "ben", "cat", "dan", "eve")):
+                url = (a, b)[i % 2].url
+                ep = Endpoint(
+                    url, uid, await make_user(a.url, uid), tmp_path, ice_host_addresses=[janus.ice_address]
+                )
+                eps.append(ep)
+                await ep.join("group")
+            for ep in eps:
+                await wait_until(lambda e=ep: e.calls.session.media_mode == "sfu", 20, f"the SFU at {ep.uid}")
+            for ep in eps:
+                for other in eps:
+                    if other is not ep:
+                        await wait_until(
+                            lambda e=ep, o=other.uid: video_frames(e, o), 30, f"{other.uid} at {ep.uid}"
+                        )
+            rooms = {ep.calls.session._sfu_room["room"] for ep in eps}
+            assert len(rooms) == 1 and all(ep.calls.session.media_mode == "sfu" for ep in eps)
+            assert all(
+                sorted(ep.calls.session.peers) == sorted(o.uid for o in eps if o is not ep) for ep in eps
+            )
+        finally:
+            for ep in eps:
+                await ep.calls.close()
+            await b.stop()
+            await a.stop()
