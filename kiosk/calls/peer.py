@@ -25,6 +25,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
@@ -131,6 +132,23 @@ def _prefer_video_codec(video: RTCRtpTransceiver, video_codec: str) -> None:
     video.setCodecPreferences(codecs)
 
 
+def allow_close_while_connecting(pc: RTCPeerConnection) -> None:
+    """aiortc connects in a task of its own, started by setRemoteDescription; closing the connection
+    before that task is done (a rebuilt or replaced connection, the switch to an SFU) makes it fail
+    with InvalidStateError, which nobody awaits and asyncio logs as an error. Closing is our choice:
+    that failure is expected, any other is still raised."""
+    connect = pc._RTCPeerConnection__connect  # type: ignore[attr-defined]
+
+    async def connect_or_closed() -> None:
+        try:
+            await connect()
+        except InvalidStateError:
+            if pc.connectionState != "closed":
+                raise
+
+    pc._RTCPeerConnection__connect = connect_or_closed  # type: ignore[attr-defined]
+
+
 class RemoteMedia:
     """The receiving half of a connection to one remote participant: the consumers of its tracks, what
     we measured of it (frames, levels, stamp latencies, the peer connection's stats) and their close.
@@ -153,6 +171,7 @@ class RemoteMedia:
         self.uid = participant.user.uid
         # An explicit empty list: aiortc would otherwise try a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
+        allow_close_while_connecting(self.pc)
         self.stats = ParticipantStats(uid=self.uid)
         self._session_started_at = session_started_at
         self._on_video_frame = on_video_frame

@@ -42,6 +42,7 @@ from kiosk.calls.peer import (
     _ice_servers,
     _prefer_video_codec,
     _share_encoder,
+    allow_close_while_connecting,
 )
 
 log = logging.getLogger(__name__)
@@ -411,6 +412,7 @@ class SfuPublisher:
         self.closed = False
         # An explicit empty list: aiortc would otherwise try a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(self.ice_servers)))
+        allow_close_while_connecting(self.pc)
         self._local_tracks = [t for t in (audio_track, video_track) if t is not None]
         audio = self.pc.addTransceiver(audio_track, direction="sendonly")
         _share_encoder(audio, audio_track)
