@@ -48,7 +48,31 @@ async def group_call(tmp_path: Path, janus: JanusServer, *uids: str) -> AsyncIte
         yield server, eps
 
 
-async def received_from_all(ep, others: list[str], frames: int = 5) -> bool:
+async def longest_media_gap(eps: list[Any], step: float = 0.02) -> list[float]:
+    """Until cancelled: per (endpoint, sender), the longest time with no media from that sender,
+    whichever connection it came by. Returns the list of those (read the result after cancelling)."""
+    newest: dict[tuple[str, str], float] = {}
+    longest: dict[tuple[str, str], float] = {}
+    try:
+        while True:
+            now = time.monotonic()
+            for ep in eps:
+                for uid, peer in list(ep.calls.session.peers.items()):
+                    key = (ep.uid, uid)
+                    if peer.last_media_at is not None:
+                        newest[key] = max(newest.get(key, 0.0), peer.last_media_at)
+                    if key in newest:
+                        longest[key] = max(longest.get(key, 0.0), now - newest[key])
+            await asyncio.sleep(step)
+    except asyncio.CancelledError:
+        return list(longest.values())
+
+
+async def received_from_all(ep, others: list[str], frames: int = 5, through_sfu: bool = False) -> bool:
+    """Whether `ep` decoded video and audio from each of `others` (with through_sfu, from its feed
+    in the room: a mesh connection carries a participant's media until its feed replaces it)."""
+    if through_sfu and not all(isinstance(ep.calls.session.peers.get(uid), SfuFeed) for uid in others):
+        return False
     stats = await ep.calls.get_session_stats()
     return all(
         (p := stats.participants.get(uid)) is not None
@@ -70,16 +94,25 @@ async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
             assert ep.calls.session.media_mode == "mesh"
             assert all(isinstance(p, RemotePeer) for p in ep.calls.session.peers.values())
 
-        # The fifth takes the session past the mesh limit (4): everyone moves to the room.
+        # The fifth takes the session past the mesh limit (4): everyone moves to the room. Meanwhile
+        # the longest silence between the four who were in the mesh is watched (make before break:
+        # a mesh connection carries media until the feed that replaces it does).
+        gaps = asyncio.ensure_future(longest_media_gap(mesh))
         switched_at = time.monotonic()
         for ep in late:
             await ep.join(session)
         for ep in eps:
             others = [o.uid for o in eps if o is not ep]
-            await wait_until(lambda e=ep, o=others: received_from_all(e, o), 45, f"SFU media at {ep.uid}")
+            await wait_until(
+                lambda e=ep, o=others: received_from_all(e, o, through_sfu=True), 45, f"SFU media at {ep.uid}"
+            )
+        switch_took = time.monotonic() - switched_at
+        await asyncio.sleep(0.5)
+        gaps.cancel()
+        gap = max((await asyncio.gather(gaps, return_exceptions=True))[0] or [0.0])
         print(
-            f"six through the SFU, each receiving the five others, {time.monotonic() - switched_at:.2f} s "
-            "after the fifth and sixth joined"
+            f"six through the SFU, each receiving the five others from the room, {switch_took:.2f} s after "
+            f"the fifth and sixth joined; longest media gap between the four meanwhile {gap * 1000:.0f} ms"
         )
         for ep in eps:
             others = [o.uid for o in eps if o is not ep]
@@ -156,7 +189,11 @@ async def test_a_kiosk_endpoint_process_joins_as_the_fifth(tmp_path, janus):
         )  # fmt: skip
         try:
             for ep in eps:
-                await wait_until(lambda e=ep: received_from_all(e, ["eve"]), 30, f"eve's media at {ep.uid}")
+                await wait_until(
+                    lambda e=ep: received_from_all(e, ["eve"], through_sfu=True),
+                    30,
+                    f"eve's media at {ep.uid}",
+                )
                 assert ep.calls.session.media_mode == "sfu"
             _, err = await asyncio.wait_for(eve.communicate(), 30)
         finally:
@@ -177,7 +214,9 @@ async def test_an_endpoint_that_loses_janus_publishes_again_and_is_seen_again(tm
             await ep.join(session)
         for ep in eps:
             others = [o.uid for o in eps if o is not ep]
-            await wait_until(lambda e=ep, o=others: received_from_all(e, o), 45, f"SFU media at {ep.uid}")
+            await wait_until(
+                lambda e=ep, o=others: received_from_all(e, o, through_sfu=True), 45, f"SFU media at {ep.uid}"
+            )
         # Janus forgets ann's session (as after a network loss longer than its session timeout).
         ann = eps[0].calls.session
         lost = ann.sfu
@@ -288,7 +327,9 @@ async def test_a_janus_restart_mid_call_gets_the_session_a_new_room(tmp_path, ja
             await ep.join(session)
         for ep in eps:
             others = [o.uid for o in eps if o is not ep]
-            await wait_until(lambda e=ep, o=others: received_from_all(e, o), 45, f"SFU media at {ep.uid}")
+            await wait_until(
+                lambda e=ep, o=others: received_from_all(e, o, through_sfu=True), 45, f"SFU media at {ep.uid}"
+            )
         old_room = eps[0].calls.session._sfu_room["room"]
         janus.restart()  # the room and every Janus session are gone
         restarted = time.monotonic()

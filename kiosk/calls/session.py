@@ -55,7 +55,8 @@ SIGNALING_REFRESH_INTERVAL = 4.0
 # behind TCP's backed-off retransmits. No pong in time: make a new connection.
 SIGNALING_PROBE_INTERVAL = 2.0
 SIGNALING_PROBE_TIMEOUT = 2.0
-SFU_RETRY_SECONDS = 1.0  # between two attempts to (re)publish into a group call's SFU room
+SFU_RETRY_SECONDS = 1.0
+MESH_HANDOVER_SECONDS = 10.0  # mesh connections still not replaced by a feed this long after the switch close  # between two attempts to (re)publish into a group call's SFU room
 
 
 class CallSession:
@@ -331,9 +332,10 @@ class CallSession:
         if self.media_mode != "sfu":
             self.media_mode = "sfu"
             log.info("session %s goes through the SFU (room %s)", self.session_id, room.get("room"))
-            mesh, self.peers = self.peers, {}
-            for peer in mesh.values():
-                self._spawn(peer.close())
+            # Make before break: each mesh connection carries its participant's media until that
+            # participant's feed from the room replaces it (_subscribe); any left after a while
+            # (a participant that never publishes there) are closed then.
+            asyncio.get_running_loop().call_later(MESH_HANDOVER_SECONDS, self._close_mesh_leftovers)
             if self._sfu_level not in self.audio.taps:
                 self.audio.taps.append(self._sfu_level)
         failures = 0
@@ -376,6 +378,14 @@ class CallSession:
             await self.calls.signaling.request("sfu.lost", sessionId=self.session_id, room=room)
         except CallsError as exc:
             log.info("telling the server that SFU room %s is gone: %s", room, exc)
+
+    def _close_mesh_leftovers(self) -> None:
+        if not self.active:
+            return
+        for uid, peer in list(self.peers.items()):
+            if isinstance(peer, RemotePeer):
+                del self.peers[uid]
+                self._spawn(peer.close())
 
     async def _drop_sfu(self) -> None:
         publisher, self.sfu = self.sfu, None
