@@ -121,6 +121,7 @@ async function signIn(token) {
 
 function signOut() {
   ringtone.stop();
+  $("connection").hidden = true;
   clearInterval(usersTimer);
   sessionStorage.removeItem("kiosk-token");
   Calls.logout();
@@ -135,7 +136,7 @@ async function refreshUsers() {
   try {
     users = await Calls.getUsers();
   } catch (err) {
-    say(describe(err), true);
+    if ($("connection").hidden) say(describe(err), true); // while reconnecting, that banner says it
     return;
   }
   const list = $("users");
@@ -289,6 +290,7 @@ async function startCall(call) {
     onRecordingToggled: (info) => showRecording(!!info.recording),
     onMediaDeviceListUpdated: () => refreshDevices(),
     onError: (error) => {
+      if (error.code === "CONNECTION_LOST") return; // the "Reconnecting…" banner shows it
       if (!DEVICE_ERRORS.has(error.code)) {
         say(error.message, true);
         return;
@@ -355,10 +357,12 @@ Calls.addCallListener("page", {
   onCallEndedMessageReceived(call) {
     if (current?.sessionId === call.sessionId) Calls.endSession().then(() => callOver("The call has ended."));
   },
+  // calls.js reconnects by itself (and keeps a call going meanwhile, within the server's rejoin grace).
   onConnectionLost() {
-    say("Lost the connection to the call server. Sign in again.", true);
-    if (current) callOver("Lost the connection to the call server.", true);
-    signOut();
+    $("connection").hidden = false;
+  },
+  onReconnected() {
+    $("connection").hidden = true;
   },
 });
 

@@ -14,6 +14,20 @@ const SFU_KEEPALIVE_MS = 25000; // Janus drops a session after 60 s without a re
 const SFU_POLL_TIMEOUT_MS = 45000; // Janus answers a quiet long poll after 30 s
 const SFU_RETRY_MS = 1000; // between two attempts to (re)publish into the room
 const SFU_RESUBSCRIBE_MS = 2000; // a feed whose connection failed is subscribed again after this
+// Coming back after the signaling drops (docs/protocol.md, "Coming back"), as the Python Calls SDK does.
+const RECONNECT_FIRST_MS = 500;
+const RECONNECT_IN_CALL_MAX_MS = 1000;
+const RECONNECT_MAX_MS = 30000;
+const CONNECT_TIMEOUT_MS = 3000; // one attempt: open the WebSocket and authenticate
+const PROBE_INTERVAL_MS = 2000; // in a call, `ping` this often...
+const PROBE_TIMEOUT_MS = 2000; // ...and renew a connection whose pong does not come within this
+const MEDIA_WATCH_MS = 500;
+const MEDIA_STALL_MS = 1500; // nothing received this long: the media stopped (audio flows even muted)
+const MEDIA_START_MS = 3000; // a rebuilt connection gets this long to bring its first media
+const REBUILD_INTERVAL_MS = 2000; // between two rebuilds of the same peer connection
+const OFFER_ANSWER_MS = 1500; // an offer unanswered this long is taken as lost
+const SIGNALING_REFRESH_AFTER_MS = 3000; // no media from anyone this long: renew the signaling too
+const SIGNALING_REFRESH_INTERVAL_MS = 4000;
 
 export class CallsError extends Error {
   constructor(code, message) {
@@ -27,6 +41,9 @@ const state = {
   authToken: null,
   user: null,
   signaling: null,
+  reconnects: 0, // bumped to stop a reconnect loop (logout, or a newer loss)
+  reconnecting: false,
+  refreshing: false, // the connection is being dropped on purpose (a probe went unanswered)
   session: null,
   callListeners: new Map(), // ringing: onIncomingCallReceived, onOutgoingCallAccepted, ...
   sessionListeners: new Map(), // in-call: onUserJoined, onCallEnded, ...
@@ -87,22 +104,43 @@ class Signaling {
     this.onclose = () => {};
   }
 
-  open() {
+  open(timeoutMs = REQUEST_TIMEOUT_MS) {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
-      ws.onopen = () => resolve();
-      ws.onerror = () => reject(new CallsError("NETWORK", "signaling connection failed"));
-      ws.onclose = () => {
-        for (const { reject: fail, timer } of this.pending.values()) {
-          clearTimeout(timer);
-          fail(new CallsError("NETWORK", "signaling connection closed"));
-        }
-        this.pending.clear();
-        this.onclose();
+      const timer = setTimeout(() => {
+        reject(new CallsError("NETWORK", "signaling connection timed out"));
+        this.drop();
+      }, timeoutMs);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        resolve();
       };
+      ws.onerror = () => {
+        clearTimeout(timer);
+        reject(new CallsError("NETWORK", "signaling connection failed"));
+      };
+      ws.onclose = () => this.closed();
       ws.onmessage = (event) => this.receive(event.data);
     });
+  }
+
+  // Once per connection, whether the server closed it or we dropped it.
+  closed() {
+    if (this.done) return;
+    this.done = true;
+    for (const { reject: fail, timer } of this.pending.values()) {
+      clearTimeout(timer);
+      fail(new CallsError("NETWORK", "signaling connection closed"));
+    }
+    this.pending.clear();
+    this.onclose();
+  }
+
+  // Give the connection up now: a WebSocket whose network died waits long for its closing handshake.
+  drop() {
+    if (this.ws) this.ws.close();
+    this.closed();
   }
 
   receive(raw) {
@@ -123,17 +161,17 @@ class Signaling {
     this.onmessage(message);
   }
 
-  request(type, fields = {}) {
+  request(type, fields = {}, timeoutMs = REQUEST_TIMEOUT_MS) {
     const id = `b${++this.nextId}`;
     return new Promise((resolve, reject) => {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      if (this.done || !this.ws || this.ws.readyState !== WebSocket.OPEN) {
         reject(new CallsError("NETWORK", "not connected to the call server"));
         return;
       }
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new CallsError("TIMEOUT", `no reply to ${type}`));
-      }, REQUEST_TIMEOUT_MS);
+      }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       this.ws.send(JSON.stringify({ type, id, ...fields }));
     });
@@ -150,36 +188,107 @@ function wsUrl() {
   return `${scheme}//${base.host}/v1/ws`;
 }
 
-/** Connect the signaling WebSocket as the owner of `authToken`; resolves with the user. */
-export async function login(authToken) {
-  if (state.signaling) logout();
-  state.authToken = authToken;
+// Open a signaling connection and authenticate on it; resolves with {signaling, user}.
+async function connect(authToken, timeoutMs = REQUEST_TIMEOUT_MS) {
   const signaling = new Signaling(wsUrl());
-  await signaling.open();
+  await signaling.open(timeoutMs);
   signaling.onmessage = onPush;
-  signaling.onclose = () => {
-    if (state.signaling !== signaling) return;
-    state.signaling = null;
-    if (state.session) state.session.teardown("disconnected");
-    emitCall("onConnectionLost");
-  };
+  signaling.onclose = () => onSignalingClosed(signaling);
   try {
-    const reply = await signaling.request("auth", { authToken });
-    state.signaling = signaling;
-    state.user = reply.user;
-    return reply.user;
+    const reply = await signaling.request("auth", { authToken }, timeoutMs);
+    return { signaling, user: reply.user };
   } catch (err) {
-    signaling.close();
+    signaling.drop();
     throw err;
   }
+}
+
+/** Connect the signaling WebSocket as the owner of `authToken`; resolves with the user. */
+export async function login(authToken) {
+  if (state.signaling || state.reconnecting) logout();
+  state.authToken = authToken;
+  const { signaling, user } = await connect(authToken);
+  state.signaling = signaling;
+  state.user = user;
+  return user;
 }
 
 export function logout() {
   const signaling = state.signaling;
   state.signaling = null;
+  state.reconnects++;
+  state.reconnecting = false;
   if (state.session) state.session.teardown("logout");
-  if (signaling) signaling.close();
+  if (signaling) signaling.drop();
   state.user = null;
+}
+
+// The connection dropped without logout(). Media is peer to peer and goes on: the session stays, and
+// we reconnect and rejoin it within the server's rejoin grace (docs/protocol.md, "Coming back").
+function onSignalingClosed(signaling) {
+  if (state.signaling !== signaling) return; // logout(), or a connection not in use yet
+  state.signaling = null;
+  const onPurpose = state.refreshing;
+  state.refreshing = false;
+  const session = state.session;
+  if (!onPurpose) {
+    if (session) session.error("CONNECTION_LOST", "lost the connection to the call server; reconnecting");
+    emitCall("onConnectionLost");
+  }
+  if (session) session.signalingLost();
+  reconnect();
+}
+
+async function reconnect() {
+  const run = ++state.reconnects;
+  state.reconnecting = true;
+  let delay = RECONNECT_FIRST_MS;
+  let waited = 0; // how long the last attempt itself took (a connect that timed out)
+  while (state.reconnects === run) {
+    // Jitter spreads a fleet's retries; the delay counts from the start of the last attempt.
+    await sleep(Math.max(50, delay * (0.5 + Math.random()) - waited));
+    if (state.reconnects !== run) return;
+    const started = Date.now();
+    let connected;
+    try {
+      connected = await connect(state.authToken, CONNECT_TIMEOUT_MS);
+    } catch {
+      waited = Date.now() - started;
+      // In a call, keep trying often: the call waits on it. Idle, back off further.
+      delay = Math.min(state.session ? RECONNECT_IN_CALL_MAX_MS : RECONNECT_MAX_MS, delay * 2);
+      continue;
+    }
+    if (state.reconnects !== run) {
+      connected.signaling.drop(); // logged out meanwhile
+      return;
+    }
+    state.reconnecting = false;
+    state.signaling = connected.signaling;
+    state.user = connected.user;
+    emitCall("onReconnected", connected.user);
+    const session = state.session;
+    if (!session || !session.active) return;
+    try {
+      await session.rejoin();
+    } catch (err) {
+      if (state.signaling !== connected.signaling) return; // lost again: a new attempt has started
+      if (err.code === "TIMEOUT") {
+        refreshSignaling(); // the new connection is dead already
+        return;
+      }
+      // The server will not have us back (the session is over, the token expired): the call is over here.
+      if (state.session === session) session.teardown("lost");
+    }
+    return;
+  }
+}
+
+// Drop the signaling connection and make a new one (it did not answer a ping in time: it may be dead
+// without knowing it, and a new one is up as soon as the network is back).
+function refreshSignaling() {
+  if (!state.signaling) return;
+  state.refreshing = true;
+  state.signaling.drop();
 }
 
 export const getLoggedInUser = () => state.user;
@@ -603,6 +712,17 @@ class Session {
     this.active = false;
     this.ended = false;
     this.idleTimer = null;
+    // Staying in the call when the signaling drops (docs/protocol.md, "Coming back").
+    this.callToken = null;
+    this.rejoinGraceMs = 20000; // the server says how long it keeps our place
+    this.rejoinedSinceLoss = true; // false from a signaling loss until the rejoin succeeded
+    this.graceTimer = null;
+    this.probeTimer = null;
+    this.watchTimer = null;
+    this.hadMedia = new Set(); // participants whose media has flowed (so it can stop)
+    this.lastMediaFrom = new Map(); // uid -> newest media from it (ms), across rebuilt connections
+    this.rebuiltAt = new Map(); // uid -> when we last rebuilt its peer connection
+    this.refreshedAt = 0;
     this.layout = settings.defaultLayout && element ? new DefaultLayout(this, element) : null;
   }
 
@@ -651,6 +771,8 @@ class Session {
       audioOnly: this.audioOnly,
     });
     this.active = true;
+    this.callToken = callToken;
+    if (reply.rejoinGraceMs !== undefined) this.rejoinGraceMs = reply.rejoinGraceMs;
     this.self = reply.self;
     this.iceServers = reply.iceServers || [];
     if (reply.audioOnly && !this.audioOnly) {
@@ -670,6 +792,186 @@ class Session {
     // The joiner offers to everyone already in the session; they answer (docs/protocol.md, "mesh").
     else for (const uid of this.participants.keys()) this.guard(this.offerTo(uid));
     this.resetIdleTimer();
+    this.watchTimer = setInterval(() => this.guard(this.watchMedia()), MEDIA_WATCH_MS);
+    this.probeTimer = setInterval(() => this.probeSignaling(), PROBE_INTERVAL_MS);
+  }
+
+  // ---------------------------------------------------------------- staying connected
+
+  signalingLost() {
+    this.rejoinedSinceLoss = false;
+    if (this.graceTimer) return;
+    this.graceTimer = setTimeout(() => {
+      this.graceTimer = null;
+      // Not back within the server's grace: it has dropped us; for this page the call is over.
+      if (!this.rejoinedSinceLoss && state.session === this) this.teardown("lost");
+    }, this.rejoinGraceMs);
+  }
+
+  // After the signaling reconnected: take our place in the session back (the server kept it for its
+  // grace, or builds the session again after a restart), then bring the participant list and any
+  // broken peer connection up to date.
+  async rejoin() {
+    const reply = await state.signaling.request("join", {
+      sessionId: this.sessionId,
+      callToken: this.callToken,
+      audioMuted: this.audioMuted,
+      videoMuted: this.videoMuted,
+      audioOnly: this.audioOnly,
+      rejoin: true,
+    });
+    if (!this.active) return;
+    this.rejoinedSinceLoss = true;
+    clearTimeout(this.graceTimer);
+    this.graceTimer = null;
+    if (reply.rejoinGraceMs !== undefined) this.rejoinGraceMs = reply.rejoinGraceMs;
+    if (reply.iceServers) this.iceServers = reply.iceServers;
+    const listed = new Set();
+    for (const p of reply.participants || []) {
+      listed.add(p.uid);
+      this.updateParticipant(p);
+    }
+    if (reply.rejoined) {
+      // The server kept the session: whoever it no longer lists left while we were away.
+      for (const uid of [...this.participants.keys()]) if (!listed.has(uid)) this.participantLeft(uid);
+    } else {
+      // The server restarted and knows only those who came back before us; the others are kept while
+      // their media flows or until they rejoin within the grace.
+      setTimeout(() => this.forgetUnconfirmed(listed), this.rejoinGraceMs);
+    }
+    if (reply.media?.mode === "sfu") this.useSfu(reply.media.sfu);
+    else for (const uid of listed) this.rebuildIfBroken(uid, true);
+    if (this.layout) this.layout.update();
+  }
+
+  forgetUnconfirmed(confirmed) {
+    if (!this.active) return;
+    const hadOthers = this.participants.size > 0;
+    for (const uid of [...this.participants.keys()]) {
+      const peer = this.peers.get(uid);
+      if (!confirmed.has(uid) && (!peer || !this.receiving(peer, MEDIA_STALL_MS))) this.participantLeft(uid);
+    }
+    // Everyone we were talking to is gone (the session ended while we were away): the call is over.
+    if (hadOthers && !this.participants.size) this.teardown("lost");
+  }
+
+  // A participant the server (re)announces: new ones are added, known ones updated (no second join).
+  updateParticipant(p) {
+    const known = this.participants.get(p.uid);
+    if (!known) {
+      this.participants.set(p.uid, p);
+      this.resetIdleTimer();
+      this.emit("onUserJoined", p);
+      this.emit("onUserListUpdated", this.userList());
+      if (p.audioMuted || p.videoMuted) this.emitMuted(p);
+      return;
+    }
+    const changed = !!known.audioMuted !== !!p.audioMuted || !!known.videoMuted !== !!p.videoMuted;
+    Object.assign(known, p);
+    if (changed) this.emitMuted(known);
+  }
+
+  participantLeft(uid, announced = null) {
+    const p = this.participants.get(uid) || announced;
+    this.participants.delete(uid);
+    this.closePeer(uid);
+    this.hadMedia.delete(uid);
+    this.lastMediaFrom.delete(uid);
+    if (this.layout) this.layout.update();
+    this.resetIdleTimer();
+    if (!p) return;
+    this.emit("onUserLeft", p);
+    this.emit("onUserListUpdated", this.userList());
+  }
+
+  // Who rebuilds a broken peer connection: the smaller uid (as the Python SDK), so both never offer at once.
+  initiatesWith(uid) {
+    return (this.self?.uid ?? "") < uid;
+  }
+
+  receiving(peer, withinMs) {
+    return peer.lastMediaAt !== undefined && Date.now() - peer.lastMediaAt < withinMs;
+  }
+
+  awaitingAnswer(peer, withinMs) {
+    return peer.pc.signalingState === "have-local-offer" && !!peer.offeredAt && Date.now() - peer.offeredAt < withinMs;
+  }
+
+  rebuildIfBroken(uid, nowReachable = false) {
+    const peer = this.peers.get(uid);
+    if (this.mediaMode === "sfu" || !this.active || !this.participants.has(uid) || !this.initiatesWith(uid)) return;
+    if (peer && this.receiving(peer, MEDIA_STALL_MS)) return;
+    // One offer in flight at a time, unless that one went to a connection now gone.
+    if (peer && this.awaitingAnswer(peer, OFFER_ANSWER_MS) && !nowReachable) return;
+    const now = Date.now();
+    if (!nowReachable && now - (this.rebuiltAt.get(uid) || 0) < REBUILD_INTERVAL_MS) return;
+    this.rebuiltAt.set(uid, now);
+    this.guard(this.offerTo(uid));
+  }
+
+  // Whether the connection to a participant whose media has flowed no longer carries it.
+  broken(uid, peer) {
+    if (!this.participants.has(uid) || !this.hadMedia.has(uid) || this.receiving(peer, MEDIA_STALL_MS)) return false;
+    const age = Date.now() - peer.createdAt;
+    if (peer.pc.signalingState === "have-local-offer" && peer.offeredAt)
+      return Date.now() - peer.offeredAt > OFFER_ANSWER_MS; // our offer went unanswered
+    if (peer.lastMediaAt === undefined) return age > MEDIA_START_MS; // negotiated: give it time to connect
+    return age > MEDIA_STALL_MS; // media came, then stopped
+  }
+
+  // Notice a peer whose media stopped: the smaller uid builds a new connection as soon as signaling can
+  // carry the offer, and everyone silent at once renews a signaling connection that may be dead.
+  async watchMedia() {
+    if (this.watching || !this.active || this.mediaMode === "sfu") return;
+    this.watching = true;
+    try {
+      for (const [uid, peer] of [...this.peers]) {
+        let packets = 0;
+        let report;
+        try {
+          report = await peer.pc.getStats();
+        } catch {
+          continue; // closed meanwhile (replaced, or its participant left)
+        }
+        report.forEach((r) => {
+          if (r.type === "inbound-rtp") packets += r.packetsReceived || 0;
+        });
+        if (packets > (peer.packets || 0)) {
+          peer.packets = packets;
+          peer.lastMediaAt = Date.now();
+        }
+        if (peer.lastMediaAt !== undefined) {
+          this.hadMedia.add(uid);
+          this.lastMediaFrom.set(uid, Math.max(this.lastMediaFrom.get(uid) || 0, peer.lastMediaAt));
+        }
+      }
+    } finally {
+      this.watching = false;
+    }
+    if (!this.active) return;
+    const now = Date.now();
+    if (state.signaling)
+      for (const [uid, peer] of [...this.peers]) if (this.broken(uid, peer)) this.rebuildIfBroken(uid);
+    const flowed = [...this.participants.keys()].filter((u) => this.lastMediaFrom.has(u));
+    const newest = Math.max(0, ...flowed.map((u) => this.lastMediaFrom.get(u)));
+    if (
+      flowed.length &&
+      now - newest >= SIGNALING_REFRESH_AFTER_MS &&
+      now - this.refreshedAt >= SIGNALING_REFRESH_INTERVAL_MS
+    ) {
+      this.refreshedAt = now;
+      refreshSignaling();
+    }
+  }
+
+  // A TCP connection whose network died looks open for minutes, and what the server sends us (an
+  // offer that rebuilds a connection) would wait behind its retransmits: no pong in time, renew it.
+  probeSignaling() {
+    const signaling = state.signaling;
+    if (!this.active || !signaling) return; // reconnecting already
+    signaling.request("ping", {}, PROBE_TIMEOUT_MS).catch((err) => {
+      if (err.code === "TIMEOUT" && this.active && state.signaling === signaling) refreshSignaling();
+    });
   }
 
   guard(promise) {
@@ -685,7 +987,7 @@ class Session {
   newPeer(uid) {
     this.closePeer(uid);
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
-    const peer = { pc, stream: new MediaStream() };
+    const peer = { pc, stream: new MediaStream(), createdAt: Date.now() };
     this.peers.set(uid, peer);
     pc.ontrack = (event) => {
       peer.stream.addTrack(event.track);
@@ -733,6 +1035,8 @@ class Session {
     if (this.active && peer?.pc === pc) {
       // The answer echoes it: an answer to an older offer is never applied to this connection.
       peer.negotiationId = Math.random().toString(36).slice(2, 14);
+      peer.offeredAt = Date.now();
+      if (!state.signaling) throw new CallsError("NETWORK", "not connected to the call server");
       await state.signaling.request("offer", {
         sessionId: this.sessionId,
         to: uid,
@@ -743,6 +1047,10 @@ class Session {
   }
 
   answer(uid, sdp, negotiationId) {
+    const current = this.peers.get(uid);
+    // Both offered at once (a rebuild): the smaller uid's offer wins; the other drops its own and answers.
+    if (current && !current.janus && current.pc.signalingState === "have-local-offer" && this.initiatesWith(uid))
+      return Promise.resolve();
     if (!this.participants.has(uid)) this.participants.set(uid, { uid, name: uid });
     const { pc } = this.newPeer(uid);
     return this.unlessReplaced(uid, pc, this.negotiateAnswer(uid, pc, sdp, negotiationId));
@@ -765,6 +1073,7 @@ class Session {
     if (this.active && this.peers.get(uid)?.pc === pc) {
       const answer = { sessionId: this.sessionId, to: uid, sdp: pc.localDescription.sdp };
       if (negotiationId) answer.negotiationId = negotiationId;
+      if (!state.signaling) throw new CallsError("NETWORK", "not connected to the call server");
       await state.signaling.request("answer", answer);
     }
   }
@@ -814,7 +1123,7 @@ class Session {
         if (failures++ === 0) this.error("SFU_UNAVAILABLE", `group call media server: ${err.message}; retrying`);
         // No such room: Janus restarted and lost it; the call server makes a new one (session.media).
         if (err.janusCode === JANUS_NO_SUCH_ROOM)
-          state.signaling.request("sfu.lost", { sessionId: this.sessionId, room: room.room }).catch(() => {});
+          state.signaling?.request("sfu.lost", { sessionId: this.sessionId, room: room.room }).catch(() => {});
       }
       await sleep(SFU_RETRY_MS);
     }
@@ -962,25 +1271,15 @@ class Session {
       case "participant.joined": {
         const p = message.participant;
         const known = this.participants.has(p.uid);
-        this.participants.set(p.uid, p);
+        this.updateParticipant(p);
         // A participant that comes back (rejoin after its network or the server dropped) is the
-        // same participant: no second join event; its new offer, if any, replaces the connection.
-        if (!known) {
-          this.emit("onUserJoined", p);
-          this.emit("onUserListUpdated", this.userList());
-        }
-        if (p.audioMuted || p.videoMuted) this.emitMuted(p);
+        // same participant: no second join event; its connection is rebuilt if its media stopped.
+        if (known) this.rebuildIfBroken(p.uid, !!message.rejoined);
         break;
       }
-      case "participant.left": {
-        const uid = message.participant.uid;
-        const p = this.participants.get(uid) || message.participant;
-        this.participants.delete(uid);
-        this.closePeer(uid);
-        this.emit("onUserLeft", p);
-        this.emit("onUserListUpdated", this.userList());
+      case "participant.left":
+        this.participantLeft(message.participant.uid, message.participant);
         break;
-      }
       case "session.ended":
         this.teardown(message.reason || "ended");
         return;
@@ -1084,6 +1383,9 @@ class Session {
     this.ended = true;
     this.active = false;
     clearTimeout(this.idleTimer);
+    clearTimeout(this.graceTimer);
+    clearInterval(this.probeTimer);
+    clearInterval(this.watchTimer);
     this.sfuRoom = null;
     this.dropSfu();
     for (const uid of [...this.peers.keys()]) this.closePeer(uid);
@@ -1097,6 +1399,7 @@ class Session {
 
 /** Join a session with a call token (a string, or the object generateToken resolves with). */
 export async function startSession(callToken, callSettings, htmlElement) {
+  if (state.reconnecting) throw new CallsError("NETWORK", "reconnecting to the call server; try again");
   if (!state.signaling) throw new CallsError("NOT_LOGGED_IN", "call login(authToken) first");
   if (state.session) throw new CallsError("ALREADY_IN_SESSION", "a session is already running");
   const token = typeof callToken === "string" ? callToken : callToken.token;
@@ -1150,7 +1453,8 @@ export function pauseVideo(paused) {
 
 export function switchToVideoCall() {
   const s = activeSession("switchToVideoCall");
-  state.signaling.request("switch.video", { sessionId: s.sessionId }).catch((err) => s.error(err.code, err.message));
+  if (state.signaling)
+    state.signaling.request("switch.video", { sessionId: s.sessionId }).catch((err) => s.error(err.code, err.message));
   return s.becomeVideo();
 }
 
