@@ -137,8 +137,9 @@ async def test_a_three_party_call_encodes_each_camera_once(tmp_path):
         await asyncio.sleep(1.0)
         captured, encoded = alice.video.frames_captured - captured, video.frames_encoded - encoded
         # Each captured frame is encoded at most once, though two peers receive it (aiortc alone would
-        # encode it twice); frames the busy encoder skipped are the only difference.
-        assert 0.7 * captured <= encoded <= captured
+        # encode it twice); frames the busy encoder skipped are the only difference. (+1: the frame
+        # captured just before the window may be encoded in it; the two counters are read apart.)
+        assert 0.7 * captured <= encoded <= captured + 1
         bob_saw = await video_frames(eps[1], "alice")
         carol_saw = await video_frames(eps[2], "alice")
         await asyncio.sleep(0.5)

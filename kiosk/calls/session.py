@@ -76,6 +76,7 @@ class CallSession:
         self._sfu_room: dict[str, Any] | None = None  # the room's `sfu` description from the server
         self._sfu_level = AudioLevelMeter()  # our audio level, for the room's talking events
         self.talking: set[str] = set()  # uids the SFU says are talking (its active speakers)
+        self._subscribing: set[int] = set()  # SFU feeds whose subscription is under way
         self.audio_only = settings.audio_only
         self.audio_muted = settings.start_with_audio_muted
         self.video_muted = settings.start_with_video_muted
@@ -301,6 +302,8 @@ class CallSession:
                     self._last_media_from[uid] = max(self._last_media_from.get(uid, 0.0), peer.last_media_at)
             # Only media that flowed and stopped counts: a peer that never sends (no microphone, a
             # receive-only browser) is not broken.
+            if self.media_mode == "sfu":
+                self._subscribe_missing()
             stalled = [uid for uid, peer in list(self.peers.items()) if self._broken(uid, peer)]
             if stalled and self.calls.signaling_connected:
                 for uid in stalled:
@@ -405,9 +408,10 @@ class CallSession:
 
     async def _subscribe(self, info: SfuPublisherInfo) -> None:
         publisher = self.sfu
-        if publisher is None or not self.active:
+        if publisher is None or not self.active or info.feed in self._subscribing:
             return
         participant = self.participants.get(info.uid)
+        self._subscribing.add(info.feed)
         try:
             feed = await publisher.subscribe(
                 info,
@@ -418,9 +422,12 @@ class CallSession:
                 participant=participant,
             )
         except SfuError as exc:
-            # The feed left meanwhile, or we lost Janus (then _sfu_lost publishes and subscribes again).
+            # The feed left meanwhile, or we lost Janus (then _sfu_lost publishes and subscribes
+            # again); otherwise _watch_media tries again (_subscribe_missing).
             log.info("subscribing to %s through the SFU failed: %s", info.uid, exc)
             return
+        finally:
+            self._subscribing.discard(info.feed)
         if not self.active or self.sfu is not publisher or info.feed not in publisher.publishers:
             await feed.close()  # ended, republished, or that publisher left meanwhile
             return
@@ -428,6 +435,23 @@ class CallSession:
         self.peers[info.uid] = feed
         if old is not None:
             await old.close()
+
+    def _subscribe_missing(self) -> None:
+        """Every publisher in the room has a feed here, or one on its way: a subscription that failed
+        (Janus busy, a timeout) is tried again, at most every few seconds per participant."""
+        publisher = self.sfu
+        if publisher is None or publisher.feed is None:
+            return  # not published yet: its own join lists the publishers
+        now = time.monotonic()
+        for feed_id, uid in list(publisher.publishers.items()):
+            current = self.peers.get(uid)
+            if getattr(current, "feed", None) == feed_id or feed_id in self._subscribing:
+                continue
+            if now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
+                continue
+            self._rebuilt_at[uid] = now
+            log.info("no feed from %s through the SFU yet: subscribing", uid)
+            self._spawn(self._subscribe(SfuPublisherInfo(feed_id, uid)))
 
     def _resubscribe(self, uid: str) -> None:
         """A feed whose media stopped: subscribe to that publisher again (at most every few seconds)."""
