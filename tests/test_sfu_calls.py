@@ -82,6 +82,20 @@ async def received_from_all(ep, others: list[str], frames: int = 5, through_sfu:
     )
 
 
+async def join_all_through_sfu(eps: list[Any]) -> str:
+    """All of `eps` join a new session (more than the mesh limit): returns once each decodes every
+    other's media through the room."""
+    session = new_session_id()
+    for ep in eps:
+        await ep.join(session)
+    for ep in eps:
+        others = [o.uid for o in eps if o is not ep]
+        await wait_until(
+            lambda e=ep, o=others: received_from_all(e, o, through_sfu=True), 45, f"SFU media at {ep.uid}"
+        )
+    return session
+
+
 async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
     async with group_call(tmp_path, janus, *UIDS) as (server, eps):
         session = new_session_id()
@@ -209,14 +223,7 @@ async def test_a_kiosk_endpoint_process_joins_as_the_fifth(tmp_path, janus):
 
 async def test_an_endpoint_that_loses_janus_publishes_again_and_is_seen_again(tmp_path, janus):
     async with group_call(tmp_path, janus, *UIDS[:5]) as (server, eps):
-        session = new_session_id()
-        for ep in eps:
-            await ep.join(session)
-        for ep in eps:
-            others = [o.uid for o in eps if o is not ep]
-            await wait_until(
-                lambda e=ep, o=others: received_from_all(e, o, through_sfu=True), 45, f"SFU media at {ep.uid}"
-            )
+        await join_all_through_sfu(eps)
         # Janus forgets ann's session (as after a network loss longer than its session timeout).
         ann = eps[0].calls.session
         lost = ann.sfu
@@ -322,14 +329,7 @@ def test_the_server_command_refuses_a_bad_janus_url_in_one_line(tmp_path):
 
 async def test_a_janus_restart_mid_call_gets_the_session_a_new_room(tmp_path, janus):
     async with group_call(tmp_path, janus, *UIDS[:5]) as (server, eps):
-        session = new_session_id()
-        for ep in eps:
-            await ep.join(session)
-        for ep in eps:
-            others = [o.uid for o in eps if o is not ep]
-            await wait_until(
-                lambda e=ep, o=others: received_from_all(e, o, through_sfu=True), 45, f"SFU media at {ep.uid}"
-            )
+        await join_all_through_sfu(eps)
         old_room = eps[0].calls.session._sfu_room["room"]
         janus.restart()  # the room and every Janus session are gone
         restarted = time.monotonic()
