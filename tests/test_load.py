@@ -308,7 +308,9 @@ async def test_python_heap_returns_to_baseline(tmp_path: Path) -> None:
             after = tracemalloc.take_snapshot()
         growth = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
         print(f"\n{load.sessions} sessions; Python heap {growth / 1024:+.0f} KB")
-        assert load.sessions >= pairs * 2
+        # Enough sessions for a leak to show (usually 2-3 per pair; under tracemalloc on a busy
+        # machine fewer: 195 in one CI run). This is not a throughput check.
+        assert load.sessions >= pairs
         # Measured: +7 to +29 KB (hash tables at their high-water size, tracemalloc's own records);
         # a leak of 200 bytes a session would pass this.
         assert growth < 250 * 1024, growth
