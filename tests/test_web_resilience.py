@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,6 +55,20 @@ async def _tiles(page: Any) -> list[str]:
 
 
 @asynccontextmanager
+async def _kiosk_and_page(
+    server: RunningServer, tmp_path: Path, uid: str
+) -> AsyncIterator[tuple[Endpoint, Any]]:
+    """A kiosk endpoint `uid` and a headless-Chromium page in a 1:1 call, within 50 s."""
+    async with (
+        asyncio.timeout(50),
+        endpoints(server.url, tmp_path, uid) as (kiosk,),
+        chromium() as browser,
+        _page_in_call(server, kiosk, browser) as page,
+    ):
+        yield kiosk, page
+
+
+@asynccontextmanager
 async def _page_in_call(server: RunningServer, kiosk: Endpoint, browser: Any) -> AsyncIterator[Any]:
     """The visitor's page calls the kiosk, which answers; yields the page once media flows both ways."""
     token = await make_user(server.url, "visitor", "Visitor")
@@ -90,12 +105,7 @@ async def test_a_server_restart_mid_call_keeps_the_pages_call(tmp_path):
     server = await start_server(_config(data_dir))
     port = int(server.url.rsplit(":", 1)[1])
     try:
-        async with (
-            asyncio.timeout(50),
-            endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-            chromium() as browser,
-            _page_in_call(server, kiosk, browser) as page,
-        ):
+        async with _kiosk_and_page(server, tmp_path, "kiosk") as (kiosk, page):
             page_joins = len(await _events(page, "onUserJoined"))
             kiosk_joins = len(kiosk.events.of("on_user_joined"))
             sdp = (await _stats_of(page, "kiosk"))["localSdp"]
@@ -145,12 +155,7 @@ async def _more(page: Any, than: int) -> bool:
 async def test_a_server_down_longer_than_the_grace_ends_the_pages_call(tmp_path):
     server = await start_server(_config(tmp_path / "server", rejoin_grace=3.0))
     try:
-        async with (
-            asyncio.timeout(50),
-            endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-            chromium() as browser,
-            _page_in_call(server, kiosk, browser) as page,
-        ):
+        async with _kiosk_and_page(server, tmp_path, "kiosk") as (kiosk, page):
             await server.close()
             stopped = time.monotonic()
             await wait_until(lambda: _events(page, "onError"), 5, "CONNECTION_LOST in the page")
@@ -171,12 +176,7 @@ async def test_the_page_rebuilds_a_connection_whose_media_stopped_when_its_uid_i
     # "visitor" < "zkiosk": the page is the one that rebuilds (docs/protocol.md, "Coming back").
     server = await start_server(_config(tmp_path / "server"))
     try:
-        async with (
-            asyncio.timeout(50),
-            endpoints(server.url, tmp_path, "zkiosk") as (kiosk,),
-            chromium() as browser,
-            _page_in_call(server, kiosk, browser) as page,
-        ):
+        async with _kiosk_and_page(server, tmp_path, "zkiosk") as (kiosk, page):
             first_sdp = (await _stats_of(page, "zkiosk"))["localSdp"]
             offers = kiosk.calls.session._offers_seen.get("visitor", 0)
             await kiosk.calls.session.peers["visitor"].close()  # its media to the page stops
@@ -212,12 +212,7 @@ _SWALLOW_A_PING = """() => {
 async def test_the_page_renews_a_signaling_connection_whose_pong_does_not_come(tmp_path):
     server = await start_server(_config(tmp_path / "server"))
     try:
-        async with (
-            asyncio.timeout(50),
-            endpoints(server.url, tmp_path, "kiosk") as (kiosk,),
-            chromium() as browser,
-            _page_in_call(server, kiosk, browser) as page,
-        ):
+        async with _kiosk_and_page(server, tmp_path, "kiosk") as (kiosk, page):
             await page.evaluate(_SWALLOW_A_PING)
             swallowed = time.monotonic()
             await wait_until(lambda: _events(page, "onReconnected"), 10, "the page to renew its connection")
