@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from kiosk.protocol import (
@@ -54,8 +55,8 @@ class Sessions:
     ) -> None:
         self._config = config
         self._rooms = rooms
-        # Session ids whose SFU room this process is creating: one creation at a time per session.
-        self._allocating: dict[str, asyncio.Lock] = {}
+        # Session id -> (lock, how many hold or await it): one SFU room change at a time per session.
+        self._allocating: dict[str, tuple[asyncio.Lock, int]] = {}
         self._state = state
         self._storage = storage
         self._tokens = tokens
@@ -105,14 +106,18 @@ class Sessions:
             {"type": "participant.joined", "sessionId": session_id, "participant": me.to_json()},
         )
         log.info("%s joined %s session %s (%d in it)", user.uid, session.type, session_id, len(others) + 1)
+        return self._joined_reply(session, conn_id, user, rejoined=False)
+
+    def _joined_reply(self, session: Session, conn_id: str, user: User, *, rejoined: bool) -> dict[str, Any]:
+        """The `joined` reply (without `id`) for this connection's participant."""
         return {
             "type": "joined",
-            "sessionId": session_id,
-            "self": me.to_json(),
-            "participants": [p.to_json() for p in others],
+            "sessionId": session.id,
+            "self": session.participants[conn_id].to_json(),
+            "participants": [p.to_json() for cid, p in session.participants.items() if cid != conn_id],
             "audioOnly": session.audio_only,
             "iceServers": ice_servers_for(self._config, user.uid),
-            "rejoined": False,
+            "rejoined": rejoined,
             "rejoinGraceMs": int(self._config.rejoin_grace * 1000),
             "media": media_of(session),
         }
@@ -126,31 +131,20 @@ class Sessions:
         session = await self._state.get_session(session_id)
         if session is None or session.sfu is not None or len(session.participants) < self._config.mesh_limit:
             return False
-        lock = self._allocating.setdefault(session_id, asyncio.Lock())
-        try:
-            async with lock:
-                session = await self._state.get_session(session_id)
-                if session is None or session.sfu is not None:
-                    return False
-                try:
-                    room = await self._rooms.create_room(session_id, self._config.max_participants)
-                except SfuUnavailable as exc:
-                    log.warning("session %s outgrew the mesh but has no SFU room: %s", session_id, exc)
-                    raise ProtocolError(
-                        ErrorCode.SFU_UNAVAILABLE,
-                        f"the group-call media server is unavailable; session {session_id} stays at "
-                        f"{len(session.participants)}",
-                    ) from None
-                kept = await self._state.set_sfu(session_id, room.to_state())
-                if kept is None or kept["room"] != room.room:
-                    # The session ended meanwhile, or another server process gave it a room first.
-                    await self._destroy_room(room)
-                    return False
-                log.info("session %s outgrew the mesh: media through SFU room %s", session_id, room.room)
-                return True
-        finally:
-            if not lock.locked():
-                self._allocating.pop(session_id, None)
+        async with self._room_change(session_id):
+            session = await self._state.get_session(session_id)
+            if session is None or session.sfu is not None:
+                return False
+            room = await self._new_room(
+                session_id,
+                replacing=None,
+                unavailable=f"the group-call media server is unavailable; session {session_id} stays at "
+                f"{len(session.participants)}",
+            )
+            if room is None:
+                return False
+            log.info("session %s outgrew the mesh: media through SFU room %s", session_id, room.room)
+            return True
 
     async def sfu_lost(self, conn_id: str, session_id: str, room_number: int) -> None:
         """A participant found the session's room gone from Janus (Janus restarted): make a new one and
@@ -159,31 +153,60 @@ class Sessions:
         session, _ = await self._state.member(session_id, conn_id)
         if self._rooms is None or session.sfu is None or session.sfu["room"] != room_number:
             return
-        lock = self._allocating.setdefault(session_id, asyncio.Lock())
-        async with lock:
+        async with self._room_change(session_id):
             session = await self._state.get_session(session_id)
             if session is None or session.sfu is None or session.sfu["room"] != room_number:
                 return  # replaced while we waited
             try:
                 if await self._rooms.exists(room_number):
                     return
-                room = await self._rooms.create_room(session_id, self._config.max_participants)
             except SfuUnavailable as exc:
                 raise ProtocolError(
                     ErrorCode.SFU_UNAVAILABLE, f"the group-call media server is unavailable: {exc}"
                 ) from None
-            kept = await self._state.set_sfu(session_id, room.to_state(), replacing=room_number)
-            if kept is None or kept["room"] != room.room:
-                await self._destroy_room(room)  # the session ended, or another process replaced the room
-                return
+            room = await self._new_room(
+                session_id, replacing=room_number, unavailable="the group-call media server is unavailable"
+            )
             session = await self._state.get_session(session_id)
-            if session is None:
+            if room is None or session is None:
                 return
             log.info("SFU room %s of session %s was gone: now room %s", room_number, session_id, room.room)
             self._hub.send_many(
                 list(session.participants),
                 {"type": "session.media", "sessionId": session_id, "media": media_of(session)},
             )
+
+    @contextlib.asynccontextmanager
+    async def _room_change(self, session_id: str) -> AsyncIterator[None]:
+        """One room creation at a time per session in this process (across processes, set_sfu's
+        compare-and-set decides). A session's lock lives while someone holds or awaits it."""
+        lock, users = self._allocating.get(session_id, (asyncio.Lock(), 0))
+        self._allocating[session_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._allocating[session_id]
+            if users == 1:
+                del self._allocating[session_id]
+            else:
+                self._allocating[session_id] = (lock, users - 1)
+
+    async def _new_room(self, session_id: str, *, replacing: int | None, unavailable: str) -> SfuRoom | None:
+        """Make a room and make it the session's (in place of room `replacing`, if given); None, and
+        the room destroyed, if the session ended or another join or process changed its room first.
+        Raises SFU_UNAVAILABLE, the message starting with `unavailable`, if Janus cannot make it."""
+        assert self._rooms is not None
+        try:
+            room = await self._rooms.create_room(session_id, self._config.max_participants)
+        except SfuUnavailable as exc:
+            log.warning("session %s needs an SFU room but Janus made none: %s", session_id, exc)
+            raise ProtocolError(ErrorCode.SFU_UNAVAILABLE, f"{unavailable}: {exc}") from None
+        kept = await self._state.set_sfu(session_id, room.to_state(), replacing=replacing)
+        if kept is None or kept["room"] != room.room:
+            await self._destroy_room(room)
+            return None
+        return room
 
     async def _room_of(self, session_id: str) -> SfuRoom | None:
         if self._rooms is None:
@@ -225,17 +248,7 @@ class Sessions:
             },
         )
         log.info("%s rejoined session %s", user.uid, session_id)
-        return {
-            "type": "joined",
-            "sessionId": session_id,
-            "self": me.to_json(),
-            "participants": [p.to_json() for p in others],
-            "audioOnly": session.audio_only,
-            "iceServers": ice_servers_for(self._config, user.uid),
-            "rejoined": True,
-            "rejoinGraceMs": int(self._config.rejoin_grace * 1000),
-            "media": media_of(session),
-        }
+        return self._joined_reply(session, conn_id, user, rejoined=True)
 
     async def leave(self, conn_id: str, session_id: str, reason: str = "left") -> None:
         """Remove one connection; a 1:1 session is then over for the other side (reason hangup)."""
