@@ -327,8 +327,9 @@ class CallSession:
 
     async def _use_sfu(self, room: dict[str, Any], again: bool = False) -> None:
         """The session outgrew the mesh (or is past it already): publish our media once into the
-        room and subscribe to everyone else's there. Mesh connections close; participants, events
-        and in-call methods stay as they were, so the application sees no difference."""
+        room and subscribe to everyone else's there. Each mesh connection carries media until the
+        feed that replaces it does; participants, events and in-call methods stay as they were, so
+        the application sees no difference."""
         if self.sfu is not None and self._sfu_room == room and not again:
             return  # publishing there already (a rejoin's reply names the same room)
         self._sfu_room = room
@@ -438,33 +439,33 @@ class CallSession:
 
     def _subscribe_missing(self) -> None:
         """Every publisher in the room has a feed here, or one on its way: a subscription that failed
-        (Janus busy, a timeout) is tried again, at most every few seconds per participant."""
+        (Janus busy, a timeout) is tried again."""
         publisher = self.sfu
         if publisher is None or publisher.feed is None:
             return  # not published yet: its own join lists the publishers
-        now = time.monotonic()
         for feed_id, uid in list(publisher.publishers.items()):
-            current = self.peers.get(uid)
-            if getattr(current, "feed", None) == feed_id or feed_id in self._subscribing:
-                continue
-            if now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
-                continue
-            self._rebuilt_at[uid] = now
-            log.info("no feed from %s through the SFU yet: subscribing", uid)
-            self._spawn(self._subscribe(SfuPublisherInfo(feed_id, uid)))
+            if getattr(self.peers.get(uid), "feed", None) != feed_id:
+                self._subscribe_again(uid, feed_id, "no feed from it yet")
 
     def _resubscribe(self, uid: str) -> None:
-        """A feed whose media stopped: subscribe to that publisher again (at most every few seconds)."""
+        """A feed whose media stopped: subscribe to that publisher again."""
         publisher = self.sfu
+        feed_id = (
+            next((f for f, owner in publisher.publishers.items() if owner == uid), None)
+            if publisher
+            else None
+        )
+        if feed_id is not None:
+            self._subscribe_again(uid, feed_id, "its media stopped")
+
+    def _subscribe_again(self, uid: str, feed_id: int, why: str) -> None:
+        """Subscribe to `uid`'s feed unless that is under way, at most every few seconds per participant."""
         now = time.monotonic()
-        if publisher is None or now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
-            return
-        feed = next((f for f, owner in publisher.publishers.items() if owner == uid), None)
-        if feed is None:
+        if feed_id in self._subscribing or now - self._rebuilt_at.get(uid, 0.0) < REBUILD_INTERVAL_SECONDS:
             return
         self._rebuilt_at[uid] = now
-        log.info("media from %s through the SFU stopped: subscribing again", uid)
-        self._spawn(self._subscribe(SfuPublisherInfo(feed, uid)))
+        log.info("subscribing to %s through the SFU again: %s", uid, why)
+        self._spawn(self._subscribe(SfuPublisherInfo(feed_id, uid)))
 
     def _unpublished(self, feed: int) -> None:
         for uid, peer in list(self.peers.items()):
@@ -505,10 +506,7 @@ class CallSession:
             log.exception("final stats failed")
         await asyncio.gather(*(peer.close() for peer in self.peers.values()), return_exceptions=True)
         self.peers.clear()
-        if self.sfu is not None:
-            publisher, self.sfu = self.sfu, None
-            with contextlib.suppress(Exception):
-                await publisher.close()
+        await self._drop_sfu()
         await self.video.close()
         await self.audio.close()
         if self.speaker is not None:
