@@ -26,7 +26,6 @@ from kiosk.server.models import Call, User
 from kiosk.server.storage import Direction, Storage, UserExistsError
 from kiosk.server.tokens import ADMIN_KEY_ENV, AdminKey, AdminKeySetup, hash_secret, new_secret
 
-URL_SCHEMES = ("postgresql://", "postgres://")
 SCHEMA_VERSION = 1
 # pg_advisory_xact_lock key held while the schema is checked or created ("kiosk" in ASCII).
 _SCHEMA_LOCK = 0x6B696F736B
