@@ -238,6 +238,7 @@ MODULES = [
     "cpu_call",
     "latency",
     "button",
+    "audio_switch",
     "group_cost",
     "sfu_group",
     "memory",

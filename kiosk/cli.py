@@ -198,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command in ("run", "endpoint", "demo"):  # they make calls: aiortc's internals checked first
+            from kiosk.calls.compat import exit_code_for
+
+            if code := exit_code_for(args.command):
+                return code
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from kiosk.media.devices import AUDIO_MODES
 
 DEFAULT_PATH = Path("/etc/kiosk/kiosk.toml")
+BUTTON_NAMES = ("mute", "end", "audio_mode", "call", "volume_up", "volume_down")
 
 
 class ConfigError(Exception):
@@ -67,15 +68,24 @@ class CameraSection:
 
 @dataclass(frozen=True)
 class AudioModeDevice:
-    playback: str  # ALSA PCM name for this mode's output
+    # ALSA PCM name for this mode's output; "auto": the best output among the sound cards present at
+    # start (kiosk.media.soundcards)
+    playback: str
     capture: str = ""  # optional ALSA PCM to capture from while in this mode (a headset's microphone)
     label: str = ""
+    # The output's volume control: "auto" (the card's usual playback element, if it has one), "none"
+    # (software gain), or a simple mixer element name ("PCM", "Speaker", "Digital", ...).
+    mixer: str = "auto"
+    # The control device holding that element; "": derived from the playback PCM (CARD=X -> hw:CARD=X).
+    mixer_device: str = ""
 
 
 @dataclass(frozen=True)
 class AudioSection:
     backend: Literal["emulated", "alsa"] = "emulated"
-    capture: str = "default"  # ALSA capture PCM when the mode names none
+    # ALSA capture PCM when the mode names none; "auto": the first sound card with a microphone at
+    # start; "": none (the others do not hear this kiosk; it still hears them)
+    capture: str = "default"
     period_ms: int = 20
     default_mode: str = "SPEAKER"
     fallback_order: list[str] = field(default_factory=lambda: list(AUDIO_MODES))
@@ -84,6 +94,9 @@ class AudioSection:
     echo_cancellation: bool = True
     noise_suppression: bool = True
     auto_gain_control: bool = True
+    volume: int = 80  # percent: the level an audio mode starts at, before anyone changes it
+    volume_step: int = 10  # percent per press of a volume button
+    volume_file: str = ""  # where the level of each mode is kept; "": volume.json in server.data_dir
     tone_hz: float = 440.0  # emulated microphone
     sound_file: str = ""  # emulated microphone: play this file instead of a tone
     speaker_dir: str = ""  # emulated speakers: write what they play here as WAV
@@ -115,6 +128,8 @@ class ButtonsSection:
     end: EndButtonSection | None = None
     audio_mode: ButtonSection | None = None
     call: CallButtonSection | None = None
+    volume_up: ButtonSection | None = None  # a press is one step; held, it repeats every hold_s
+    volume_down: ButtonSection | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +182,10 @@ class KioskConfig:
     recording: RecordingSection = field(default_factory=RecordingSection)
     emulation: EmulationSection = field(default_factory=EmulationSection)
     source: str = ""  # the file it came from
+
+    def volume_file(self) -> Path:
+        """Where the volume of each audio mode is kept across restarts."""
+        return Path(self.audio.volume_file or Path(self.server.data_dir) / "volume.json")
 
     def auth_token(self) -> str:
         if self.server.auth_token:
@@ -314,9 +333,13 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
             )
     if audio.poll_interval <= 0:
         raise ConfigError("audio.poll_interval: must be more than 0")
+    if not 0 <= audio.volume <= 100:
+        raise ConfigError(f"audio.volume: {audio.volume} is not between 0 and 100")
+    if not 1 <= audio.volume_step <= 50:
+        raise ConfigError(f"audio.volume_step: {audio.volume_step} is not between 1 and 50")
 
     pins: dict[int, str] = {}
-    for name in ("mute", "end", "audio_mode", "call"):
+    for name in BUTTON_NAMES:
         button = getattr(config.buttons, name)
         if button is not None:
             _claim_pin(pins, button.pin, f"buttons.{name}.pin")

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiosk.calls import (
     Call,
@@ -31,6 +31,9 @@ from kiosk.calls import (
     CallStatus,
     CallType,
 )
+
+if TYPE_CHECKING:
+    from kiosk.media.volume import OutputVolume
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ class KioskState:
     muted: bool = False
     video_paused: bool = False
     audio_mode: str | None = None
+    volume: int | None = (
+        None  # percent, of the mode playing (or that a call would start in); None: no control
+    )
     message: str = ""  # the last outcome or error, in words ("Reception is busy")
 
 
@@ -75,12 +81,15 @@ class KioskController:
         auto_answer_after: float = 0.0,
         settings_factory: SettingsFactory | None = None,
         view: Any = None,
+        volume: OutputVolume | None = None,
     ) -> None:
         self.calls = calls
         self.auto_answer_after = auto_answer_after
         self.settings_factory = settings_factory or _default_settings
         self.view = view
-        self.state = KioskState()
+        self.volume = volume
+        self._volume_lock = asyncio.Lock()
+        self.state = KioskState(volume=self._volume_of(None))
         self._observers: list[Observer] = []
         self._auto_answer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,6 +137,10 @@ class KioskController:
                 observer(self.state)
             except Exception:
                 log.exception("state observer failed")
+
+    def report(self, message: str) -> None:
+        """Show a message (a device problem found at start) until the next one."""
+        self._set(message=message)
 
     def _run(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
         async def guarded() -> Any:
@@ -280,11 +293,46 @@ class KioskController:
         except CallsError as exc:
             self._set(message=exc.message)
             return
-        self._set(audio_mode=following)
+        self._set(audio_mode=following, volume=self._volume_of(following))
+
+    def _volume_mode(self) -> str | None:
+        """The mode whose volume the buttons change: the call's, else the one a call starts in."""
+        session = self._live_session()
+        if session is not None and session.audio_mode:
+            return str(session.audio_mode)
+        modes = self.calls.devices.audio_modes()
+        return modes[0] if modes else None
+
+    def _volume_of(self, mode: str | None) -> int | None:
+        if self.volume is None:
+            return None
+        if mode is None:
+            modes = self.calls.devices.audio_modes()
+            mode = modes[0] if modes else None
+        return self.volume.level(mode) if mode else None
+
+    def volume_up(self) -> asyncio.Task[Any]:
+        return self._run(self._step_volume(1), "turn the volume up")
+
+    def volume_down(self) -> asyncio.Task[Any]:
+        return self._run(self._step_volume(-1), "turn the volume down")
+
+    async def _step_volume(self, steps: int) -> None:
+        volume, mode = self.volume, self._volume_mode()
+        if volume is None:
+            self._set(message="This kiosk has no volume control")
+            return
+        if mode is None:
+            self._set(message="No audio output available")
+            return
+        async with self._volume_lock:  # presses in a row apply in order
+            # Off the loop: a mixer write and the saved levels' file.
+            level = await asyncio.to_thread(volume.step, mode, steps)
+        self._set(volume=level)
 
     def dispatch(self, action: str, **options: Any) -> Any:
         """Run an action by name (for the keyboard and the control socket): mute, video, end,
-        end_hold, answer, reject, audio_mode, call:<uid>."""
+        end_hold, answer, reject, audio_mode, volume_up, volume_down, call:<uid>."""
         if action.startswith("call:"):
             return self.call(action.split(":", 1)[1])
         handlers: dict[str, Callable[[], Any]] = {
@@ -295,6 +343,8 @@ class KioskController:
             "answer": self.answer,
             "reject": self.reject,
             "audio_mode": self.cycle_audio_mode,
+            "volume_up": self.volume_up,
+            "volume_down": self.volume_down,
         }
         handler = handlers.get(action)
         if handler is None:
@@ -316,15 +366,24 @@ class KioskController:
 
     def _sync_session_state(self) -> None:
         session = self.calls.session
+        mode = session.audio_mode if session else None
         self._set(
             muted=bool(session and session.audio_muted),
             video_paused=bool(session and session.video_muted),
-            audio_mode=session.audio_mode if session else None,
+            audio_mode=mode,
+            volume=self._volume_of(mode),
         )
 
     def _finish(self, message: str) -> None:
         self._cancel_auto_answer()
-        self._set(phase=Phase.IDLE, call=None, muted=False, video_paused=False, message=message)
+        self._set(
+            phase=Phase.IDLE,
+            call=None,
+            muted=False,
+            video_paused=False,
+            volume=self._volume_of(None),
+            message=message,
+        )
 
     def _cancel_auto_answer(self) -> None:
         if self._auto_answer is not None:
@@ -406,7 +465,7 @@ class _ControllerListener(CallEventListener):
     def on_audio_mode_changed(self, modes: Any) -> None:
         selected = next((m.mode for m in modes if m.selected), None)
         if selected is not None and selected != self.controller.state.audio_mode:
-            self.controller._set(audio_mode=selected)
+            self.controller._set(audio_mode=selected, volume=self.controller._volume_of(selected))
 
     def on_error(self, error: Any) -> None:
         self.controller._set(message=error.message)

@@ -19,7 +19,7 @@ import aiohttp
 from kiosk.calls import Calls, SessionStats
 from kiosk.config import load_config
 from kiosk.controller import KioskController, Phase
-from kiosk.device import build_devices
+from kiosk.device import KioskDevices, build_devices
 from kiosk.endpoint import EventRecorder, to_jsonable
 from kiosk.hardware import Controls, start_controls
 from kiosk.media.devices import MediaDevices
@@ -82,7 +82,9 @@ async def run_demo(
             desk.add_call_event_listener("demo", EventRecorder("reception", out))
             await door.login()
             await desk.login()
-            door_kiosk = KioskController(door)
+            door_kiosk = KioskController(
+                door, volume=door_devices.volume if isinstance(door_devices, KioskDevices) else None
+            )
             desk_kiosk = KioskController(desk, auto_answer_after=0.5)  # the desk answers by itself
             if config is not None:
                 controls = await start_controls(config, door_kiosk)

@@ -12,15 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kiosk.config import AudioSection, ConfigError, KioskConfig
+from kiosk.config import ConfigError, KioskConfig
 from kiosk.media.devices import (
     CameraSource,
     DeviceError,
+    HardwareVolume,
     MediaDeviceInfo,
     MediaDevices,
     MicrophoneSource,
     SpeakerSink,
 )
+from kiosk.media.volume import OutputVolume, VolumeLevels
 
 if TYPE_CHECKING:
     from kiosk.media.alsa import AlsaAudio
@@ -40,11 +42,13 @@ class KioskDevices(MediaDevices):
         audio: MediaDevices,
         fallback_order: list[str],
         processor: object | None = None,
+        volume: OutputVolume | None = None,
     ) -> None:
         self.cameras = cameras
         self.audio = audio
         self.fallback_order = list(fallback_order)
         self.processor = processor  # kiosk.media.aec.AudioProcessor, when echo cancellation is on
+        self.volume = volume  # every output opened plays at its mode's level
 
     def list_devices(self) -> list[MediaDeviceInfo]:
         video = [d for d in self.cameras.list_devices() if d.kind == "videoinput"]
@@ -59,6 +63,15 @@ class KioskDevices(MediaDevices):
     def input_for_mode(self, mode: str) -> MediaDeviceInfo | None:
         return self.audio.input_for_mode(mode)
 
+    def output_busy(self, device_id: str) -> bool:
+        return self.audio.output_busy(device_id)
+
+    def shares_substream(self, device_id: str, other_id: str) -> bool | None:
+        return self.audio.shares_substream(device_id, other_id)
+
+    def hardware_volume(self, device_id: str) -> HardwareVolume | None:
+        return self.audio.hardware_volume(device_id)
+
     def open_camera(self, device_id: str) -> CameraSource:
         return self.cameras.open_camera(device_id)
 
@@ -72,6 +85,8 @@ class KioskDevices(MediaDevices):
 
     def open_speaker(self, device_id: str) -> SpeakerSink:
         speaker = self.audio.open_speaker(device_id)
+        if self.volume is not None:
+            self.volume.attach(speaker)
         if self.processor is not None:
             from kiosk.media.aec import connect_reference
 
@@ -85,6 +100,9 @@ class DeviceChoices:
 
     video_codec: str | None  # "H264" when a camera sends its own H.264
     recording_dir: Path
+    # Devices the config names that are not there (no microphone on a stock Pi): the kiosk starts
+    # anyway, keeps what it has, and shows these.
+    problems: tuple[str, ...] = ()
 
 
 def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
@@ -94,6 +112,7 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
     cameras = CameraSet(config.cameras)
     audio_section = config.audio
     audio: MediaDevices
+    problems: list[str] = []
     if audio_section.backend == "alsa":
         from kiosk.media.alsa import AlsaAudio
 
@@ -101,7 +120,7 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
             audio = AlsaAudio(audio_section)
         except DeviceError as exc:
             raise ConfigError(f"audio: {exc}") from None
-        _require_alsa_devices(audio, audio_section)
+        problems = _missing_alsa_devices(audio)
     else:
         from kiosk.media.emulated import EmulatedDevices
 
@@ -120,16 +139,34 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
             auto_gain_control=audio_section.auto_gain_control,
         )
     passthrough = any(c.h264_passthrough for c in config.cameras)
-    devices = KioskDevices(cameras, audio, audio_section.fallback_order, processor)
-    return devices, DeviceChoices("H264" if passthrough else None, Path(config.recording.directory))
+    if passthrough:  # only where a Pi camera has a hardware H.264 encoder (not on a Pi 5)
+        from kiosk.media.picamera import picamera_passthrough_available
+
+        passthrough = picamera_passthrough_available() is True
+    levels = VolumeLevels(config.volume_file(), audio_section.volume)
+    volume = OutputVolume(audio, levels, audio_section.volume_step)
+    devices = KioskDevices(cameras, audio, audio_section.fallback_order, processor, volume)
+    for problem in problems:
+        log.warning("%s", problem)
+    return devices, DeviceChoices(
+        "H264" if passthrough else None, Path(config.recording.directory), tuple(problems)
+    )
 
 
-def _require_alsa_devices(audio: AlsaAudio, section: AudioSection) -> None:
-    """A kiosk that cannot hear or cannot be heard should not start as if all were well. Outputs
-    may come and go (a headset), but at least one must be there at start."""
+def _missing_alsa_devices(audio: AlsaAudio) -> list[str]:
+    """What a person must know when the kiosk cannot hear or be heard, short enough for the home
+    screen (the log has the details). Not a reason not to start: a stock Raspberry Pi has no
+    microphone, a kiosk that shows and rings beats a dark screen, and outputs come and go."""
+    section = audio.section
+    problems = []
     inputs = {d.device_id for d in audio.audio_inputs()}
-    if audio.input_id(section.capture) not in inputs:
-        raise ConfigError(f"audio.capture: the ALSA capture device {section.capture!r} is not present")
+    if not section.capture:
+        problems.append("No microphone: the other side will not hear you")
+    elif audio.input_id(section.capture) not in inputs:
+        log.warning("audio.capture: the ALSA capture device %r is not present", section.capture)
+        problems.append(f"No microphone ({section.capture} is not there)")
     if not audio.audio_outputs():
-        pcms = ", ".join(f"{mode}={spec.playback}" for mode, spec in section.modes.items())
-        raise ConfigError(f"audio.modes: none of the playback devices is present ({pcms})")
+        pcms = ", ".join(f"{mode}={spec.playback}" for mode, spec in section.modes.items()) or "none found"
+        log.warning("audio.modes: none of the playback devices is present (%s)", pcms)
+        problems.append("No loudspeaker: no playback device is there")
+    return problems

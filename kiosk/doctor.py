@@ -15,10 +15,12 @@ sound cards): `sudo systemctl stop kiosk; sudo -u kiosk kiosk doctor`.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -30,7 +32,8 @@ from typing import Any, TextIO
 
 from kiosk.calls.errors import CallsError
 from kiosk.calls.tls import client_ssl_context
-from kiosk.config import DEFAULT_PATH, ConfigError, KioskConfig, load_config
+from kiosk.config import BUTTON_NAMES, DEFAULT_PATH, ConfigError, KioskConfig, load_config
+from kiosk.media.soundcards import SoundCard, propose_audio, read_cards
 
 HTTP_TIMEOUT = 5.0
 MAX_CLOCK_SKEW = 60.0  # seconds; call tokens are signed with expiry times, so a wrong clock breaks calls
@@ -44,12 +47,14 @@ class Result:
     detail: str
     fix: str = ""
     warning: bool = False  # not a failure, but worth a look (an optional device that is away now)
+    more: tuple[str, ...] = ()  # lines shown under it, indented (a proposed config section)
 
     def lines(self) -> list[str]:
         label = "WARN" if self.warning else "OK" if self.ok else "FAIL"
         lines = [f"{label:<5} {self.name}: {self.detail}"]
         if (not self.ok or self.warning) and self.fix:
             lines.append(f"      fix: {self.fix}")
+        lines += [f"        {text}" if text else "" for text in self.more]
         return lines
 
 
@@ -64,7 +69,20 @@ def _fail(name: str, detail: str, fix: str) -> Result:
 # ----------------------------------------------------------------------------- cameras
 
 
-def check_cameras(config: KioskConfig) -> Iterator[Result]:
+V4L_BY_ID = Path("/dev/v4l/by-id")
+
+
+def usb_cameras(by_id: Path = V4L_BY_ID) -> list[Path]:
+    """The stable names udev gives USB cameras' capture nodes (`...-video-index0`), which stay the
+    same whatever else is plugged in; /dev/videoN numbers do not (with a Pi camera attached,
+    /dev/video0 is its CSI capture node)."""
+    try:
+        return sorted(p for p in by_id.iterdir() if p.name.endswith("-video-index0"))
+    except OSError:
+        return []
+
+
+def check_cameras(config: KioskConfig, by_id: Path = V4L_BY_ID) -> Iterator[Result]:
     from kiosk.media.cameras import CameraSet
 
     if not config.cameras:
@@ -75,8 +93,19 @@ def check_cameras(config: KioskConfig) -> Iterator[Result]:
     except Exception as exc:  # a broken camera stack must not hide the other checks
         yield _fail("cameras", f"cannot list cameras: {exc}", "see the journal; check the camera cables")
         return
+    stable = usb_cameras(by_id)
     for i, section in enumerate(config.cameras):
         name = f"camera {section.id}"
+        if section.backend == "v4l2" and re.fullmatch(r"/dev/video\d+", section.device):
+            choices = ", ".join(str(p) for p in stable) or "none plugged in now"
+            yield Result(
+                name,
+                True,
+                f"{section.device} is a number that changes with what is plugged in (with a Raspberry Pi "
+                "camera attached, /dev/video0 is the Pi camera's capture node)",
+                f"set cameras[{i}].device to the camera's stable name in /dev/v4l/by-id/: {choices}",
+                warning=True,
+            )
         if section.id in present:
             yield _ok(name, present[section.id].label)
         elif section.backend == "v4l2":
@@ -102,46 +131,153 @@ def check_cameras(config: KioskConfig) -> Iterator[Result]:
             )
 
 
+def check_picamera2(config: KioskConfig) -> Iterator[Result]:
+    """For Raspberry Pi cameras: picamera2 new enough, and whether the camera can send its own H.264
+    (a Pi 4's hardware encoder) or the kiosk encodes (a Pi 5 has no hardware encoder)."""
+    from kiosk.media.picamera import MIN_PICAMERA2_VERSION, picamera2_version, picamera_passthrough_status
+
+    sections = [(i, c) for i, c in enumerate(config.cameras) if c.backend == "picamera2"]
+    if not sections:
+        return
+    version, problem = picamera2_version()
+    if problem is not None:
+        yield _fail(
+            "picamera2",
+            problem,
+            f"sudo apt update && sudo apt install python3-picamera2 (the kiosk needs {MIN_PICAMERA2_VERSION} "
+            "or newer: older ones block for good when a camera stops)",
+        )
+        return
+    yield _ok("picamera2", f"version {version}")
+    passthrough, reason = picamera_passthrough_status()
+    for i, section in sections:
+        if not section.h264_passthrough or passthrough is None:
+            continue
+        name = f"camera {section.id} H.264"
+        if passthrough:
+            yield _ok(name, f"the camera's own hardware encoder ({reason})")
+        else:
+            yield Result(
+                name,
+                True,
+                f"h264_passthrough is set, but {reason}",
+                f"set cameras[{i}].h264_passthrough = false in {config.source} (the same result, said plainly)",
+                warning=True,
+            )
+
+
 # ----------------------------------------------------------------------------- audio
 
 
-def check_audio(config: KioskConfig) -> Iterator[Result]:
+def check_audio(config: KioskConfig, cards: list[SoundCard] | None = None) -> Iterator[Result]:
+    """The sound cards present, each configured audio device, and (when something is missing or
+    "auto") the audio section that suits the cards, ready to paste. `cards`: the kernel's by default."""
     section = config.audio
     if section.backend != "alsa":
         yield _ok("audio", f"{section.backend} backend (no sound card used)")
         return
+    cards = read_cards() if cards is None else cards
+    if cards:
+        yield _ok("sound cards", "; ".join(card.describe() for card in cards))
+    else:
+        yield _fail(
+            "sound cards",
+            "the kernel lists none (/proc/asound/cards)",
+            "plug in a USB speakerphone, or enable the jack/HDMI audio or your HAT's overlay in "
+            "/boot/firmware/config.txt (dtparam=audio=on, dtoverlay=...), then reboot",
+        )
     try:
         from kiosk.media.alsa import AlsaAudio
 
-        audio = AlsaAudio(section)
+        audio = AlsaAudio(section, cards)
         present = {d.device_id for d in audio.list_devices()}
     except Exception as exc:
         yield _fail("audio", f"cannot use ALSA: {exc}", "install libasound2 and pyalsaaudio (install-pi.sh)")
         return
+    resolved = audio.section
     fix = (
         "list the PCM names with `arecord -L` / `aplay -L` (cards: `aplay -l`), check the card is plugged "
         f"in and nothing else holds it, and correct the name in {config.source}; the kiosk user needs "
         "the audio group"
     )
+    problems = 0
+
+    def shown(configured: str, used: str) -> str:
+        return f"{used} (auto)" if configured == "auto" else used
+
     # The microphone and the default mode's output must be there; the other modes' devices (a headset,
     # a Bluetooth earpiece) may come and go, so their absence is a warning.
-    wanted = [("microphone", "audio.capture", section.capture, audio.input_id(section.capture), True)]
+    wanted = []
+    if resolved.capture:
+        wanted.append(
+            (
+                "microphone",
+                "audio.capture",
+                shown(section.capture, resolved.capture),
+                audio.input_id(resolved.capture),
+                True,
+            )
+        )
+    else:
+        problems += 1
+        yield _fail(
+            "audio microphone",
+            "none found" if section.capture == "auto" else "none configured (audio.capture is empty)",
+            "plug in a USB microphone or speakerphone (or a HAT with one): until then nobody hears this "
+            "kiosk",
+        )
     for mode, spec in section.modes.items():
         needed = mode == section.default_mode
+        used = resolved.modes.get(mode)
+        if used is None:
+            problems += needed
+            result = Result(f"audio {mode} playback", not needed, "auto: no sound card for it now", fix)
+            yield dataclasses.replace(result, warning=not needed)
+            continue
         wanted.append(
-            (f"{mode} playback", f"audio.modes.{mode}.playback", spec.playback, audio.output_id(mode), needed)
+            (
+                f"{mode} playback",
+                f"audio.modes.{mode}.playback",
+                shown(spec.playback, used.playback),
+                audio.output_id(mode),
+                needed,
+            )
         )
-        if spec.capture and spec.capture != section.capture:
+        if used.capture and used.capture != resolved.capture:
             key = f"audio.modes.{mode}.capture"
-            wanted.append((f"{mode} microphone", key, spec.capture, audio.input_id(spec.capture), needed))
+            wanted.append(
+                (
+                    f"{mode} microphone",
+                    key,
+                    shown(spec.capture, used.capture),
+                    audio.input_id(used.capture),
+                    needed,
+                )
+            )
     for what, key, pcm, device_id, needed in wanted:
         if device_id in present:
             yield _ok(f"audio {what}", pcm)
         elif needed:
+            problems += 1
             yield _fail(f"audio {what}", f"ALSA device {pcm!r} ({key}) is not present", fix)
         else:
+            problems += 1
             detail = f"ALSA device {pcm!r} ({key}) is not present now (used when it is plugged in)"
             yield Result(f"audio {what}", True, detail, fix, warning=True)
+    if (
+        problems
+        or any(spec.playback == "auto" for spec in section.modes.values())
+        or section.capture == "auto"
+    ):
+        proposal = propose_audio(cards)
+        notes = tuple(f"# {note}" for note in proposal.notes)
+        yield Result(
+            "audio proposal",
+            True,
+            f"for the sound cards present, {config.source} could say:",
+            warning=bool(problems),
+            more=(*proposal.toml().splitlines(), *notes),
+        )
 
 
 # ----------------------------------------------------------------------------- GPIO
@@ -150,7 +286,7 @@ def check_audio(config: KioskConfig) -> Iterator[Result]:
 def _configured_pins(config: KioskConfig) -> list[tuple[str, int, bool | None]]:
     """(config key, BCM pin, pull_up) of every button and LED; pull_up None for outputs."""
     pins: list[tuple[str, int, bool | None]] = []
-    for name in ("mute", "end", "audio_mode", "call"):
+    for name in BUTTON_NAMES:
         button = getattr(config.buttons, name)
         if button is not None:
             pins.append((f"buttons.{name}.pin", button.pin, button.pull_up))
@@ -361,6 +497,7 @@ def run_checks(config_path: str | Path | None, pin_factory: Any = None) -> Itera
         return
     yield _ok("config", config.source)
     yield from check_cameras(config)
+    yield from check_picamera2(config)
     yield from check_audio(config)
     yield from check_gpio(config, pin_factory)
     yield from check_storage(config)

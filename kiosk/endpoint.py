@@ -28,7 +28,7 @@ from kiosk.calls import (
 from kiosk.calls.events import EVENT_NAMES
 from kiosk.config import load_config
 from kiosk.controller import KioskController, KioskState, Phase
-from kiosk.device import build_devices
+from kiosk.device import KioskDevices, build_devices
 from kiosk.hardware import Controls, start_controls
 from kiosk.media.devices import MediaDevices
 from kiosk.media.emulated import EmulatedDevices
@@ -167,7 +167,10 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
             .build()
         )
 
-    controller = KioskController(calls, settings_factory=settings_for, auto_answer_after=auto_answer)
+    volume = devices.volume if isinstance(devices, KioskDevices) else None
+    controller = KioskController(
+        calls, settings_factory=settings_for, auto_answer_after=auto_answer, volume=volume
+    )
 
     def observe(state: KioskState) -> None:
         _say(out, "state", {"phase": state.phase.value, "peer": state.peer_name, "message": state.message})

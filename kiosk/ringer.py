@@ -14,7 +14,13 @@ import av
 import numpy as np
 
 from kiosk.controller import KioskController, KioskState, Phase
-from kiosk.media.devices import AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE, DeviceError, MediaDevices
+from kiosk.media.devices import (
+    AUDIO_FRAME_SAMPLES,
+    AUDIO_SAMPLE_RATE,
+    DeviceError,
+    MediaDevices,
+    SpeakerSink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +64,17 @@ class Ringer:
         if device is None:
             log.warning("no audio output to ring on")
             return
+        loop = asyncio.get_running_loop()
+        # Off the loop: a sound card's open can wait on a busy substream.
+        opening = loop.run_in_executor(None, self.devices.open_speaker, device.device_id)
         try:
-            speaker = self.devices.open_speaker(device.device_id)
+            speaker = await asyncio.shield(opening)
         except DeviceError as exc:
             log.warning("cannot ring: %s", exc)
             return
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_when_opened)  # answered while the speaker opened
+            raise
         try:
             position, started = 0, time.monotonic()
             while True:
@@ -77,10 +89,16 @@ class Ringer:
         except DeviceError as exc:
             log.warning("ringing stopped: %s", exc)
         finally:
-            speaker.close()
+            # Closed off the loop too (ALSA drains first); the call's speaker waits for the substream.
+            loop.run_in_executor(None, speaker.close)
 
     def close(self) -> None:
         self.controller.remove_observer(self._on_state)
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def _close_when_opened(opening: asyncio.Future[SpeakerSink]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, opening.result().close)

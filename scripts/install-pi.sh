@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install the kiosk on Raspberry Pi OS Bookworm (Pi 4, Pi 5) from this checkout, as root:
+# Install the kiosk on Raspberry Pi OS Bookworm or Trixie (Pi 4, Pi 5) from this checkout, as root:
 #
 #   sudo scripts/install-pi.sh [--with-server] [--start]
 #
-# System packages, the project in /opt/kiosk/.venv (with the OS's picamera2 and lgpio visible), the
-# `kiosk` user and its groups, /etc/kiosk/kiosk.toml (only if there is none), and the systemd unit,
-# enabled. Running it again changes only what differs: it is also the update command.
+# System packages, the project in /opt/kiosk/.venv (with the OS's picamera2 and lgpio visible; the
+# versions of constraints.txt, numpy the OS's major), the `kiosk` user and its groups,
+# /etc/kiosk/kiosk.toml (only if there is none), and the systemd unit, enabled. Running it again
+# changes only what differs: it is also the update command.
 #
 # Options:
 #   --with-server  also install and enable the call server (kiosk-server.service, user kiosk-server)
@@ -15,6 +16,8 @@
 #                  unit links are made there; apt, users, chown, the venv and running services are
 #                  only printed
 #   --dry-run      change nothing, print what would be done
+#   --print-constraints  print the pip constraints this machine would install with, and exit
+#   --check-picamera2    check the OS's picamera2 is new enough (0 if so or if there is none), and exit
 # See docs/install.md.
 set -euo pipefail
 # What is installed must be readable by the kiosk user, whatever root's own umask is.
@@ -26,8 +29,10 @@ DRY_RUN=0
 WITH_SERVER=0
 START=0
 ENABLE=1
+PRINT_CONSTRAINTS=0
+CHECK_PICAMERA2=0
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
     case $1 in
@@ -41,10 +46,108 @@ while (($#)); do
     --with-server) WITH_SERVER=1; shift ;;
     --start) START=1; shift ;;
     --no-enable) ENABLE=0; shift ;;
+    --print-constraints) PRINT_CONSTRAINTS=1; shift ;;
+    --check-picamera2) CHECK_PICAMERA2=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "install-pi: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+# ----------------------------------------------------------------------------- Python package versions
+
+# The venv gets constraints.txt's versions (what the tests ran with) and no source builds but these:
+# pyalsaaudio has no wheels (an sdist only) and is compiled against the Pi's own alsa-lib (gcc,
+# python3-dev and libasound2-dev come from apt). Anything else built on a Pi would take hours or fail;
+# tests/test_dependencies.py checks that exactly these lack a linux aarch64 wheel.
+SOURCE_BUILT=(pyalsaaudio)
+
+# The version of the OS's numpy (python3-numpy), read from the OS's Python; empty if it has none.
+system_numpy() {
+    python3 -I -c 'import importlib.metadata as m; print(m.version("numpy"))' 2>/dev/null || true
+}
+
+version_at_least() { # version floor
+    [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
+}
+
+# The venv's numpy constraint, given the OS's numpy version ("" for none). picamera2's compiled
+# helpers from apt (simplejpeg) are built against the OS's numpy, and the venv sees the OS's
+# packages, so the numpy they import is the venv's: it must be of the OS's major.
+# - The OS's numpy, when it is at least pyproject.toml's floor: pip installs none (Trixie: 2.2).
+# - Else constraints.txt's pin of the same major, newer than the OS's: numpy keeps its ABI from an
+#   older to a newer release of a major (Bookworm: 1.24, below livekit's 1.26, so 1.26.4).
+# - An OS with no numpy: constraints.txt's own lines.
+numpy_constraint() { # system-numpy-version
+    local system=$1 floor pin major=${1%%.*}
+    if [ -z "$system" ]; then
+        grep -E '^numpy==' "$SRC/constraints.txt"
+        return 0
+    fi
+    floor=$(sed -n 's/^ *"numpy>=\([0-9.]*\).*/\1/p' "$SRC/pyproject.toml")
+    if [ -z "$floor" ]; then
+        echo "install-pi: no \"numpy>=...\" in pyproject.toml's dependencies" >&2
+        return 1
+    fi
+    if version_at_least "$system" "$floor"; then
+        echo "numpy==$system"
+        return 0
+    fi
+    pin=$(sed -n "s/^numpy==\\($major\\.[0-9][0-9a-z.]*\\).*/\\1/p" "$SRC/constraints.txt" | head -n 1)
+    if [ -z "$pin" ]; then
+        echo "install-pi: the OS's numpy $system is older than pyproject.toml's $floor, and constraints.txt" \
+            "pins no numpy $major.x to use instead" >&2
+        return 1
+    fi
+    echo "numpy==$pin"
+}
+
+# constraints.txt as this machine installs it: its numpy line(s) replaced by the decision above.
+pi_constraints() {
+    local system numpy
+    system=$(system_numpy)
+    numpy=$(numpy_constraint "$system") || return 1
+    grep -vE '^numpy==' "$SRC/constraints.txt"
+    echo "# numpy for this machine (the OS's numpy: ${system:-none}), by scripts/install-pi.sh"
+    echo "$numpy"
+}
+
+if ((PRINT_CONSTRAINTS)); then
+    pi_constraints
+    exit 0
+fi
+
+# picamera2 before 0.3.20 has no timeout on capture_request(wait=) and no cancel_all_and_flush: a camera
+# that stops delivering blocks the kiosk's camera thread for good. The floor is the kiosk's own
+# (kiosk/media/picamera.py MIN_PICAMERA2_VERSION), read from the source so there is one.
+picamera2_floor() {
+    sed -n 's/^MIN_PICAMERA2_VERSION = "\([0-9.]*\)".*/\1/p' "$SRC/kiosk/media/picamera.py"
+}
+
+system_picamera2() {
+    python3 -I -c 'import importlib.metadata as m; print(m.version("picamera2"))' 2>/dev/null || true
+}
+
+# 0 if the OS's picamera2 is new enough, or absent (not a Pi: the kiosk then has no Pi camera); else
+# the reason on stderr and 1.
+picamera2_new_enough() {
+    local installed floor
+    installed=$(system_picamera2)
+    floor=$(picamera2_floor)
+    [ -n "$installed" ] || return 0
+    if [ -z "$floor" ]; then
+        echo "install-pi: no MIN_PICAMERA2_VERSION in kiosk/media/picamera.py" >&2
+        return 1
+    fi
+    version_at_least "${installed%%-*}" "$floor" && return 0
+    echo "install-pi: picamera2 $installed is too old: the kiosk needs $floor or newer (update Raspberry" \
+        "Pi OS: sudo apt-get update && sudo apt-get full-upgrade)" >&2
+    return 1
+}
+
+if ((CHECK_PICAMERA2)); then
+    picamera2_new_enough
+    exit $?
+fi
 
 ROOT=$(realpath -m "$ROOT")
 # On the real root everything is done; under a prefix, what touches the running system is printed.
@@ -234,16 +337,23 @@ install_project() {
     done
     install_file "$SRC/README.md" "$OPT/README.md" 0644
     install_file "$SRC/pyproject.toml" "$OPT/pyproject.toml" 0644
+    install_file "$SRC/constraints.txt" "$OPT/constraints.txt" 0644
     install_file "$SRC/scripts/install-pi.sh" "$OPT/install-pi.sh" 0755
 
-    # The source's fingerprint decides whether pip runs again (pip would reinstall every time).
-    local fingerprint stamp=$VENV/.kiosk-source
-    fingerprint=$(cd "$SRC" && find kiosk pyproject.toml -type f ! -name '*.pyc' ! -path '*/__pycache__/*' \
-        -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
     if ((!LIVE)); then
-        say "would create $VENV (--system-site-packages) and pip install $SRC into it"
+        say "would create $VENV (--system-site-packages) and pip install $SRC into it with constraints.txt"
         return 0
     fi
+    # The versions this machine gets, and the source's fingerprint with them, which decides whether
+    # pip runs again (pip would reinstall every time).
+    local constraints fingerprint stamp=$VENV/.kiosk-source no_binary
+    constraints=$(pi_constraints) || exit 1
+    fingerprint=$({
+        (cd "$SRC" && find kiosk pyproject.toml -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 \
+            | sort -z | xargs -0 sha256sum)
+        echo "$constraints"
+    } | sha256sum | cut -d' ' -f1)
+    no_binary=$(IFS=,; echo "${SOURCE_BUILT[*]}")
     if [ ! -x "$VENV/bin/python" ]; then
         # --system-site-packages: picamera2 and lgpio exist only as Raspberry Pi OS packages.
         live python3 -m venv --system-site-packages "$VENV"
@@ -251,7 +361,9 @@ install_project() {
     fi
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$fingerprint" ]; then return 0; fi
     if ((DRY_RUN)); then
-        say "would run: $VENV/bin/python -m pip install --upgrade --constraint numpy<2 $SRC"
+        say "would run: $VENV/bin/python -m pip install --upgrade --only-binary=:all: --no-binary=$no_binary" \
+            "--constraint constraints.txt $SRC"
+        say "  with $(grep -E '^numpy==' <<<"$constraints" | paste -sd ' ') (the OS's numpy: $(system_numpy))"
         return 0
     fi
     # pip builds in the source tree (build/, *.egg-info): a scratch copy keeps root-owned files out of
@@ -259,11 +371,12 @@ install_project() {
     WORK=$(mktemp -d)
     cp -r "$SRC/kiosk" "$SRC/pyproject.toml" "$SRC/README.md" "$WORK/"
     find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
-    # numpy below 2: picamera2's compiled helpers from apt (simplejpeg) are built against numpy 1.x,
-    # and the venv's numpy is the one they get.
-    echo "numpy<2" >"$WORK/constraints.txt"
+    # constraints.txt's versions, numpy of the OS's major (pi_constraints); wheels only, but for
+    # SOURCE_BUILT.
+    printf '%s\n' "$constraints" >"$WORK/constraints.txt"
     "$VENV/bin/python" -m pip install -q --root-user-action=ignore --upgrade pip
-    "$VENV/bin/python" -m pip install -q --root-user-action=ignore --upgrade --constraint "$WORK/constraints.txt" "$WORK"
+    "$VENV/bin/python" -m pip install -q --root-user-action=ignore --upgrade --only-binary=:all: \
+        --no-binary="$no_binary" --constraint "$WORK/constraints.txt" "$WORK"
     echo "$fingerprint" >"$stamp"
     changed "installed the kiosk package into $VENV"
 }
@@ -338,6 +451,11 @@ start_services() {
 ((LIVE)) || say "installing under $ROOT (packages, users, venv and services are only printed)"
 ((DRY_RUN)) && say "dry run: nothing is changed"
 install_packages
+if ((LIVE)) && ! picamera2_new_enough; then
+    # apt installed python3-picamera2 if it was missing, but not a newer one over an old one.
+    live apt-get install -y -qq --only-upgrade python3-picamera2
+    ((DRY_RUN)) || picamera2_new_enough || exit 1
+fi
 ensure_user kiosk /var/lib/kiosk
 ensure_groups
 ((WITH_SERVER)) && ensure_user kiosk-server /var/lib/kiosk-server

@@ -82,12 +82,13 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 
-# Reinstall only when the dependency list changed.
+# Reinstall only when the dependency list or the pinned versions changed. constraints.txt holds the
+# exact version of every package (transitive ones too) that the tests ran with.
 stamp=.venv/.kiosk-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing Python packages into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[test]" --constraint constraints.txt
     echo "$want" > "$stamp"
 fi

@@ -28,6 +28,7 @@ class AlsaConfig:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.pcms: dict[str, str] = {}
+        self.raw: dict[str, str] = {}  # key -> top-level configuration text, written before the PCMs
 
     @property
     def env_value(self) -> str:
@@ -46,8 +47,14 @@ class AlsaConfig:
     def remove(self, name: str) -> None:
         del self.pcms[name]
 
+    def add_raw(self, key: str, text: str) -> None:
+        """Top-level text of any kind (`ctl.x { ... }`, `pcm_type.y { ... }`, `defaults...`), replacing what
+        was added under the same `key`."""
+        self.raw[key] = text if text.endswith("\n") else text + "\n"
+
     def write(self) -> None:
-        text = "".join(f"pcm.{name} {{\n{body}\n}}\n" for name, body in self.pcms.items())
+        text = "".join(self.raw.values())
+        text += "".join(f"pcm.{name} {{\n{body}\n}}\n" for name, body in self.pcms.items())
         fresh = self.path.with_name(self.path.name + ".new")
         fresh.write_text(text)
         os.replace(fresh, self.path)  # a new inode: alsa-lib notices at once

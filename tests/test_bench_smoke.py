@@ -25,6 +25,7 @@ FIGURES = {
     "button_to_remote_muted_p50",
     "button_to_remote_muted_p99",
     "button_to_remote_silence_p50",
+    "audio_switch_loop_stall",
     "group_cost_3_peers",
     "sfu_group_6_party_cpu",
     "memory_rss_in_call",

@@ -15,12 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_shipped_files_load():
     documented = load_config(ROOT / "config" / "kiosk.toml", check_devices=False)
-    assert documented.audio.backend == "alsa" and set(documented.audio.modes) == {
-        "SPEAKER",
-        "EARPIECE",
-        "HEADPHONES",
-        "BLUETOOTH",
-    }
+    assert documented.audio.backend == "alsa" and set(documented.audio.modes) == {"SPEAKER", "HEADPHONES"}
+    # On a stock Pi (4: a jack and HDMI, 5: HDMI only, neither a microphone) it picks from the cards.
+    assert documented.audio.capture == "auto"
+    assert {spec.playback for spec in documented.audio.modes.values()} == {"auto"}
     assert documented.buttons.end is not None and documented.buttons.end.hold_rejects
     assert documented.buttons.call is not None and documented.buttons.call.contact == "reception"
     emulated = load_config(ROOT / "config" / "emulated.toml")
@@ -59,7 +57,10 @@ def test_documented_file_shows_every_key():
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("[audio]\nbackend = 'alsa'\nvolume = 3\n", "audio.volume: unknown key"),
+        ("[audio]\nbackend = 'alsa'\nloudness = 3\n", "audio.loudness: unknown key"),
+        ("[audio]\nvolume = 130\n", "audio.volume: 130 is not between 0 and 100"),
+        ("[audio]\nvolume_step = 0\n", "audio.volume_step: 0 is not between 1 and 50"),
+        ("[buttons.volume_up]\npin = 17\n[buttons.mute]\npin = 17\n", "pin 17 is also used"),
         ("[ui]\nfullscreen = 'yes'\n", "ui.fullscreen: expected true or false"),
         ("[[cameras]]\nid = 'a'\nfps = 'fast'\n", "cameras[0].fps: expected a whole number"),
         ("[[cameras]]\nid = 'a'\nbackend = 'kinect'\n", "cameras[0].backend: expected one of"),

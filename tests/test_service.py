@@ -238,6 +238,8 @@ def unit_settings(name: str) -> dict[str, list[str]]:
 def test_kiosk_unit_is_a_watched_notify_service_with_device_access() -> None:
     s = unit_settings("kiosk.service")
     assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"] and s["Restart"] == ["always"]
+    # A configuration mistake (exit 2) is not restarted every few seconds for ever.
+    assert s["RestartPreventExitStatus"] == ["2"]
     assert int(s["WatchdogSec"][0]) >= 10
     assert s["ExecStart"] == ["/opt/kiosk/.venv/bin/kiosk run --config /etc/kiosk/kiosk.toml"]
     assert s["User"] == ["kiosk"] and s["WorkingDirectory"] == ["/var/lib/kiosk"]

@@ -221,9 +221,11 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
     from kiosk.calls.events import CallError
     from kiosk.config import ButtonSection, ButtonsSection, Contact, EndButtonSection
     from kiosk.controller import KioskController, Phase
+    from kiosk.device import KioskDevices
     from kiosk.hardware import ButtonPanel
     from kiosk.media.emulated import EmulatedDevices
     from kiosk.media.pattern import latency_ms, read_stamp
+    from kiosk.media.volume import OutputVolume, VolumeLevels
     from kiosk.ui.kivy_app import KioskApp
     from kiosk.ui.widgets import VideoTile
 
@@ -233,10 +235,12 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
         endpoints(server.url, tmp, "visitor") as (visitor,),
     ):
         token = await make_user(server.url, "front-door", "Front door")
+        emulated = EmulatedDevices(width=320, height=240, fps=15, tone_hz=440)
+        volume = OutputVolume(emulated, VolumeLevels(tmp / "volume.json", 80))
         calls = Calls(
             server.url,
             auth_token=token,
-            devices=EmulatedDevices(width=320, height=240, fps=15, tone_hz=440),
+            devices=KioskDevices(emulated, emulated, ["SPEAKER", "EARPIECE", "HEADPHONES"], volume=volume),
             ice_host_addresses=["127.0.0.1"],
             recording_dir=tmp / "recordings",
             device_poll_interval=0.5,
@@ -244,7 +248,9 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
         await calls.login()
         # Every button the settings offer, so the screenshot shows the full control bar.
         controller = KioskController(
-            calls, settings_factory=lambda call: CallSettingsBuilder().show_recording_button(True).build()
+            calls,
+            settings_factory=lambda call: CallSettingsBuilder().show_recording_button(True).build(),
+            volume=volume,
         )
         factory = MockFactory()
         panel = ButtonPanel(
@@ -322,10 +328,17 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
                 mode_button.dispatch("on_release")
                 assert calls.session.mode == expected and app.store.mode == expected
                 assert mode_button.text == words
-            # the audio-mode button moves the sound to the next output
+            # the volume control: the current mode's level, a touch is one step, kept per mode
+            assert app.in_call.volume.level.text == "80 %" and app.in_call.volume.opacity == 1
+            app.in_call.volume.up_button.dispatch("on_release")
+            await wait_until(lambda: app.in_call.volume.level.text == "90 %", 5, "louder")
+            speaker_mode = controller.state.audio_mode
+            assert volume.level(speaker_mode) == 90 and emulated.mixer_percent["emulated-speaker"] == 90
+            # the audio-mode button moves the sound to the next output (with its own level)
             before = controller.state.audio_mode
             app.in_call.buttons["audio_mode"].dispatch("on_release")
             assert controller.state.audio_mode != before == calls.get_audio_output_modes()[0].mode
+            await wait_until(lambda: app.in_call.volume.level.text == "80 %", 5, "the next mode's level")
 
             # mute by the GPIO button (gpiozero MockFactory); the visitor hears of it
             pin = panel.buttons["mute"].pin

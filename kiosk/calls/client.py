@@ -22,6 +22,7 @@ import aiohttp
 import jwt
 
 from kiosk.calls import ice
+from kiosk.calls.compat import check_aiortc
 from kiosk.calls.constants import CallStatus, CallType, SessionType, parse_enum
 from kiosk.calls.errors import CallsError, ConnectionFailedError, NotSupportedError, SessionNotActiveError
 from kiosk.calls.events import AudioModeInfo, CallError, ListenerRegistry, RTCUser
@@ -120,6 +121,7 @@ class Calls:
         reconnect: bool = True,
         ca_file: str | Path | None = None,
     ) -> None:
+        check_aiortc()  # aiortc's private parts this SDK uses: IncompatibleLibrary now, not mid-call
         if video_codec is not None and video_codec.upper() not in ("VP8", "H264"):
             raise ValueError("video_codec must be 'VP8' or 'H264'")
         # Several addresses: the same service (server processes sharing Redis, docs/scale-out.md). The

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import av
 
+from kiosk.calls.audio_output import AudioOutput
 from kiosk.calls.constants import AudioMode, Mode, parse_enum
 from kiosk.calls.errors import CallsError, ConnectionFailedError, NotSupportedError
 from kiosk.calls.events import (
@@ -99,9 +100,6 @@ class CallSession:
         self.recordings: list[Path] = []  # files this session recorded
         self.final_stats: SessionStats | None = None
         self.recording = False
-        self.audio_mode: str | None = None
-        self.speaker: SpeakerSink | None = None
-        self._audio_output_id: str | None = None
         self._known_devices: list[MediaDeviceInfo] = []
         self._known_modes: list[str] = []
         self._idle_task: asyncio.Task[None] | None = None
@@ -115,6 +113,22 @@ class CallSession:
         self.audio.set_muted(self.audio_muted)
         self.video.set_enabled(not self.audio_only)
         self.video.set_paused(self.video_muted)
+        self.output = AudioOutput(
+            devices,
+            on_error=self._device_error,
+            on_changed=self._emit_audio_modes,
+            on_microphone=self._follow_microphone,
+        )
+
+    @property
+    def audio_mode(self) -> str | None:
+        """The selected audio mode (its speaker may still be opening: `output.settled()`)."""
+        return self.output.mode
+
+    @property
+    def speaker(self) -> SpeakerSink | None:
+        """The speaker that plays the call now."""
+        return self.output.speaker
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -509,9 +523,7 @@ class CallSession:
         await self._drop_sfu()
         await self.video.close()
         await self.audio.close()
-        if self.speaker is not None:
-            self.speaker.close()
-            self.speaker = None
+        await self.output.close()
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
@@ -636,12 +648,7 @@ class CallSession:
         self._view_hook("render_frame", uid, frame)
 
     def _on_remote_audio(self, uid: str, frame: av.AudioFrame) -> None:
-        if self.speaker is not None:
-            try:
-                self.speaker.write(uid, frame)
-            except DeviceError as exc:
-                self._device_error(exc)
-                self._fall_back_audio_mode(failed=self._audio_output_id)
+        self.output.write(uid, frame)
         if self.recorder is not None:
             self.recorder.write(uid, frame)
 
@@ -825,23 +832,13 @@ class CallSession:
     def set_audio_output_device(self, device_id: str) -> None:
         device = self.calls.devices.find(device_id, "audiooutput")
         before = self.audio_mode
-        self._open_speaker(device)
+        self.output.select(device)
         if self.audio_mode != before:
-            self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
+            self._emit_audio_modes()
 
-    def _open_speaker(self, device: MediaDeviceInfo) -> None:
-        # Open the new output before closing the old one, so the switch leaves no audible gap.
-        new = self.calls.devices.open_speaker(device.device_id)
-        old, self.speaker = self.speaker, new
-        self._audio_output_id = device.device_id
-        if device.audio_mode:
-            self.audio_mode = device.audio_mode
-            # A mode may bring its own microphone (a handset, a headset): capture follows the output.
-            microphone = self.calls.devices.input_for_mode(device.audio_mode)
-            if microphone is not None and microphone.device_id != self.audio.device_id:
-                self.audio.select(microphone.device_id)
-        if old is not None:
-            old.close()
+    def _follow_microphone(self, microphone: MediaDeviceInfo) -> None:
+        if microphone.device_id != self.audio.device_id:
+            self.audio.select(microphone.device_id)
 
     def _choose_initial_audio_mode(self) -> None:
         modes = self.calls.devices.audio_modes()
@@ -852,15 +849,11 @@ class CallSession:
                 "AUDIO_MODE_UNAVAILABLE",
                 f"default audio mode {wanted} has no device now; using {mode or 'none'}",
             )
-        if mode is not None:
-            device = self.calls.devices.output_for_mode(mode)
-            if device is not None:
-                try:
-                    self._open_speaker(device)
-                except DeviceError as exc:
-                    self._device_error(exc)
-        elif self.calls.devices.audio_outputs():
-            self._open_speaker(self.calls.devices.audio_outputs()[0])
+        device = self.calls.devices.output_for_mode(mode) if mode is not None else None
+        if device is None and self.calls.devices.audio_outputs():
+            device = self.calls.devices.audio_outputs()[0]
+        if device is not None:
+            self.output.select(device)
 
     def set_audio_mode(self, mode: AudioMode | str) -> None:
         try:
@@ -870,27 +863,13 @@ class CallSession:
         device = self.calls.devices.output_for_mode(chosen)
         if device is None:
             raise CallsError("AUDIO_MODE_UNAVAILABLE", f"no {chosen} device is present now")
-        self._open_speaker(device)
-        self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
+        self.output.select(device)  # the output that already plays is not reopened
+        self._emit_audio_modes()
 
     def audio_modes(self) -> list[AudioModeInfo]:
         return [AudioModeInfo(m, m == self.audio_mode) for m in self.calls.devices.audio_modes()]
 
-    def _fall_back_audio_mode(self, failed: str | None = None) -> None:
-        """Move playback to the first present mode in the configured order, skipping the output that
-        just failed (a device that opens but fails on write must not be reopened in a loop)."""
-        if self.speaker is not None and failed is not None:
-            self.speaker.close()
-            self.speaker = None
-        for mode in self.calls.devices.audio_modes():
-            device = self.calls.devices.output_for_mode(mode)
-            if device is None or device.device_id == failed:
-                continue
-            try:
-                self._open_speaker(device)
-                break
-            except DeviceError as exc:
-                self._device_error(exc)
+    def _emit_audio_modes(self) -> None:
         self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
 
     def check_devices(self) -> None:
@@ -899,12 +878,12 @@ class CallSession:
         if devices != self._known_devices:
             self._known_devices = devices
             self.calls.listeners.emit("on_media_device_list_updated", devices)
-            if self._audio_output_id and not any(d.device_id == self._audio_output_id for d in devices):
-                self._fall_back_audio_mode()
+            if self.output.output_vanished(devices):
+                self._emit_audio_modes()
         modes = self.calls.devices.audio_modes()
         if modes != self._known_modes:
             self._known_modes = modes
-            self.calls.listeners.emit("on_audio_mode_changed", self.audio_modes())
+            self._emit_audio_modes()
 
     def set_mode(self, mode: Mode | str) -> None:
         try:

@@ -164,6 +164,7 @@ class _Key:
     on_press: Callable[[], object] | None = None  # acts at the press edge
     on_tap: Callable[[], object] | None = None  # acts at the release, unless the press became a hold
     on_hold: Callable[[], object] | None = None
+    repeat: bool = False  # the hold action repeats every hold_s while held (volume buttons)
     pressed: bool = False
     held: bool = False
     last_edge: float = field(default=float("-inf"))
@@ -179,7 +180,8 @@ class ButtonPanel:
 
     mute: toggle_mute at the press. end: end_pressed at the release (a short press), end_held when held
     for hold_s (and then the release does nothing). audio_mode: cycle_audio_mode at the press.
-    call: call(contact) at the press. Built on the loop's thread; `close()` releases the pins.
+    call: call(contact) at the press. volume_up / volume_down: one step at the press, and another
+    every hold_s while held. Built on the loop's thread; `close()` releases the pins.
     """
 
     def __init__(
@@ -221,19 +223,28 @@ class ButtonPanel:
         if cfg.call is not None:
             contact = cfg.call.contact
             self._add("call", cfg.call, on_press=lambda: self.controller.call(contact))
+        if cfg.volume_up is not None:
+            up = lambda: self.controller.volume_up()  # noqa: E731
+            self._add("volume_up", cfg.volume_up, on_press=up, on_hold=up, repeat=True)
+        if cfg.volume_down is not None:
+            down = lambda: self.controller.volume_down()  # noqa: E731
+            self._add("volume_down", cfg.volume_down, on_press=down, on_hold=down, repeat=True)
 
-    def _add(self, name: str, config: ButtonSection, **actions: Callable[[], object] | None) -> None:
+    def _add(
+        self, name: str, config: ButtonSection, repeat: bool = False, **actions: Callable[[], object] | None
+    ) -> None:
         try:
             device = Button(
                 config.pin,
                 pull_up=config.pull_up,
                 bounce_time=config.bounce_ms / 1000.0 if config.bounce_ms > 0 else None,
                 hold_time=config.hold_s,
+                hold_repeat=repeat,
                 pin_factory=self.pin_factory,
             )
         except Exception as exc:
             raise HardwareError(f"buttons.{name}.pin: cannot use GPIO {config.pin}: {exc}") from None
-        key = _Key(name, config, device, pressed=bool(device.is_pressed), **actions)
+        key = _Key(name, config, device, repeat=repeat, pressed=bool(device.is_pressed), **actions)
         self.keys[name] = key
         # On gpiozero's threads: a timestamp and a hand-over, nothing more.
         device.when_pressed = lambda: self._hand_over(self._edge, key, True, time.monotonic())
@@ -243,7 +254,8 @@ class ButtonPanel:
 
     @property
     def buttons(self) -> dict[str, Any]:
-        """The gpiozero Button of each configured button, by name (mute, end, audio_mode, call)."""
+        """The gpiozero Button of each configured button, by name (mute, end, audio_mode, call,
+        volume_up, volume_down)."""
         return {name: key.device for name, key in self.keys.items()}
 
     def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:
@@ -285,7 +297,7 @@ class ButtonPanel:
             self._edge(key, actual, time.monotonic())
 
     def _held(self, key: _Key) -> None:
-        if self._closed or not key.pressed or key.held:
+        if self._closed or not key.pressed or (key.held and not key.repeat):
             return
         key.held = True
         self._act(key, key.on_hold)

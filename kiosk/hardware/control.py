@@ -30,7 +30,17 @@ from kiosk.hardware.buttons import HardwareError
 
 log = logging.getLogger(__name__)
 
-_SIMPLE_COMMANDS = ("mute", "video", "end", "end_hold", "answer", "reject", "audio_mode")
+_SIMPLE_COMMANDS = (
+    "mute",
+    "video",
+    "end",
+    "end_hold",
+    "answer",
+    "reject",
+    "audio_mode",
+    "volume_up",
+    "volume_down",
+)
 COMMANDS = (*_SIMPLE_COMMANDS, "call <uid>", "state")
 KEYS = {
     "m": "mute",
@@ -41,6 +51,9 @@ KEYS = {
     "y": "answer",
     "n": "reject",
     "c": "call",
+    "+": "volume_up",
+    "=": "volume_up",  # + without shift
+    "-": "volume_down",
 }
 _MAX_LINE = 1024
 
@@ -55,6 +68,7 @@ def state_as_json(state: KioskState) -> str:
             "muted": state.muted,
             "video_paused": state.video_paused,
             "audio_mode": state.audio_mode,
+            "volume": state.volume,
             "message": state.message,
         }
     )

@@ -17,6 +17,19 @@ per direction, listed our file PCMs under both directions, and says nothing of w
 Timing: the file and null plugins neither block nor pace; a sound card does. Each stream finds out
 which after its first period (a card's buffer fills or drains with time; null reports it full or empty
 at once) and, for the plugins, paces itself by the monotonic clock instead.
+
+A card's substream opens once at a time: with alsa-lib's stock `defaults.pcm.nonblock 1` a second open
+fails with EBUSY, otherwise it waits (docs/device.md) - and pyalsaaudio waits holding the GIL, which
+would stop every thread. So each open is preceded by the non-blocking probe, and a busy PCM is refused
+with DeviceBusyError; `output_busy()` uses the same probe. Opening and closing PCMs is for worker
+threads, never the event loop (kiosk/calls/audio_output.py).
+
+Underruns: when playback falls behind, the card plays silence and pyalsaaudio's write() returns -EPIPE
+(it re-prepares the stream and drops what that call carried). The period is written again, and the
+echo canceller's reference gets what was really played: the silence of the gap, then the period.
+
+Volume: `hardware_volume(device_id)` is the output's mixer element (pyalsaaudio's Mixer) where the card
+has one; kiosk.media.volume falls back to a software gain, which the playback thread applies.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import logging
 import threading
@@ -35,19 +49,23 @@ import alsaaudio
 import av
 import numpy as np
 
-from kiosk.config import AudioSection
+from kiosk.config import AudioModeDevice, AudioSection
 from kiosk.media.devices import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_MODES,
     AUDIO_SAMPLE_RATE,
     CameraSource,
+    DeviceBusyError,
     DeviceError,
+    HardwareVolume,
     MediaDeviceInfo,
     MediaDevices,
     MicrophoneSource,
     SpeakerSink,
 )
 from kiosk.media.mixer import ParticipantMixer
+from kiosk.media.soundcards import PLAYBACK_CONTROLS, SoundCard, propose_audio, read_cards
+from kiosk.media.volume import level_to_db
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +135,20 @@ class _AlsaLib:
         if self._set_local is not None:
             self._set_local(self._handler)
 
-    def probe(self, pcm: str, capture: bool) -> str | None:
-        """None if the PCM opens (or is busy) now, else alsa-lib's reason."""
+    def open_error(self, pcm: str, capture: bool) -> int:
+        """0 if the PCM opens now (it is closed again at once), else alsa-lib's negative errno."""
         handle = ctypes.c_void_p()
         stream = _STREAM_CAPTURE if capture else _STREAM_PLAYBACK
         with self.quiet():
-            err = self._lib.snd_pcm_open(ctypes.byref(handle), pcm.encode(), stream, _OPEN_NONBLOCK)
+            err = int(self._lib.snd_pcm_open(ctypes.byref(handle), pcm.encode(), stream, _OPEN_NONBLOCK))
             if err == 0:
                 self._lib.snd_pcm_close(handle)
-                return None
-        if err == -errno.EBUSY:
+        return err
+
+    def probe(self, pcm: str, capture: bool) -> str | None:
+        """None if the PCM opens (or is busy) now, else alsa-lib's reason."""
+        err = self.open_error(pcm, capture)
+        if err in (0, -errno.EBUSY):
             return None
         return _text(self._lib.snd_strerror(err))
 
@@ -152,6 +174,14 @@ class _Stream:
         self.device_id = device_id
         self.pcm_name = pcm
         what = "capture" if capture else "playback"
+        # pyalsaaudio calls snd_pcm_open holding the GIL, and where the configuration says
+        # `defaults.pcm.nonblock 0` that open waits for a busy card for as long as it is held: every
+        # thread of the process would stop, the event loop with them. So a busy card is found out
+        # first with a non-blocking open (through ctypes, which lets go of the GIL) and refused.
+        if _alsa().open_error(pcm, capture) == -errno.EBUSY:
+            raise DeviceBusyError(
+                device_id, f"cannot open ALSA PCM {pcm!r} for {what}: Device or resource busy"
+            )
         with _alsa().quiet():
             try:
                 self.pcm = alsaaudio.PCM(
@@ -165,9 +195,9 @@ class _Stream:
                     periods=periods,
                 )
             except alsaaudio.ALSAAudioError as exc:
-                raise DeviceError(
-                    device_id, f"cannot open ALSA PCM {pcm!r} for {what}: {_alsa_message(exc, pcm)}"
-                ) from None
+                reason = _alsa_message(exc, pcm)
+                error = DeviceBusyError if "busy" in reason.lower() else DeviceError
+                raise error(device_id, f"cannot open ALSA PCM {pcm!r} for {what}: {reason}") from None
         # pyalsaaudio applies what the device accepts and ignores the rest: check what we got.
         info = self.pcm.info()
         if info["rate"] != AUDIO_SAMPLE_RATE or info["format"] != alsaaudio.PCM_FORMAT_S16_LE:
@@ -346,7 +376,9 @@ class AlsaSpeaker(SpeakerSink):
         # Two periods, but never less than two network frames, or each 20 ms frame would push out the last.
         self.mixer = ParticipantMixer(max(2 * self.period, 2 * AUDIO_FRAME_SAMPLES))
         self.periods_written = 0
+        self.underruns = 0
         self.paced_by_device: bool | None = None
+        self._drained_at = 0.0  # when the card will have played everything written so far
         self._tap: ReferenceTap | None = None
         self._tap_failed = False
         self._error: DeviceError | None = None
@@ -387,18 +419,57 @@ class AlsaSpeaker(SpeakerSink):
             stream.close()
 
     def _play(self, mono: np.ndarray) -> None:
+        gain = self.gain
+        if gain != 1.0:
+            mono = np.clip(mono.astype(np.float32) * gain, -32768, 32767).astype(np.int16)
         channels = self._stream.channels
         out = mono if channels == 1 else np.repeat(mono, channels)  # interleaved: each sample on all channels
-        self._stream.pcm.write(out.astype("<i2", copy=False).tobytes())
+        if not self._write(out.astype("<i2", copy=False).tobytes()):
+            return
         self.periods_written += 1
+        self._report(mono)
+
+    def _write(self, data: bytes) -> bool:
+        """Write one period whole; False if the card would not take it after an underrun."""
+        frame_bytes = 2 * self._stream.channels
+        retried = False
+        while data:
+            result = self._stream.pcm.write(data)
+            if result == -errno.EPIPE:
+                # Underrun: the card played silence meanwhile and this call's data was dropped
+                # (pyalsaaudio has re-prepared the stream). The reference gets the silence; the period
+                # is written again, once.
+                self.underruns += 1
+                gap = time.monotonic() - self._drained_at
+                if gap > 0 and self._drained_at > 0:
+                    self._report(np.zeros(round(gap * AUDIO_SAMPLE_RATE), dtype=np.int16))
+                self._drained_at = 0.0
+                if retried:
+                    return False
+                retried = True
+                continue
+            if result <= 0:
+                return False  # nothing taken (a non-blocking stream): not played, not reported
+            data = data[result * frame_bytes :]
+        # The card plays what it holds, then starves: that moment is where an underrun's gap starts.
+        try:
+            queued = self._stream.buffer_size - max(0, int(self._stream.pcm.avail()))
+        except alsaaudio.ALSAAudioError:
+            queued = self._stream.period
+        self._drained_at = time.monotonic() + queued / AUDIO_SAMPLE_RATE
+        return True
+
+    def _report(self, mono: np.ndarray) -> None:
+        """What the card played, to the reference tap (the echo canceller's far end)."""
         tap = self._tap
-        if tap is not None:
-            try:
-                tap(mono)
-            except Exception:
-                if not self._tap_failed:  # once, not fifty times a second
-                    self._tap_failed = True
-                    log.exception("reference tap of %s failed", self.device.device_id)
+        if tap is None or not len(mono):
+            return
+        try:
+            tap(mono)
+        except Exception:
+            if not self._tap_failed:  # once, not fifty times a second
+                self._tap_failed = True
+                log.exception("reference tap of %s failed", self.device.device_id)
 
     def close(self) -> None:
         if self._closed:
@@ -409,10 +480,109 @@ class AlsaSpeaker(SpeakerSink):
             self._thread.join(_JOIN_TIMEOUT)
 
 
-class AlsaAudio(MediaDevices):
-    """The audio devices of `[audio]` that are present now, and opening them. No cameras."""
+class AlsaMixerVolume(HardwareVolume):
+    """A simple mixer element's playback volume (pyalsaaudio's Mixer), in the kiosk's percent.
 
-    def __init__(self, section: AudioSection) -> None:
+    Where the element has a dB range the percent follows kiosk.media.volume's loudness curve in dB
+    (a linear percent of a dB range, as pyalsaaudio's PERCENTAGE units give, is inaudible below half);
+    elsewhere the element's own percent is used."""
+
+    def __init__(self, control: str, ctl_device: str) -> None:
+        self.name = f"{control} on {ctl_device}"
+        try:
+            with _alsa().quiet():
+                self._mixer = alsaaudio.Mixer(control=control, device=ctl_device)
+        except alsaaudio.ALSAAudioError as exc:
+            raise DeviceError(ctl_device, f"no mixer element {control!r}: {exc}") from None
+        self._db_range: tuple[int, int] | None = None
+        try:
+            low, high = self._mixer.getrange(units=alsaaudio.VOLUME_UNITS_DB)
+            if high > low:
+                self._db_range = (int(low), int(high))
+        except alsaaudio.ALSAAudioError:
+            pass  # no dB scale: percent of the raw range
+        self._percent: int | None = None
+
+    def get(self) -> int:
+        if self._percent is not None:
+            return self._percent
+        values = self._mixer.getvolume(units=alsaaudio.VOLUME_UNITS_PERCENTAGE)
+        return round(sum(values) / len(values)) if values else 0
+
+    def set(self, percent: int) -> None:
+        percent = max(0, min(100, percent))
+        try:
+            if self._db_range is not None:
+                low, high = self._db_range  # hundredths of a dB
+                top = min(high, 0)
+                value = low if percent == 0 else round(top + 100 * level_to_db(percent, (low - top) / 100))
+                self._mixer.setvolume(max(low, min(high, value)), units=alsaaudio.VOLUME_UNITS_DB)
+            else:
+                self._mixer.setvolume(percent, units=alsaaudio.VOLUME_UNITS_PERCENTAGE)
+        except alsaaudio.ALSAAudioError as exc:
+            raise DeviceError(self.name, f"cannot set the volume: {exc}") from None
+        self._percent = percent
+
+    def close(self) -> None:
+        with contextlib.suppress(alsaaudio.ALSAAudioError):
+            self._mixer.close()
+
+
+def ctl_for_pcm(pcm: str) -> str | None:
+    """The control device of a playback PCM's card: `plughw:CARD=X,DEV=0` -> `hw:CARD=X`,
+    `hw:1,0` -> `hw:1`, `default` -> `default`; None when the name does not say (a plugin of the
+    configuration, bluealsa)."""
+    if pcm == "default":
+        return "default"
+    prefix, _, args = pcm.partition(":")
+    if prefix not in ("hw", "plughw", "default", "hdmi", "sysdefault", "front", "iec958"):
+        return None
+    for part in args.split(","):
+        key, _, value = part.partition("=")
+        if value and key.upper() == "CARD":
+            return f"hw:CARD={value}"
+        if not value and key:
+            return f"hw:{key}"  # positional: the card comes first
+    return None
+
+
+def resolve_auto(section: AudioSection, cards: list[SoundCard]) -> AudioSection:
+    """`section` with each "auto" PCM replaced by the one suiting the cards present (modes with no
+    card for them are left out; an "auto" microphone with none becomes "", no microphone)."""
+    needs = section.capture == "auto" or any(
+        "auto" in (spec.playback, spec.capture) for spec in section.modes.values()
+    )
+    if not needs:
+        return section
+    proposal = propose_audio(cards)
+    speaker = proposal.modes.get("SPEAKER")
+    modes: dict[str, AudioModeDevice] = {}
+    for mode, spec in section.modes.items():
+        playback, capture = spec.playback, spec.capture
+        if playback == "auto":
+            chosen = proposal.modes.get(mode) or (speaker if mode == section.default_mode else None)
+            if chosen is None:
+                log.info("audio.modes.%s: no sound card for it now", mode)
+                continue
+            playback = chosen.playback
+            spec = dataclasses.replace(spec, label=spec.label or chosen.label)
+        if capture == "auto":
+            capture = proposal.capture
+        modes[mode] = dataclasses.replace(spec, playback=playback, capture=capture)
+    capture = proposal.capture if section.capture == "auto" else section.capture
+    for note in proposal.notes:
+        log.info("audio: %s", note)
+    return dataclasses.replace(section, capture=capture, modes=modes)
+
+
+class AlsaAudio(MediaDevices):
+    """The audio devices of `[audio]` that are present now, and opening them. No cameras.
+
+    "auto" PCMs in the section are resolved once, here, from the sound cards present (`cards`, by
+    default the kernel's list)."""
+
+    def __init__(self, section: AudioSection, cards: list[SoundCard] | None = None) -> None:
+        section = resolve_auto(section, read_cards() if cards is None else cards)
         self.section = section
         # Modes in fallback order; configured modes left out of it come last.
         ordered = [m for m in section.fallback_order if m in section.modes]
@@ -439,14 +609,18 @@ class AlsaAudio(MediaDevices):
 
     def _configured_inputs(self) -> list[tuple[MediaDeviceInfo, str]]:
         # The default microphone first: the session opens the first input it is offered.
-        inputs = [
-            (
-                MediaDeviceInfo(
-                    self.input_id(self.section.capture), f"Microphone ({self.section.capture})", "audioinput"
-                ),
-                self.section.capture,
+        inputs: list[tuple[MediaDeviceInfo, str]] = []
+        if self.section.capture:
+            inputs.append(
+                (
+                    MediaDeviceInfo(
+                        self.input_id(self.section.capture),
+                        f"Microphone ({self.section.capture})",
+                        "audioinput",
+                    ),
+                    self.section.capture,
+                )
             )
-        ]
         for mode in self._modes:
             spec = self.section.modes[mode]
             if spec.capture and all(pcm != spec.capture for _, pcm in inputs):
@@ -492,3 +666,44 @@ class AlsaAudio(MediaDevices):
     def open_speaker(self, device_id: str) -> AlsaSpeaker:
         device, pcm = self._pcm_for(device_id, self._configured_outputs())
         return AlsaSpeaker(device, pcm, self.section.period_ms)
+
+    def output_busy(self, device_id: str) -> bool:
+        for device, pcm in self._configured_outputs():
+            if device.device_id == device_id:
+                return _alsa().open_error(pcm, capture=False) == -errno.EBUSY
+        return False
+
+    def shares_substream(self, device_id: str, other_id: str) -> bool | None:
+        pcms = {device.device_id: pcm for device, pcm in self._configured_outputs()}
+        if device_id not in pcms or other_id not in pcms:
+            return None
+        # The same PCM is the same substream; different names may still reach one card.
+        return True if pcms[device_id] == pcms[other_id] else None
+
+    def hardware_volume(self, device_id: str) -> HardwareVolume | None:
+        """The mode's mixer element: the configured one, or with "auto" the first of the usual
+        playback elements its card has; None for "none" or a card with none (software gain)."""
+        mode = next((d.audio_mode for d, _ in self._configured_outputs() if d.device_id == device_id), None)
+        spec = self.section.modes.get(mode or "")
+        if spec is None or spec.mixer == "none":
+            return None
+        ctl = spec.mixer_device or ctl_for_pcm(spec.playback)
+        if ctl is None:
+            log.info("audio.modes.%s: no control device known for %r: software volume", mode, spec.playback)
+            return None
+        if spec.mixer != "auto":
+            return AlsaMixerVolume(spec.mixer, ctl)  # raises DeviceError naming what is missing
+        try:
+            with _alsa().quiet():
+                present = alsaaudio.mixers(device=ctl)
+        except alsaaudio.ALSAAudioError as exc:
+            log.info("audio.modes.%s: no mixer on %s (%s): software volume", mode, ctl, exc)
+            return None
+        for control in PLAYBACK_CONTROLS:
+            if control in present:
+                try:
+                    return AlsaMixerVolume(control, ctl)
+                except DeviceError:
+                    continue
+        log.info("audio.modes.%s: %s has no playback volume element: software volume", mode, ctl)
+        return None

@@ -69,6 +69,7 @@ class OutgoingTrack(MediaStreamTrack):
         """The peer's receiver estimate (REMB) for what this track sends."""
         if self.encoder is not None:
             self.encoder.set_estimate(self, bitrate)
+        self._capture.set_bitrate_estimate(self, bitrate)  # a camera that encodes by itself
 
     def _bind(self) -> None:
         probe, self._codec_probe = self._codec_probe, None
@@ -133,17 +134,22 @@ class _Capture:
     kind = ""
     what = ""  # "camera" or "microphone", for messages
     depth = 1
+    # Open and close the source on a worker thread: a sound card's open can wait on a busy substream
+    # and its close drains or joins a thread. (Cameras open their device on their own thread already.)
+    off_loop = False
 
     def __init__(self, devices: MediaDevices, device_id: str | None, on_error: ErrorCallback) -> None:
         self.devices = devices
         self.device_id = device_id
         self._on_error = on_error
         self._subscribers: set[OutgoingTrack] = set()
+        self._estimates: dict[OutgoingTrack, int] = {}  # each track's peer estimate, for the source
         self._encoders: dict[str, Encoder] = {}  # mime type -> the encoder shared by its tracks
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
         self._source: CameraSource | MicrophoneSource | None = None
+        self._closing: set[asyncio.Future[None]] = set()  # sources being closed on a worker thread
         self._failed_device: str | None = None  # reported once per device until it works again
         self._retry_at = 0.0
         self.frames_captured = 0
@@ -160,6 +166,10 @@ class _Capture:
 
     def unsubscribe(self, track: OutgoingTrack) -> None:
         self._subscribers.discard(track)
+        if self._estimates.pop(track, None) is not None:
+            forget = getattr(self._source, "remove_bitrate_estimate", None)
+            if forget is not None:
+                forget(track)
         encoder = track.encoder
         if encoder is not None:
             encoder.remove(track)
@@ -194,6 +204,16 @@ class _Capture:
         request = getattr(self._source, "request_keyframe", None)
         if request is not None:
             request()
+
+    def set_bitrate_estimate(self, track: OutgoingTrack, bitrate: int) -> None:
+        """A peer's estimate for `track`, passed on to a source that encodes by itself (a camera's
+        own H.264 follows the lowest, as the shared encoders do) and to the next one opened."""
+        if track not in self._subscribers:
+            return
+        self._estimates[track] = bitrate
+        follow = getattr(self._source, "set_bitrate_estimate", None)
+        if follow is not None:
+            follow(track, bitrate)
 
     def _ensure_pump(self) -> None:
         if self._task is None or self._task.done():
@@ -232,20 +252,30 @@ class _Capture:
     def _open(self, device_id: str) -> CameraSource | MicrophoneSource:
         raise NotImplementedError
 
-    def _ensure_source(self) -> bool:
+    async def _ensure_source(self) -> bool:
         """Open the selected device if it is not open; at most one attempt per retry interval."""
         if self._source is not None:
             return True
         if time.monotonic() < self._retry_at:
             return False
+        device_id = self.device_id
         try:
-            if self.device_id is None:
+            if device_id is None:
                 raise DeviceError(self.what, f"no {self.what} present")
-            self._source = self._open(self.device_id)
-            return True
+            if not self.off_loop:
+                self._source = self._open(device_id)
+                return True
+            if self._closing:  # the device being closed may be the one we open (same substream)
+                await asyncio.gather(*self._closing, return_exceptions=True)
+            source = await asyncio.get_running_loop().run_in_executor(None, self._open, device_id)
         except DeviceError as exc:
             self._failed(exc)
             return False
+        if self._closed or device_id != self.device_id or self._source is not None:
+            self._close_off_loop(source)  # another device was selected (or we closed) meanwhile
+            return self._source is not None
+        self._source = source
+        return True
 
     async def _read(self) -> av.frame.Frame | None:
         """The next frame of the open source, or None if it failed (reported) or was swapped."""
@@ -274,9 +304,22 @@ class _Capture:
                 log.exception("error callback failed")
 
     def _close_source(self) -> None:
-        if self._source is not None:
-            self._source.close()
-            self._source = None
+        source, self._source = self._source, None
+        if source is None:
+            return
+        if self.off_loop:
+            self._close_off_loop(source)
+        else:
+            source.close()
+
+    def _close_off_loop(self, source: CameraSource | MicrophoneSource) -> None:
+        try:
+            future = asyncio.get_running_loop().run_in_executor(None, _close_quietly, source)
+        except RuntimeError:  # no running loop (the process is ending)
+            _close_quietly(source)
+            return
+        self._closing.add(future)
+        future.add_done_callback(self._closing.discard)
 
     def select(self, device_id: str) -> None:
         """Use `device_id` from the next frame on, on the same tracks (no renegotiation)."""
@@ -298,6 +341,8 @@ class _Capture:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._close_source()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 class VideoCapture(_Capture):
@@ -331,7 +376,12 @@ class VideoCapture(_Capture):
         self._wake.set()
 
     def _open(self, device_id: str) -> CameraSource:
-        return self.devices.open_camera(device_id)
+        camera = self.devices.open_camera(device_id)
+        follow = getattr(camera, "set_bitrate_estimate", None)
+        if follow is not None:  # the peers' latest estimates, for a camera that encodes by itself
+            for track, bitrate in self._estimates.items():
+                follow(track, bitrate)
+        return camera
 
     def _new_encoder(self, mime: str) -> Encoder:
         return SharedVideoEncoder(mime, asyncio.get_running_loop())
@@ -360,7 +410,7 @@ class VideoCapture(_Capture):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._ensure_source():
+            if not await self._ensure_source():
                 await self._sleep_or_wake(max(0.0, self._retry_at - time.monotonic()))
                 continue
             frame = await self._read()
@@ -382,6 +432,7 @@ class AudioCapture(_Capture):
     kind = "audio"
     what = "microphone"
     depth = 2
+    off_loop = True
 
     def __init__(self, devices: MediaDevices, device_id: str | None, on_error: ErrorCallback) -> None:
         super().__init__(devices, device_id, on_error)
@@ -410,7 +461,7 @@ class AudioCapture(_Capture):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            frame = await self._read() if self._ensure_source() else None
+            frame = await self._read() if await self._ensure_source() else None
             if frame is None:
                 due = started + (self._samples + AUDIO_FRAME_SAMPLES) / AUDIO_SAMPLE_RATE
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -420,3 +471,10 @@ class AudioCapture(_Capture):
             frame.time_base = AUDIO_TIME_BASE
             self._samples += frame.samples
             self._publish(frame)
+
+
+def _close_quietly(source: CameraSource | MicrophoneSource) -> None:
+    try:
+        source.close()
+    except Exception:
+        log.exception("closing %s failed", source.device.device_id)

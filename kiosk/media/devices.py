@@ -30,6 +30,10 @@ class DeviceError(Exception):
         self.device_id = device_id
 
 
+class DeviceBusyError(DeviceError):
+    """The device is held by another user (a sound card's substream opens once at a time)."""
+
+
 @dataclass(frozen=True)
 class MediaDeviceInfo:
     """One device, shaped like the browser's MediaDeviceInfo the Web document returns."""
@@ -69,15 +73,38 @@ class MicrophoneSource(ABC):
 
 
 class SpeakerSink(ABC):
-    """An open playback device; `write` takes decoded remote audio, one call per frame per participant."""
+    """An open playback device; `write` takes decoded remote audio, one call per frame per participant.
+
+    Opening and closing one may block (a sound card's open waits for a busy substream with some
+    configurations; closing drains what is queued): do both off the event loop."""
 
     device: MediaDeviceInfo
+    # Software volume, 0.0-1.0, applied to what is played (for outputs with no hardware mixer).
+    gain: float = 1.0
 
     @abstractmethod
     def write(self, participant_uid: str, frame: av.AudioFrame) -> None: ...
 
+    def set_gain(self, gain: float) -> None:
+        self.gain = min(1.0, max(0.0, gain))
+
     @abstractmethod
     def close(self) -> None: ...
+
+
+class HardwareVolume(ABC):
+    """An output's own volume control (an ALSA mixer element), in percent."""
+
+    name: str  # for messages: "PCM on hw:CARD=Headphones"
+
+    @abstractmethod
+    def get(self) -> int: ...
+
+    @abstractmethod
+    def set(self, percent: int) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 (most controls hold nothing)
+        """Release what the control holds."""
 
 
 class MediaDevices(ABC):
@@ -108,6 +135,20 @@ class MediaDevices(ABC):
         current one"."""
         return None
 
+    def output_busy(self, device_id: str) -> bool:
+        """True when the output cannot be opened now because someone holds it (our own open sink
+        included). Must not block."""
+        return False
+
+    def shares_substream(self, device_id: str, other_id: str) -> bool | None:
+        """Whether two outputs play through the same exclusive substream (two modes on one card);
+        None when the backend cannot tell."""
+        return None
+
+    def hardware_volume(self, device_id: str) -> HardwareVolume | None:
+        """The output's own volume control, or None when it has none (software gain is used)."""
+        return None
+
     def find(self, device_id: str, kind: DeviceKind) -> MediaDeviceInfo:
         for device in self.list_devices():
             if device.device_id == device_id and device.kind == kind:
@@ -121,7 +162,8 @@ class MediaDevices(ABC):
     def open_microphone(self, device_id: str) -> MicrophoneSource: ...
 
     @abstractmethod
-    def open_speaker(self, device_id: str) -> SpeakerSink: ...
+    def open_speaker(self, device_id: str) -> SpeakerSink:
+        """Open an output; raises DeviceBusyError if it is held. May block: call it off the loop."""
 
     def open_screen(self) -> CameraSource:
         """A source of the device's own screen, for screen sharing; most kiosks have none."""

@@ -2,14 +2,28 @@
 
 Used on machines with no camera, sound card or GPIO (CI, a developer's laptop, the demo). Devices can
 be plugged and unplugged at run time, so device loss and return can be exercised without hardware.
+
+The sound devices keep the constraints of a real card (docs/device.md, "The emulation"):
+- a substream opens once at a time: a second open of a held output or microphone fails at once with
+  DeviceBusyError, as a `hw`/`plughw` PCM does with alsa-lib's stock `defaults.pcm.nonblock 1`
+  (pcm_hw.c opens the device O_NONBLOCK and the kernel answers EBUSY), or, with
+  `nonblocking_open=False` (a config with `defaults.pcm.nonblock 0`), waits until the holder closes
+  it, as the kernel's snd_pcm_open sleeps on a busy substream; two outputs may share one substream
+  (`shared_substreams`), as two modes mapped to the same card do;
+- an open or close made on a thread running an event loop is recorded (`opened_on_loop`): a real
+  open can block, and a blocked loop stops the call and starves the watchdog;
+- outputs may have a hardware volume control (a mixer element), which scales what they play; the
+  others are played at their software gain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 import wave
+from collections.abc import Iterable
 from pathlib import Path
 
 import av
@@ -20,7 +34,9 @@ from kiosk.media.devices import (
     AUDIO_FRAME_SAMPLES,
     AUDIO_SAMPLE_RATE,
     CameraSource,
+    DeviceBusyError,
     DeviceError,
+    HardwareVolume,
     MediaDeviceInfo,
     MediaDevices,
     MicrophoneSource,
@@ -29,6 +45,17 @@ from kiosk.media.devices import (
 from kiosk.media.pattern import TestPattern
 
 OPENED_SPEAKERS_KEPT = 64  # the newest speakers opened, for tests and the demo to inspect
+# Outputs that have a hardware volume control; the headphones (say, a plain USB DAC) have none.
+MIXER_OUTPUTS = ("emulated-speaker", "emulated-earpiece")
+DEFAULT_MIXER_PERCENT = 100
+
+
+def _on_event_loop_thread() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _Pacer:
@@ -84,14 +111,23 @@ class ToneMicrophone(MicrophoneSource):
         self._owner = owner
         self._pacer = _Pacer(AUDIO_FRAME_SAMPLES / AUDIO_SAMPLE_RATE)
         self._closed = False
-        if sound_file is not None:
-            self._samples = _load_sound(sound_file)
-        else:
-            # One second of tone whose length is a whole number of periods, so it loops without a click.
-            n = AUDIO_SAMPLE_RATE
-            t = np.arange(n) / AUDIO_SAMPLE_RATE
-            self._samples = (0.3 * 32767 * np.sin(2 * math.pi * round(frequency) * t)).astype(np.int16)
+        self._samples = np.zeros(0, dtype=np.int16)
         self._position = 0
+        owner._acquire(device.device_id, self)
+        try:
+            self._samples = self._load(frequency, sound_file)
+        except DeviceError:
+            owner._release(device.device_id, self)
+            raise
+
+    @staticmethod
+    def _load(frequency: float, sound_file: Path | None) -> np.ndarray:
+        if sound_file is not None:
+            return _load_sound(sound_file)
+        # One second of tone whose length is a whole number of periods, so it loops without a click.
+        n = AUDIO_SAMPLE_RATE
+        t = np.arange(n) / AUDIO_SAMPLE_RATE
+        return (0.3 * 32767 * np.sin(2 * math.pi * round(frequency) * t)).astype(np.int16)
 
     async def next_frame(self) -> av.AudioFrame:
         await self._pacer.wait()
@@ -109,7 +145,10 @@ class ToneMicrophone(MicrophoneSource):
         return frame
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
+        self._owner._release(self.device.device_id, self)
 
 
 def _load_sound(path: Path) -> np.ndarray:
@@ -130,7 +169,8 @@ def _load_sound(path: Path) -> np.ndarray:
 
 
 class EmulatedSpeaker(SpeakerSink):
-    """Discards audio, or writes each participant's decoded audio to `<dir>/<uid>.wav`."""
+    """Discards audio, or writes each participant's audio as played to `<dir>/<uid>.wav`: scaled by
+    the output's hardware volume, if it has one, and by the software gain."""
 
     def __init__(
         self, device: MediaDeviceInfo, record_dir: Path | None, owner: EmulatedDevices | None = None
@@ -140,20 +180,37 @@ class EmulatedSpeaker(SpeakerSink):
         self._record_dir = record_dir
         self._files: dict[str, wave.Wave_write] = {}
         self.frames_written = 0
+        self.closed = False
         self._reference: ReferenceMixer | None = None
+        if owner is not None:
+            owner._acquire(device.device_id, self)
+
+    def _level(self) -> float:
+        """What the output scales the signal by: its mixer (if any) times the software gain."""
+        mixer = 1.0
+        if self._owner is not None and self.device.device_id in self._owner.mixer_percent:
+            mixer = self._owner.mixer_percent[self.device.device_id] / 100
+        return mixer * self.gain
 
     def set_reference_tap(self, callback: ReferenceCallback | None) -> None:
         """Report what is "played" (all participants mixed, mono) to `callback`, e.g. an echo canceller."""
         self._reference = ReferenceMixer(callback) if callback is not None else None
 
     def write(self, participant_uid: str, frame: av.AudioFrame) -> None:
+        if self.closed:
+            raise DeviceError(self.device.device_id, "write to a closed speaker")
         if self._owner is not None and self.device.device_id in self._owner.broken:
             raise DeviceError(self.device.device_id, "write failed: Input/output error")
         self.frames_written += 1
+        if self.gain != 1.0:
+            frame = _scaled(frame, self.gain)  # the reference is what is played: after the gain
         if self._reference is not None:
             self._reference.add(participant_uid, frame)
         if self._record_dir is None:
             return
+        level = self._level()
+        if level != self.gain:
+            frame = _scaled(frame, level / self.gain if self.gain else 0.0)  # the mixer's part
         out = self._files.get(participant_uid)
         if out is None:
             self._record_dir.mkdir(parents=True, exist_ok=True)
@@ -165,16 +222,55 @@ class EmulatedSpeaker(SpeakerSink):
         out.writeframes(frame.to_ndarray().astype(np.int16).tobytes())
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         for out in self._files.values():
             out.close()
         self._files.clear()
+        if self._owner is not None:
+            self._owner._release(self.device.device_id, self)
+
+
+def _scaled(frame: av.AudioFrame, level: float) -> av.AudioFrame:
+    if frame.format.name not in ("s16", "s16p"):
+        return frame  # aiortc decodes to s16; anything else is played as it is
+    samples = frame.to_ndarray().astype(np.float32) * level
+    out = av.AudioFrame.from_ndarray(
+        np.clip(samples, -32768, 32767).astype(np.int16), format=frame.format.name, layout=frame.layout.name
+    )
+    out.sample_rate = frame.sample_rate
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
+    return out
+
+
+class EmulatedMixer(HardwareVolume):
+    """An emulated output's volume control: a level kept by the device, as a card keeps its controls."""
+
+    def __init__(self, owner: EmulatedDevices, device_id: str) -> None:
+        self._owner = owner
+        self._device_id = device_id
+        self.name = f"emulated mixer of {device_id}"
+
+    def get(self) -> int:
+        return self._owner.mixer_percent[self._device_id]
+
+    def set(self, percent: int) -> None:
+        if not 0 <= percent <= 100:
+            raise DeviceError(self._device_id, f"volume {percent} out of range")
+        self._owner.mixer_percent[self._device_id] = percent
 
 
 class EmulatedDevices(MediaDevices):
     """Two cameras (front, back), one microphone, speaker/earpiece/headphones outputs.
 
     `plug()` and `unplug()` add and remove devices at run time (a Bluetooth headset switched on,
-    a USB camera pulled out); `screen=True` adds a shareable screen source.
+    a USB camera pulled out); `screen=True` adds a shareable screen source. The sound devices are
+    exclusive per substream (see the module's docstring): `nonblocking_open`, `shared_substreams`
+    (device id -> the device id whose substream it uses) and `open_wait_timeout` (a blocking open gives
+    up after this many seconds instead of waiting for ever: a test's guard, not a real behaviour).
     """
 
     def __init__(
@@ -187,6 +283,10 @@ class EmulatedDevices(MediaDevices):
         sound_file: Path | None = None,
         speaker_dir: Path | None = None,
         screen: bool = False,
+        nonblocking_open: bool = True,
+        shared_substreams: dict[str, str] | None = None,
+        mixer_outputs: Iterable[str] = MIXER_OUTPUTS,
+        open_wait_timeout: float | None = None,
     ) -> None:
         self.width, self.height, self.fps = width, height, fps
         self.tone_hz = tone_hz
@@ -205,6 +305,54 @@ class EmulatedDevices(MediaDevices):
         ]
         self.opened_speakers: list[EmulatedSpeaker] = []
         self.broken: set[str] = set()
+        self.nonblocking_open = nonblocking_open
+        self.shared_substreams = dict(shared_substreams or {})
+        self.open_wait_timeout = open_wait_timeout
+        self.mixer_percent: dict[str, int] = {d: DEFAULT_MIXER_PERCENT for d in mixer_outputs}
+        self.opened_on_loop: list[str] = []  # sound devices opened or closed on an event loop's thread
+        self.busy_refusals = 0  # opens refused because the substream was held
+        self._holders: dict[str, object] = {}  # substream -> the open source or sink holding it
+        self._substreams = threading.Condition()
+
+    # -- exclusive substreams
+
+    def _substream(self, device_id: str) -> str:
+        return self.shared_substreams.get(device_id, device_id)
+
+    def _acquire(self, device_id: str, holder: object) -> None:
+        if _on_event_loop_thread():
+            self.opened_on_loop.append(device_id)
+        key = self._substream(device_id)
+        with self._substreams:
+            if key in self._holders:
+                if self.nonblocking_open:
+                    self.busy_refusals += 1
+                    raise DeviceBusyError(device_id, "cannot open: Device or resource busy")
+                if not self._substreams.wait_for(lambda: key not in self._holders, self.open_wait_timeout):
+                    self.busy_refusals += 1
+                    raise DeviceBusyError(
+                        device_id, f"open still blocked on a busy substream after {self.open_wait_timeout} s"
+                    )
+            self._holders[key] = holder
+
+    def _release(self, device_id: str, holder: object) -> None:
+        if _on_event_loop_thread():
+            self.opened_on_loop.append(device_id)
+        key = self._substream(device_id)
+        with self._substreams:
+            if self._holders.get(key) is holder:
+                del self._holders[key]
+                self._substreams.notify_all()
+
+    def output_busy(self, device_id: str) -> bool:
+        with self._substreams:
+            return self._substream(device_id) in self._holders
+
+    def shares_substream(self, device_id: str, other_id: str) -> bool | None:
+        return self._substream(device_id) == self._substream(other_id)
+
+    def hardware_volume(self, device_id: str) -> HardwareVolume | None:
+        return EmulatedMixer(self, device_id) if device_id in self.mixer_percent else None
 
     def list_devices(self) -> list[MediaDeviceInfo]:
         return list(self._devices)

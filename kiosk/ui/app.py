@@ -177,7 +177,10 @@ async def run_kiosk_async(
             calls,
             auto_answer_after=config.ui.auto_answer_after,
             settings_factory=settings_from_config(config),
+            volume=devices.volume,
         )
+        if choices.problems:
+            controller.report(" ".join(choices.problems))  # on the home screen until the next message
         ringer = Ringer(controller, devices)  # the ring plays on the current output while a call rings in
         app = KioskApp(
             controller,

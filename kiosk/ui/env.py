@@ -23,7 +23,8 @@ def prepare_kivy(
     kivy_home: Path | None = None,
 ) -> None:
     """Set what Kivy reads at import; call before anything imports kivy. Later calls change nothing
-    that Kivy has already read."""
+    that Kivy has already read. The [input] lines set here are read when the app starts (kivy/base.py),
+    so they win over a config.ini in KIVY_HOME even if Kivy was imported first."""
     os.environ.setdefault("KIVY_NO_ARGS", "1")  # our own command line is not Kivy's
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")  # the kiosk's logging goes through `logging`
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")  # leave the root logger alone
@@ -38,4 +39,10 @@ def prepare_kivy(
     Config.set("graphics", "fullscreen", "auto" if fullscreen else "0")
     Config.set("graphics", "resizable", "0")
     Config.set("kivy", "exit_on_escape", "0")  # a kiosk is not closed by a key
+    # One source of touches (kivy/kivy#8494): SDL2 makes a mouse press of a touch on the screen and
+    # Kivy's `mouse` provider a touch of that, so a provider reading the touchscreen as well (Kivy's
+    # first-run `%(name)s = probesysfs` on Linux, the mtdev_/hid_ lines of Kivy's Pi docs, any from
+    # config.ini) makes each tap two touches and a toggle such as Mute flips twice. Keep only `mouse`.
+    for key in Config.options("input"):
+        Config.remove_option("input", key)
     Config.set("input", "mouse", "mouse,disable_multitouch")  # no red multitouch dots on a click

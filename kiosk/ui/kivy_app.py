@@ -48,6 +48,7 @@ from kiosk.ui.widgets import (
     BigButton,
     Text,
     VideoTile,
+    VolumeControl,
     paint_background,
 )
 
@@ -235,6 +236,8 @@ class InCallScreen(Screen):
         )
         self.preview.pos_hint = {"right": 0.99, "top": 0.99}
         self.preview.clear()
+        self.volume = VolumeControl(app.controller.volume_up, app.controller.volume_down)
+        self.volume.pos_hint = {"right": 0.99, "y": 0.03}
         self.buttons: dict[str, BigButton] = {}
         self.warning: BoxLayout | None = None
         self.warning_label: Text | None = None
@@ -334,6 +337,7 @@ class InCallScreen(Screen):
         if "mode" in buttons:
             buttons["mode"].text = MODE_WORDS.get(self.app.store.mode, self.app.store.mode.title())
         self.preview.set_muted(state.muted, state.video_paused)
+        self.volume.show(state.volume)
 
     # ----------------------------------------------------------------- tiles and layout
 
@@ -390,6 +394,9 @@ class InCallScreen(Screen):
         if self.preview.parent is not None:
             self.preview.parent.remove_widget(self.preview)
         self.videos.add_widget(self.preview)  # last: drawn over the remote video
+        if self.volume.parent is not None:
+            self.volume.parent.remove_widget(self.volume)
+        self.videos.add_widget(self.volume)
         if "mode" in self.buttons:
             self.buttons["mode"].text = MODE_WORDS.get(mode, mode.title())
 

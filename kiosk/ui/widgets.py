@@ -9,6 +9,7 @@ import av
 from kivy.graphics import Color, Ellipse, Rectangle, RoundedRectangle
 from kivy.graphics.texture import Texture
 from kivy.uix.behaviors import ButtonBehavior
+from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.button import Button
 from kivy.uix.floatlayout import FloatLayout
 from kivy.uix.label import Label
@@ -44,6 +45,41 @@ class Text(Label):
 
     def _wrap(self, *_: Any) -> None:
         self.text_size = (self.width, None)
+
+
+class VolumeControl(BoxLayout):
+    """The playback volume, on screen: a + above the level and a - below, over the call's video.
+
+    Only what this kiosk plays changes (the other side hears the same); the level is the current
+    audio mode's, kept across restarts (kiosk.media.volume)."""
+
+    KEY = 64  # px: smaller than the bar's buttons, so it fits under the preview on a 7-inch screen
+
+    def __init__(self, up: Callable[[], object], down: Callable[[], object], **kwargs: Any) -> None:
+        kwargs.setdefault("orientation", "vertical")
+        kwargs.setdefault("size_hint", (None, None))
+        kwargs.setdefault("size", (self.KEY + 8, 2 * self.KEY + 36 + 24))
+        kwargs.setdefault("spacing", 4)
+        kwargs.setdefault("padding", 4)
+        super().__init__(**kwargs)
+        key = {"size_hint_y": None, "height": self.KEY, "size_hint_min_y": self.KEY}
+        self.up_button = BigButton("+", action=up, font_size=FONT_LARGE, **key)
+        self.level = Label(text="", font_size=18, bold=True, color=TEXT, size_hint_y=None, height=36)
+        self.down_button = BigButton("\u2212", action=down, font_size=FONT_LARGE, **key)
+        for widget in (self.up_button, self.level, self.down_button):
+            self.add_widget(widget)
+        with self.canvas.before:
+            Color(0, 0, 0, 0.45)
+            self._backdrop = RoundedRectangle(radius=[14])
+        self.bind(pos=self._redraw, size=self._redraw)
+
+    def _redraw(self, *_: Any) -> None:
+        self._backdrop.pos, self._backdrop.size = self.pos, self.size
+
+    def show(self, percent: int | None) -> None:
+        self.opacity = 0 if percent is None else 1
+        self.disabled = percent is None
+        self.level.text = "" if percent is None else f"{percent} %"
 
 
 class BigButton(Button):

@@ -10,6 +10,7 @@ class Output:
         self.recording = False
         self.ptsoutput = pts
         self.needs_pacing = False
+        self.needs_add_stream = False
 
     def start(self) -> None:
         self.recording = True
@@ -25,10 +26,11 @@ class Output:
         packet: Any = None,
         audio: bool = False,
     ) -> None:
-        """Called by the encoder's thread with each encoded frame (timestamp in microseconds)."""
+        """Called with each encoded frame (timestamp in microseconds from the encoder's first frame)
+        by the V4L2 encoder's poll thread, or by the libav encoder in the camera's event loop."""
 
-    def _add_stream(self, encoder_stream: Any, codec_name: str, **kwargs: Any) -> None:
-        pass
+    def _add_stream(self, encoder_stream: Any, *args: Any, **kwargs: Any) -> None:
+        """Told about the encoder's stream when it starts."""
 
 
 __all__ = ["Output"]
