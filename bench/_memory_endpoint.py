@@ -33,7 +33,7 @@ from bench._memory_common import (
     settled_reading,
     wait_for,
 )
-from kiosk.calls import Calls, CallSession, CallSettingsBuilder
+from kiosk.calls import Calls, CallSettingsBuilder, SessionInfo
 from kiosk.media.emulated import EmulatedDevices
 
 
@@ -45,7 +45,7 @@ async def _join(calls: Calls, session_id: str) -> float:
     """
     started = time.monotonic()
     token = await calls.generate_token(session_id)
-    session: CallSession | None = await calls.start_session(token, CallSettingsBuilder().build())
+    session: SessionInfo | None = await calls.start_session(token, CallSettingsBuilder().build())
 
     def decoded() -> bool:
         return session is not None and session.first_remote_frame_ms is not None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._memory_common import command, emit, run_child, wait_for
-from kiosk.calls import Calls, CallSession, CallSettingsBuilder
+from kiosk.calls import Calls, CallSettingsBuilder, SessionInfo
 from kiosk.media.emulated import EmulatedDevices
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
@@ -59,19 +59,16 @@ def _threads_cpu() -> dict[int, tuple[str, float]]:
     return out
 
 
-async def _snapshot(session: CallSession, peers: list[str]) -> dict[str, Any]:
+async def _snapshot(session: SessionInfo, peers: list[str]) -> dict[str, Any]:
     stats = {uid: await p.collect_stats() for uid in peers if (p := session.peers.get(uid)) is not None}
+    figures = session.capture_figures()
     return {
         "wall": time.monotonic(),
         "cpu": _stat_cpu("/proc/self/stat"),
         "threads": _threads_cpu(),
-        "captured": session.video.frames_captured,
-        "audio_captured": session.audio.frames_captured,
-        "encoders": [
-            (kind, e.mime, e.sinks, e.frames_encoded, getattr(e, "_bitrate", None))
-            for kind, capture in (("video", session.video), ("audio", session.audio))
-            for e in capture.encoders
-        ],
+        "captured": figures.frames_captured,
+        "audio_captured": figures.audio_frames_captured,
+        "encoders": [(e.kind, e.mime, e.sinks, e.frames_encoded, e.bitrate) for e in figures.encoders],
         "decoded": {
             uid: (
                 p.video_frames_decoded,

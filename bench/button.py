@@ -86,20 +86,19 @@ class RemoteEar:
         return Listener()
 
     def wrap(self, calls: Calls) -> None:
-        """Wrap the remote peer's decoded-audio callback (the kiosk's audio, frame by frame)."""
+        """Hear every audio frame the remote endpoint decodes from the kiosk."""
         session = calls.session
-        peer = session.peers.get(KIOSK) if session is not None else None
-        if peer is None or not hasattr(peer, "_on_audio_frame"):
-            raise RuntimeError("the remote endpoint has no peer with a decoded-audio callback for the kiosk")
-        forward: Callable[[str, av.AudioFrame], None] = peer._on_audio_frame
+        if session is None:
+            raise RuntimeError("the remote endpoint is in no session")
 
         def heard(uid: str, frame: av.AudioFrame) -> None:
+            if uid != KIOSK:
+                return
             silent = not frame.to_ndarray().any()
             self.frames.append((time.monotonic(), silent))
             self.changed.set()
-            forward(uid, frame)
 
-        peer._on_audio_frame = heard
+        session.add_remote_audio_tap(heard)
 
     async def wait(self, found: Callable[[], float | None], what: str) -> float:
         deadline = time.monotonic() + EVENT_TIMEOUT

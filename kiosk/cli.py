@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument(
         "--config",
         type=Path,
-        help="device config: its cameras, audio, buttons, LEDs, keyboard and control socket",
+        help="device config: the kiosk it describes, as `kiosk run` builds it (devices, call settings, buttons, "
+        "LEDs, keyboard, control socket, an embedded server); the options given here override it",
     )
     what = endpoint.add_mutually_exclusive_group(required=True)
     what.add_argument("--idle", action="store_true", help="wait: calls come and go by buttons, keys, socket")
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--config",
         type=Path,
-        help="device config for the front door (e.g. config/emulated.toml): keys and buttons act",
+        help="device config for the front door (e.g. config/emulated.toml), on the demo's server: its devices "
+        "and call settings, and its keys and buttons act",
     )
     demo.set_defaults(func=_demo)
     return parser

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kiosk.media.devices import AUDIO_MODES
+from kiosk.audio_modes import AUDIO_MODES, AudioMode
 
 DEFAULT_PATH = Path("/etc/kiosk/kiosk.toml")
 BUTTON_NAMES = ("mute", "end", "audio_mode", "call", "volume_up", "volume_down")
@@ -87,10 +87,10 @@ class AudioSection:
     # start; "": none (the others do not hear this kiosk; it still hears them)
     capture: str = "default"
     period_ms: int = 20
-    default_mode: str = "SPEAKER"
-    fallback_order: list[str] = field(default_factory=lambda: list(AUDIO_MODES))
+    default_mode: AudioMode = AudioMode.SPEAKER  # the mode a call starts in, when its device is present
+    fallback_order: list[AudioMode] = field(default_factory=lambda: list(AUDIO_MODES))
     poll_interval: float = 1.0
-    modes: dict[str, AudioModeDevice] = field(default_factory=dict)
+    modes: dict[AudioMode, AudioModeDevice] = field(default_factory=dict)
     echo_cancellation: bool = True
     noise_suppression: bool = True
     auto_gain_control: bool = True
@@ -202,6 +202,8 @@ class KioskConfig:
 
 
 def _type_name(tp: Any) -> str:
+    if tp is AudioMode:
+        return f"an audio mode ({', '.join(AUDIO_MODES)})"
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -242,10 +244,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {value!r}")
-        _, item = typing.get_args(tp)
-        return {k: _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+        name, item = typing.get_args(tp)
+        return {_convert(k, name, f"{key}.{k}"): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
+    if tp is AudioMode:
+        # The plain word only, as the documents write it ("SPEAKER", not "speaker" or "AUDIO_MODE_SPEAKER").
+        if not isinstance(value, str) or value not in AUDIO_MODES:
+            raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+        return AudioMode(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -317,9 +324,6 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
     audio = config.audio
     if not 10 <= audio.period_ms <= 20:
         raise ConfigError(f"audio.period_ms: {audio.period_ms} is not between 10 and 20")
-    for mode in list(audio.modes) + list(audio.fallback_order) + [audio.default_mode]:
-        if mode not in AUDIO_MODES:
-            raise ConfigError(f"audio: {mode!r} is not an audio mode ({', '.join(AUDIO_MODES)})")
     if len(set(audio.fallback_order)) != len(audio.fallback_order):
         raise ConfigError("audio.fallback_order: a mode is listed twice")
     if audio.backend == "alsa":

@@ -300,15 +300,22 @@ class KioskController:
         session = self._live_session()
         if session is not None and session.audio_mode:
             return str(session.audio_mode)
+        return self.starting_mode()
+
+    def starting_mode(self) -> str | None:
+        """The audio mode a call starts in: the settings' default mode if its device is present,
+        else the first present one (as the SDK chooses)."""
         modes = self.calls.devices.audio_modes()
+        wanted = self.settings_factory(None).default_audio_mode
+        if wanted is not None and wanted in modes:
+            return str(wanted)
         return modes[0] if modes else None
 
     def _volume_of(self, mode: str | None) -> int | None:
         if self.volume is None:
             return None
         if mode is None:
-            modes = self.calls.devices.audio_modes()
-            mode = modes[0] if modes else None
+            mode = self.starting_mode()
         return self.volume.level(mode) if mode else None
 
     def volume_up(self) -> asyncio.Task[Any]:

@@ -2,7 +2,8 @@
 
 Starts an embedded call server, creates two users, has the front door call the reception desk, the
 desk answer, runs a short video call with emulated camera and microphone, prints the events and the
-stats, and exits 0 only if media flowed both ways.
+stats, and exits 0 only if media flowed both ways. With `--config`, the front door is the kiosk that
+config describes, assembled as `kiosk run` assembles it (`kiosk.assembly`), on the demo's own server.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from typing import IO
 
 import aiohttp
 
+from kiosk.assembly import LOOPBACK, Kiosk, KioskOptions
 from kiosk.calls import Calls, SessionStats
-from kiosk.config import load_config
+from kiosk.config import KioskConfig, load_config
 from kiosk.controller import KioskController, Phase
-from kiosk.device import KioskDevices, build_devices
 from kiosk.endpoint import EventRecorder, to_jsonable
-from kiosk.hardware import Controls, start_controls
-from kiosk.media.devices import MediaDevices
 from kiosk.media.emulated import EmulatedDevices
 from kiosk.server.app import start_server
 from kiosk.server.config import ServerConfig
@@ -50,6 +49,21 @@ def media_flowed(stats: SessionStats, audio_only: bool = False) -> bool:
     return True
 
 
+def door_options(
+    config: KioskConfig | None, server_url: str, token: str, tmp: Path, out: IO[str]
+) -> KioskOptions:
+    """The front door on the demo's server, offering only loopback to ICE; with no config, the demo's
+    emulated device (a 440 Hz tone) and recordings in the demo's directory."""
+    return KioskOptions(
+        servers=(server_url,),
+        auth_token=token,
+        ice_addresses=LOOPBACK,
+        recording_dir=tmp / "recordings" if config is None else None,
+        devices=EmulatedDevices(tone_hz=440) if config is None else None,
+        listeners={"demo": EventRecorder("front-door", out)},
+    )
+
+
 async def run_demo(
     duration: float = 5.0,
     data_dir: Path | None = None,
@@ -64,33 +78,30 @@ async def run_demo(
         server = await start_server(
             ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir or Path(tmp), admin_key=admin_key)
         )
-        door = desk = None
-        controls: Controls | None = None
+        door: Kiosk | None = None
+        desk: Calls | None = None
         try:
             out.write(f"call server on {server.url}\n")
             door_token = await create_user(server.url, admin_key, "front-door", "Front door")
             desk_token = await create_user(server.url, admin_key, "reception", "Reception desk")
-            common = {"ice_host_addresses": ["127.0.0.1"], "recording_dir": Path(tmp) / "recordings"}
-            door_devices: MediaDevices = EmulatedDevices(tone_hz=440)
-            codec = None
-            if config is not None:
-                door_devices, choices = build_devices(config)
-                codec = choices.video_codec
-            door = Calls(server.url, auth_token=door_token, devices=door_devices, video_codec=codec, **common)
-            desk = Calls(server.url, auth_token=desk_token, devices=EmulatedDevices(tone_hz=660), **common)
-            door.add_call_event_listener("demo", EventRecorder("front-door", out))
-            desk.add_call_event_listener("demo", EventRecorder("reception", out))
-            await door.login()
-            await desk.login()
-            door_kiosk = KioskController(
-                door, volume=door_devices.volume if isinstance(door_devices, KioskDevices) else None
-            )
-            desk_kiosk = KioskController(desk, auto_answer_after=0.5)  # the desk answers by itself
-            if config is not None:
-                controls = await start_controls(config, door_kiosk)
+            door = Kiosk(config, door_options(config, server.url, door_token, Path(tmp), out))
+            await door.start()
+            door_kiosk = door.controller
+            if door.controls is not None:
                 out.write(
                     "front-door controls: keys m mute, v video, e end, E end (hold), a audio mode, y answer, n reject, c call\n"
                 )
+            # The demo's own second endpoint: a plain SDK client on an emulated device (a 660 Hz tone).
+            desk = Calls(
+                server.url,
+                auth_token=desk_token,
+                devices=EmulatedDevices(tone_hz=660),
+                ice_host_addresses=list(LOOPBACK),
+                recording_dir=Path(tmp) / "recordings",
+            )
+            desk.add_call_event_listener("demo", EventRecorder("reception", out))
+            await desk.login()
+            desk_kiosk = KioskController(desk, auto_answer_after=0.5)  # the desk answers by itself
 
             out.write("front-door calls reception\n")
             await door_kiosk.call("reception")
@@ -107,7 +118,7 @@ async def run_demo(
             await desk_kiosk.wait_for_phase(Phase.IDLE, timeout=15)
             await desk.end_session()
 
-            door_stats, desk_stats = door.last_session_stats, desk.last_session_stats
+            door_stats, desk_stats = door.calls.last_session_stats, desk.last_session_stats
             logs = await desk.get_call_logs()
             out.write(f"call log of reception: {json.dumps(to_jsonable(logs.calls[:1]))}\n")
             ok = bool(door_stats and desk_stats and media_flowed(door_stats) and media_flowed(desk_stats))
@@ -126,9 +137,8 @@ async def run_demo(
             )
             return 0 if ok else 1
         finally:
-            if controls is not None:
-                await controls.close()
-            for client in (door, desk):
-                if client is not None:
-                    await client.close()
+            if door is not None:
+                await door.close()
+            if desk is not None:
+                await desk.close()
             await server.close()

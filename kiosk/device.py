@@ -8,11 +8,14 @@ module knows which one it got.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiosk.config import ConfigError, KioskConfig
+from kiosk.media.aec import AudioProcessor, EchoCancelledMicrophone, connect_reference
+from kiosk.media.cameras import CameraSet
 from kiosk.media.devices import (
     CameraSource,
     DeviceError,
@@ -22,11 +25,14 @@ from kiosk.media.devices import (
     MicrophoneSource,
     SpeakerSink,
 )
+from kiosk.media.emulated import EmulatedDevices
+from kiosk.media.picamera import picamera_passthrough_available
 from kiosk.media.volume import OutputVolume, VolumeLevels
 
 if TYPE_CHECKING:
+    # Imported where the alsa backend is chosen: pyalsaaudio needs libasound, and a kiosk on the
+    # emulated device never loads it.
     from kiosk.media.alsa import AlsaAudio
-    from kiosk.media.cameras import CameraSet
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +46,14 @@ class KioskDevices(MediaDevices):
         self,
         cameras: MediaDevices | CameraSet,
         audio: MediaDevices,
-        fallback_order: list[str],
-        processor: object | None = None,
+        fallback_order: Sequence[str],
+        processor: AudioProcessor | None = None,
         volume: OutputVolume | None = None,
     ) -> None:
         self.cameras = cameras
         self.audio = audio
-        self.fallback_order = list(fallback_order)
-        self.processor = processor  # kiosk.media.aec.AudioProcessor, when echo cancellation is on
+        self.fallback_order = [str(mode) for mode in fallback_order]  # AudioMode members as plain words
+        self.processor = processor  # when echo cancellation, noise suppression or gain control is on
         self.volume = volume  # every output opened plays at its mode's level
 
     def list_devices(self) -> list[MediaDeviceInfo]:
@@ -79,8 +85,6 @@ class KioskDevices(MediaDevices):
         source = self.audio.open_microphone(device_id)
         if self.processor is None:
             return source
-        from kiosk.media.aec import EchoCancelledMicrophone
-
         return EchoCancelledMicrophone(source, self.processor)
 
     def open_speaker(self, device_id: str) -> SpeakerSink:
@@ -88,8 +92,6 @@ class KioskDevices(MediaDevices):
         if self.volume is not None:
             self.volume.attach(speaker)
         if self.processor is not None:
-            from kiosk.media.aec import connect_reference
-
             connect_reference(speaker, self.processor)
         return speaker
 
@@ -107,14 +109,12 @@ class DeviceChoices:
 
 def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
     """The configured device; raises ConfigError naming the key when a backend cannot start."""
-    from kiosk.media.cameras import CameraSet
-
     cameras = CameraSet(config.cameras)
     audio_section = config.audio
     audio: MediaDevices
     problems: list[str] = []
     if audio_section.backend == "alsa":
-        from kiosk.media.alsa import AlsaAudio
+        from kiosk.media.alsa import AlsaAudio  # here: see the TYPE_CHECKING import above
 
         try:
             audio = AlsaAudio(audio_section)
@@ -122,8 +122,6 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
             raise ConfigError(f"audio: {exc}") from None
         problems = _missing_alsa_devices(audio)
     else:
-        from kiosk.media.emulated import EmulatedDevices
-
         audio = EmulatedDevices(
             tone_hz=audio_section.tone_hz,
             sound_file=Path(audio_section.sound_file) if audio_section.sound_file else None,
@@ -131,8 +129,6 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
         )
     processor = None
     if audio_section.echo_cancellation or audio_section.noise_suppression or audio_section.auto_gain_control:
-        from kiosk.media.aec import AudioProcessor
-
         processor = AudioProcessor(
             echo_cancellation=audio_section.echo_cancellation,
             noise_suppression=audio_section.noise_suppression,
@@ -140,8 +136,6 @@ def build_devices(config: KioskConfig) -> tuple[KioskDevices, DeviceChoices]:
         )
     passthrough = any(c.h264_passthrough for c in config.cameras)
     if passthrough:  # only where a Pi camera has a hardware H.264 encoder (not on a Pi 5)
-        from kiosk.media.picamera import picamera_passthrough_available
-
         passthrough = picamera_passthrough_available() is True
     levels = VolumeLevels(config.volume_file(), audio_section.volume)
     volume = OutputVolume(audio, levels, audio_section.volume_step)

@@ -1,7 +1,9 @@
 """The headless endpoint (`kiosk endpoint`): a Calls client with emulated media, scriptable from a shell.
 
 Every SDK event is printed as one JSON line; at the end a JSON report with the session stats is
-written. It joins a session directly, calls a user, or waits to answer.
+written. It joins a session directly, calls a user, or waits to answer. With `--config` it is the whole
+kiosk that config describes, assembled as `kiosk run` assembles it (`kiosk.assembly`), with no screen;
+the command line's options override the config's settings.
 """
 
 from __future__ import annotations
@@ -13,25 +15,16 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from kiosk.calls import (
-    Call,
-    CallEventListener,
-    Calls,
-    CallsError,
-    CallSettings,
-    CallSettingsBuilder,
-    CallType,
-)
+from kiosk.assembly import LOOPBACK, Kiosk, KioskOptions
+from kiosk.calls import CallEventListener, Calls, CallsError, CallType
 from kiosk.calls.events import EVENT_NAMES
 from kiosk.config import load_config
 from kiosk.controller import KioskController, KioskState, Phase
-from kiosk.device import KioskDevices, build_devices
-from kiosk.hardware import Controls, start_controls
-from kiosk.media.devices import MediaDevices
-from kiosk.media.emulated import EmulatedDevices
+from kiosk.hardware import Controls
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +117,23 @@ class EndpointOptions:
     ca_file: Path | None = None  # the CA an https:// server must chain to (default: config, else system)
 
 
+def kiosk_options(options: EndpointOptions, listeners: Mapping[str, CallEventListener]) -> KioskOptions:
+    """The endpoint's command line as the kiosk's options: each one given overrides the config's."""
+    servers = [options.server] if isinstance(options.server, str) else list(options.server)
+    ice = LOOPBACK if options.loopback else (tuple(options.ice_addresses) if options.ice_addresses else None)
+    return KioskOptions(
+        servers=tuple(url for url in servers if url),
+        auth_token=options.auth_token,
+        ca_file=options.ca_file,
+        recording_dir=options.recording_dir,
+        auto_record=True if options.record else None,
+        video_codec=options.codec,
+        ice_addresses=ice,
+        audio_only=options.audio_only,
+        listeners=listeners,
+    )
+
+
 async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> int:
     """Run one endpoint to the end of its call; 0 if a call happened and media arrived.
 
@@ -132,58 +142,21 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
     """
     events = EventRecorder(out=out)
     config = load_config(options.config) if options.config is not None else None  # ConfigError: caller
-    devices: MediaDevices = EmulatedDevices()
-    codec, recording_dir, poll, auto_answer = options.codec, options.recording_dir, 1.0, 0.0
-    servers = [options.server] if isinstance(options.server, str) else list(options.server)
-    servers = [url for url in servers if url]
-    token = options.auth_token
-    ca_file: str | Path | None = options.ca_file
-    if config is not None:
-        devices, choices = build_devices(config)
-        codec = codec or choices.video_codec
-        recording_dir = recording_dir or choices.recording_dir
-        poll, auto_answer = config.audio.poll_interval, config.ui.auto_answer_after
-        servers, token = servers or config.server.addresses(), token or config.auth_token()
-        ca_file = ca_file or config.server.ca_file or None
-    calls = Calls(
-        servers,
-        auth_token=token,
-        devices=devices,
-        video_codec=codec,
-        ice_host_addresses=["127.0.0.1"] if options.loopback else (options.ice_addresses or None),
-        recording_dir=recording_dir,
-        device_poll_interval=poll,
-        ca_file=ca_file,
-    )
-    calls.add_call_event_listener("endpoint", events)
-
-    def settings_for(call: Call | None) -> CallSettings:
-        # An answered audio call stays audio-only unless asked otherwise.
-        audio_only = options.audio_only or (call is not None and call.type == CallType.AUDIO)
-        return (
-            CallSettingsBuilder()
-            .set_is_audio_only_call(audio_only)
-            .auto_record_on_call_start(options.record)
-            .build()
-        )
-
-    volume = devices.volume if isinstance(devices, KioskDevices) else None
-    controller = KioskController(
-        calls, settings_factory=settings_for, auto_answer_after=auto_answer, volume=volume
-    )
+    kiosk = Kiosk(config, kiosk_options(options, {"endpoint": events}))
 
     def observe(state: KioskState) -> None:
         _say(out, "state", {"phase": state.phase.value, "peer": state.peer_name, "message": state.message})
 
-    controller.add_observer(observe)
     report: dict[str, Any] = {"ok": False}
-    controls: Controls | None = None
     try:
-        user = await calls.login()
-        _say(out, "logged_in", to_jsonable(user))
-        if config is not None:
-            controls = await start_controls(config, controller)
-            _say(out, "controls", _describe_controls(controls))
+        await kiosk.start()
+        calls, controller = kiosk.calls, kiosk.controller
+        controller.add_observer(observe)
+        _say(out, "logged_in", to_jsonable(kiosk.user))
+        if kiosk.users is not None:  # the config's embedded server, with a visitor to call this kiosk
+            _say(out, "embedded_server", {"url": kiosk.server_url, "visitorToken": kiosk.users.visitor_token})
+        if kiosk.controls is not None:
+            _say(out, "controls", _describe_controls(kiosk.controls))
         if options.idle:
             # A kiosk at rest: calls come in and go out through buttons, keys and the control socket.
             await _idle(controller, options.duration)
@@ -225,12 +198,10 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         report["error"] = {"code": exc.code, "message": exc.message}
         return 2
     finally:
-        if controls is not None:
-            await controls.close()
         report["events"] = events.names()
         if options.report is not None:
             options.report.write_text(json.dumps(report, indent=2))
-        await calls.close()
+        await kiosk.close()
 
 
 async def _idle(controller: KioskController, duration: float | None) -> None:

@@ -56,8 +56,8 @@ class Ringer:
             self._task = None
 
     async def _ring(self) -> None:
-        modes = self.devices.audio_modes()
-        device = self.devices.output_for_mode(modes[0]) if modes else None
+        mode = self.controller.starting_mode()  # where the call will be heard
+        device = self.devices.output_for_mode(mode) if mode else None
         if device is None:
             outputs = self.devices.audio_outputs()
             device = outputs[0] if outputs else None

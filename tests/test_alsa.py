@@ -398,7 +398,7 @@ async def test_call_plays_remote_audio_and_falls_back_when_the_speaker_goes(
         await a.join(session)
         await b.join(session)
         assert a.calls.session.audio_mode == "SPEAKER"
-        await a.calls.session.output.settled()  # the speaker opens off the loop
+        await a.calls.session.audio_output_settled()  # the speaker opens off the loop
         assert isinstance(a.calls.session.speaker, AlsaSpeaker)
 
         # Bob's 660 Hz tone, through Opus, lands in the SPEAKER PCM's file; Bob hears Alice's ALSA microphone.

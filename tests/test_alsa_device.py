@@ -97,15 +97,16 @@ async def test_two_modes_on_one_card_switch_in_a_call(alsa_config: AlsaConfig, t
         session = new_session_id()
         await door.join(session)
         await desk.join(session)
-        output = door.calls.session.output
-        await output.settled()
+        info = door.calls.session
+        assert info is not None
+        await info.audio_output_settled()
         first = door.calls.session.speaker
         assert isinstance(first, AlsaSpeaker) and first.pcm_name == "headset"
         door.calls.set_audio_mode("SPEAKER")  # again: kept as it is
-        await output.settled()
+        await info.audio_output_settled()
         assert door.calls.session.speaker is first
         door.calls.set_audio_mode("HEADPHONES")
-        await output.settled()
+        await info.audio_output_settled()
         second = door.calls.session.speaker
         assert isinstance(second, AlsaSpeaker) and second.pcm_name == "headset_hp"
         assert not door.events.of("on_error")

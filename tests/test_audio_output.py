@@ -38,7 +38,7 @@ async def door_and_desk_in_a_call(tmp_path: Path, devices: EmulatedDevices) -> A
         session = new_session_id()
         await door.join(session)
         await desk.join(session)
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         yield door
 
 
@@ -56,7 +56,7 @@ async def test_reselecting_the_only_output_keeps_it_playing(tmp_path: Path) -> N
         controller = KioskController(door.calls)
         controller.cycle_audio_mode()
         door.calls.set_audio_mode("SPEAKER")
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         assert devices.opened_speakers == [speaker] and not speaker.closed
         assert door.calls.session.speaker is speaker and devices.busy_refusals == 0
         assert not door.events.of("on_error")
@@ -78,13 +78,13 @@ async def test_no_sound_device_is_opened_or_closed_on_the_event_loop(tmp_path: P
     async with door_and_desk_in_a_call(tmp_path, devices) as door:
         door.calls.set_audio_mode("EARPIECE")
         assert door.calls.session.audio_mode == "EARPIECE"
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         speaker, earpiece = devices.opened_speakers
         assert earpiece.device.device_id == "emulated-earpiece" and speaker.closed and not earpiece.closed
         assert door.calls.session.speaker is earpiece
         door.calls.set_audio_mode("EARPIECE")  # again: nothing is reopened
         door.calls.set_audio_mode("SPEAKER")
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         assert [s.device.device_id for s in devices.opened_speakers] == [
             "emulated-speaker",
             "emulated-earpiece",
@@ -110,9 +110,9 @@ async def test_a_switch_between_two_cards_opens_the_new_one_before_closing_the_o
         endpoints(server.url, tmp_path, "door", devices=devices) as (door,),
     ):
         await door.join(new_session_id())
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         door.calls.set_audio_mode("HEADPHONES")
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         await asyncio.sleep(0.1)  # the old one is closed on a worker thread after the swap
         speaker, headphones = devices.opened_speakers
         assert open_while_old_plays == [False, True]  # no gap: the speaker played while they opened
@@ -130,7 +130,7 @@ async def test_an_output_held_for_a_moment_by_someone_else_is_waited_for(tmp_pat
         endpoints(server.url, tmp_path, "door", devices=devices) as (door,),
     ):
         await door.join(new_session_id())
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         assert door.calls.session.speaker is devices.opened_speakers[-1] is not ringtone
         assert devices.busy_refusals >= 1  # it was busy, and the call waited instead of giving up
         assert not door.events.of("on_error")
@@ -143,10 +143,10 @@ async def test_an_output_another_program_keeps_is_reported_and_the_call_goes_on(
         endpoints(server.url, tmp_path, "door", devices=devices) as (door,),
     ):
         await door.join(new_session_id(), CallSettingsBuilder().build())
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         other_program = await asyncio.to_thread(devices.open_speaker, "emulated-headphones")
         door.calls.set_audio_mode("HEADPHONES")
-        await door.calls.session.output.settled()
+        await door.calls.session.audio_output_settled()
         error = door.events.of("on_error")[-1][0]
         assert error.code == "DEVICE_ERROR" and "busy" in error.message
         # The speaker it had goes on playing, and the mode says so.
@@ -207,3 +207,36 @@ def test_an_emulated_mixer_scales_what_is_played(tmp_path: Path) -> None:
     with wave.open(str(tmp_path / "emulated-speaker" / "bob.wav")) as played:
         samples = np.frombuffer(played.readframes(played.getnframes()), dtype=np.int16)
     assert abs(rms(samples) / rms(signal) - 0.25) < 0.02  # mixer 50 % times gain 0.5
+
+
+async def test_the_audio_output_on_its_own_chooses_refuses_and_falls_back() -> None:
+    from kiosk.calls.audio_output import AudioOutput
+    from kiosk.calls.errors import CallsError
+
+    devices = EmulatedDevices(width=128, height=96)
+    changes: list[str | None] = []
+    errors: list[Exception] = []
+    output = AudioOutput(
+        devices, on_error=errors.append, on_changed=lambda: changes.append(output.mode), on_microphone=print
+    )
+    problem = output.choose_initial("BLUETOOTH")
+    assert problem == "default audio mode BLUETOOTH has no device now; using SPEAKER"
+    await output.settled()
+    assert output.speaker is not None and output.speaker.device.device_id == "emulated-speaker"
+    for mode, code in (("BLUETOOTH", "AUDIO_MODE_UNAVAILABLE"), ("LOUD", "INVALID_AUDIO_MODE")):
+        try:
+            output.select_mode(mode)
+        except CallsError as exc:
+            assert exc.code == code
+        else:
+            raise AssertionError(f"{mode} was accepted")
+    output.select_mode("HEADPHONES")
+    await output.settled()
+    assert output.speaker.device.device_id == "emulated-headphones" and changes == ["HEADPHONES"]
+    assert [m.mode for m in output.modes() if m.selected] == ["HEADPHONES"]
+    devices.unplug("emulated-headphones")
+    assert output.output_vanished(devices.list_devices())
+    await output.settled()
+    assert output.mode == "SPEAKER" and output.speaker.device.device_id == "emulated-speaker"
+    await output.close()
+    assert all(s.closed for s in devices.opened_speakers) and errors == []

@@ -230,7 +230,7 @@ async def test_buttons_and_leds_through_a_whole_call(tmp_path, mock_factory):
         door.press("audio_mode")
         await wait_until(lambda: door_ep.calls.session.audio_mode == expected, 5, "next audio mode")
         assert door.controller.state.audio_mode == expected
-        await door_ep.calls.session.output.settled()  # the speaker opens off the loop
+        await door_ep.calls.session.audio_output_settled()  # the speaker opens off the loop
         assert len(door_ep.devices.opened_speakers) == opened + 1
         assert door_ep.devices.opened_speakers[-1].device.audio_mode == expected
         assert door_ep.calls.session.speaker is door_ep.devices.opened_speakers[-1]

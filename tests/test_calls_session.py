@@ -230,9 +230,9 @@ async def test_devices_switch_camera_audio_modes_and_hotplug(tmp_path):
 
         cameras = a.calls.get_video_input_devices()
         assert [c.facing for c in cameras] == ["front", "back"]
-        assert a.calls.session.video.device_id == cameras[0].device_id
+        assert a.calls.session.camera_id == cameras[0].device_id
         a.calls.switch_camera()
-        assert a.calls.session.video.device_id == cameras[1].device_id
+        assert a.calls.session.camera_id == cameras[1].device_id
         count = await video_frames(b, "alice")
         await wait_until(lambda: _more_frames(b, "alice", count + 10), 5, "video continues after switch")
 
@@ -315,7 +315,7 @@ async def test_recording_mixes_everyone_into_one_playable_file_and_the_log_says_
         a.calls.stop_recording()
         stopped = (await b.events.wait_for("on_recording_toggled", count=2))[0]
         assert not stopped.recording_started
-        await wait_until(lambda: a.calls.session.recorder is None, 10, "recording closed")
+        await wait_until(lambda: not a.calls.session.recording_file_open, 10, "recording closed")
         files = list((tmp_path / "recordings" / "alice").glob("*.mkv"))
         assert [f.name for f in files] == [Path(mine.file).name]
         with av.open(str(files[0])) as container:
@@ -352,7 +352,7 @@ async def test_screen_share_when_the_device_has_a_screen(tmp_path):
         await a.join(new_session_id())
         a.calls.start_screen_share()
         await a.events.wait_for("on_screen_share_started")
-        assert a.calls.session.video.sharing_screen
+        assert a.calls.session.sharing_screen
         a.calls.stop_screen_share()
         await a.events.wait_for("on_screen_share_stopped")
 

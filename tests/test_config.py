@@ -132,3 +132,32 @@ def test_check_config_command_exits_non_zero_without_a_traceback(tmp_path):
     )
     assert good.returncode == 0, good.stderr
     assert "config ok" in good.stdout
+
+
+def test_audio_modes_are_one_definition_the_config_reads_without_the_media_code():
+    """The config, the media backends and the SDK share kiosk.audio_modes; loading a config imports none
+    of kiosk.media (nor PyAV), so `kiosk check-config` needs no media stack."""
+    from kiosk.audio_modes import AUDIO_MODES, AudioMode
+    from kiosk.calls import AudioMode as SdkAudioMode
+    from kiosk.calls.constants import parse_enum
+    from kiosk.media import devices
+
+    assert SdkAudioMode is AudioMode and devices.AUDIO_MODES is AUDIO_MODES
+    assert AUDIO_MODES == ("SPEAKER", "EARPIECE", "HEADPHONES", "BLUETOOTH")
+    assert parse_enum(AudioMode, "audio_mode_earpiece", "audio mode") is AudioMode.EARPIECE
+    config = parse_config("[audio]\ndefault_mode = 'EARPIECE'\nfallback_order = ['HEADPHONES', 'SPEAKER']\n")
+    assert config.audio.default_mode is AudioMode.EARPIECE
+    assert config.audio.fallback_order == [AudioMode.HEADPHONES, AudioMode.SPEAKER]
+    assert KioskConfig().audio.fallback_order == list(AUDIO_MODES)
+    with pytest.raises(ConfigError, match=r"^audio.modes.LOUD: 'LOUD' is not an audio mode \(SPEAKER, "):
+        parse_config("[audio.modes.LOUD]\nplayback = 'default'\n")
+    with pytest.raises(ConfigError, match=r"^audio.fallback_order\[1\]: 'speaker' is not an audio mode"):
+        parse_config("[audio]\nfallback_order = ['SPEAKER', 'speaker']\n")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, kiosk.config; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert not [name for name in imported if name.startswith("kiosk.media") or name == "av"], imported

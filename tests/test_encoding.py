@@ -130,12 +130,15 @@ async def test_a_three_party_call_encodes_each_camera_once(tmp_path):
                     )
         alice = eps[0].calls.session
         assert alice is not None
-        [video] = alice.video.encoders
-        [audio] = alice.audio.encoders
+        figures = alice.capture_figures()
+        [video] = [e for e in figures.encoders if e.kind == "video"]
+        [audio] = [e for e in figures.encoders if e.kind == "audio"]
         assert (video.mime, video.sinks, audio.mime, audio.sinks) == ("video/vp8", 2, "audio/opus", 2)
-        captured, encoded = alice.video.frames_captured, video.frames_encoded
         await asyncio.sleep(1.0)
-        captured, encoded = alice.video.frames_captured - captured, video.frames_encoded - encoded
+        later = alice.capture_figures()
+        [video_later] = [e for e in later.encoders if e.kind == "video"]
+        captured = later.frames_captured - figures.frames_captured
+        encoded = video_later.frames_encoded - video.frames_encoded
         # Each captured frame is encoded at most once, though two peers receive it (aiortc alone would
         # encode it twice); frames the busy encoder skipped are the only difference. (+1: the frame
         # captured just before the window may be encoded in it; the two counters are read apart.)
@@ -147,11 +150,14 @@ async def test_a_three_party_call_encodes_each_camera_once(tmp_path):
             await video_frames(eps[1], "alice") > bob_saw and await video_frames(eps[2], "alice") > carol_saw
         )
 
+        def video_sinks() -> list[int]:
+            return [e.sinks for e in alice.capture_figures().encoders if e.kind == "video"]
+
         # carol leaves: her track leaves the encoder; bob's goes on
         await eps[2].calls.end_session()
-        await wait_until(lambda: video.sinks == 1, 10, "carol's track to leave the encoder")
+        await wait_until(lambda: video_sinks() == [1], 10, "carol's track to leave the encoder")
         await eps[1].calls.end_session()
-        await wait_until(lambda: not alice.video.encoders, 10, "the encoder to close with no peer left")
+        await wait_until(lambda: not video_sinks(), 10, "the encoder to close with no peer left")
 
 
 def _rtp(sequence: int, timestamp: int, marker: bool, data: bytes) -> RtpPacket:

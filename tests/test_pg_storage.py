@@ -27,7 +27,7 @@ from test_scale_out import ServerProcess, start_server_process
 
 from kiosk.protocol import CallStatus, CallType
 from kiosk.server.config import ServerConfig
-from kiosk.server.models import Call, User
+from kiosk.server.models import CallRecord, User
 from kiosk.server.storage import SqliteStorage, Storage, UserExistsError
 from kiosk.server.storage_pg import DatabaseUnavailableError, PostgresStorage
 from kiosk.server.tokens import hash_secret
@@ -141,7 +141,7 @@ DOOR, DESK, HALL = (
 )
 
 
-def make_call(session_id: str, initiated_at: int, **fields: Any) -> Call:
+def make_call(session_id: str, initiated_at: int, **fields: Any) -> CallRecord:
     values: dict[str, Any] = {
         "type": CallType.VIDEO,
         "status": CallStatus.INITIATED,
@@ -149,7 +149,7 @@ def make_call(session_id: str, initiated_at: int, **fields: Any) -> Call:
         "receiver": DESK,
     }
     values.update(fields)
-    return Call(session_id=session_id, initiated_at=initiated_at, **values)
+    return CallRecord(session_id=session_id, initiated_at=initiated_at, **values)
 
 
 async def with_users(storage: Storage) -> None:

@@ -383,7 +383,7 @@ async def test_calls_whose_timers_died_with_their_process_are_closed(
     from kiosk.server import ringing
     from kiosk.server.clock import now_ms
     from kiosk.server.context import CONTEXT
-    from kiosk.server.models import Call
+    from kiosk.server.models import CallRecord
 
     monkeypatch.setattr(ringing, "_OVERDUE_MARGIN_SECONDS", 0.0)
     async with running_server(tmp_path / "server", ring_timeout=1.0) as server:
@@ -394,15 +394,19 @@ async def test_calls_whose_timers_died_with_their_process_are_closed(
         assert door is not None and desk is not None
         old = now_ms() - 5000
 
-        def call(session_id: str, status: CallStatus, joined_at: int | None, initiated_at: int = old) -> Call:
-            return Call(session_id, CallType.VIDEO, status, door, desk, initiated_at, joined_at=joined_at)
+        def call(
+            session_id: str, status: CallStatus, joined_at: int | None, initiated_at: int = old
+        ) -> CallRecord:
+            return CallRecord(
+                session_id, CallType.VIDEO, status, door, desk, initiated_at, joined_at=joined_at
+            )
 
         await ctx.storage.create_call(call("ringing-old", CallStatus.INITIATED, None))
         await ctx.storage.create_call(call("ringing-new", CallStatus.INITIATED, None, initiated_at=now_ms()))
         await ctx.storage.create_call(call("ongoing-empty", CallStatus.ONGOING, old))
         await ctx.storage.create_call(call("ongoing-live", CallStatus.ONGOING, old))
         await join(ctx.state, "ongoing-live", participant("c1", "door"))
-        await ctx.calls.close_overdue_calls()
+        await ctx.ringing.close_overdue_calls()
         statuses = {
             sid: (await ctx.storage.get_call(sid)).status  # type: ignore[union-attr]
             for sid in ("ringing-old", "ringing-new", "ongoing-empty", "ongoing-live")

@@ -322,7 +322,7 @@ async def test_a_group_call_across_two_servers_goes_through_one_sfu_room(tmp_pat
                         await wait_until(
                             lambda e=ep, o=other.uid: video_frames(e, o), 30, f"{other.uid} at {ep.uid}"
                         )
-            rooms = {ep.calls.session._sfu_room["room"] for ep in eps}
+            rooms = {ep.calls.session.sfu_room["room"] for ep in eps}
             assert len(rooms) == 1 and all(ep.calls.session.media_mode == "sfu" for ep in eps)
             assert all(
                 sorted(ep.calls.session.peers) == sorted(o.uid for o in eps if o is not ep) for ep in eps

@@ -21,7 +21,7 @@ from janus_server import VIDEOROOM_ADMIN_KEY, JanusServer, running_janus
 
 from kiosk.calls import CallsError
 from kiosk.calls.peer import RemotePeer
-from kiosk.calls.sfu import SfuFeed
+from kiosk.calls.sfu import SfuFeed, SfuPublisher
 from kiosk.server.config import ServerConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -131,7 +131,7 @@ async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
         for ep in eps:
             others = [o.uid for o in eps if o is not ep]
             s = ep.calls.session
-            assert s.media_mode == "sfu" and s.sfu is not None
+            assert s.media_mode == "sfu" and s.sfu_publisher is not None
             assert sorted(s.peers) == sorted(others)
             assert all(isinstance(p, SfuFeed) for p in s.peers.values())
             # Same participant list as in a mesh, each once; nobody was seen to leave.
@@ -142,12 +142,16 @@ async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
 
         # Each endpoint encodes its camera once, for the room, not once per receiver.
         ann = eps[0].calls.session
-        [video] = [e for e in ann.video.encoders if e.sinks]
-        captured, encoded = ann.video.frames_captured, video.frames_encoded
+        assert ann is not None
+        before = ann.capture_figures()
+        [video] = [e for e in before.encoders if e.kind == "video" and e.sinks]
         await asyncio.sleep(1.0)
-        captured, encoded = ann.video.frames_captured - captured, video.frames_encoded - encoded
+        after = ann.capture_figures()
+        [video_after] = [e for e in after.encoders if e.kind == "video" and e.mime == video.mime]
+        captured = after.frames_captured - before.frames_captured
+        encoded = video_after.frames_encoded - video.frames_encoded
         # (The encoder skips frames when the machine is busy, six endpoints in one process here.)
-        assert video.sinks == 1
+        assert video.sinks == 1 and video_after.sinks == 1
         assert 0.3 * captured <= encoded <= captured + 2, (captured, encoded)
 
         # In-call methods work as in a mesh: a mute reaches the others as on_user_muted, and the
@@ -181,7 +185,7 @@ async def test_six_endpoints_share_one_session_through_the_sfu(tmp_path, janus):
         assert after.video_frames_decoded > before.video_frames_decoded
 
         # Ending the session destroys its room: its pin opens nothing any more.
-        room = ann._sfu_room
+        room = ann.sfu_room
         assert room is not None
         for ep in eps[:5]:
             await ep.calls.end_session()
@@ -226,14 +230,17 @@ async def test_an_endpoint_that_loses_janus_publishes_again_and_is_seen_again(tm
         await join_all_through_sfu(eps)
         # Janus forgets ann's session (as after a network loss longer than its session timeout).
         ann = eps[0].calls.session
-        lost = ann.sfu
+        lost = ann.sfu_publisher
+        assert isinstance(lost, SfuPublisher)
         async with aiohttp.ClientSession() as http:
             async with http.post(
                 f"{janus.url}/{lost.janus.id}", json={"janus": "destroy", "transaction": "t"}
             ) as r:
                 assert (await r.json())["janus"] == "success"
         old_feeds = {ep.uid: ep.calls.session.peers.get("ann") for ep in eps[1:]}
-        await wait_until(lambda: ann.sfu is not None and ann.sfu is not lost and ann.sfu.feed, 15, "ann back")
+        await wait_until(
+            lambda: (p := ann.sfu_publisher) is not None and p is not lost and p.feed, 15, "ann back"
+        )
 
         def flowing(ep) -> bool:
             peers = ep.calls.session.peers
@@ -330,12 +337,12 @@ def test_the_server_command_refuses_a_bad_janus_url_in_one_line(tmp_path):
 async def test_a_janus_restart_mid_call_gets_the_session_a_new_room(tmp_path, janus):
     async with group_call(tmp_path, janus, *UIDS[:5]) as (server, eps):
         await join_all_through_sfu(eps)
-        old_room = eps[0].calls.session._sfu_room["room"]
+        old_room = eps[0].calls.session.sfu_room["room"]
         janus.restart()  # the room and every Janus session are gone
         restarted = time.monotonic()
         for ep in eps:
             await wait_until(
-                lambda e=ep: e.calls.session._sfu_room["room"] != old_room, 20, f"the new room at {ep.uid}"
+                lambda e=ep: e.calls.session.sfu_room["room"] != old_room, 20, f"the new room at {ep.uid}"
             )
 
         def flowing(ep) -> bool:
@@ -351,7 +358,7 @@ async def test_a_janus_restart_mid_call_gets_the_session_a_new_room(tmp_path, ja
         print(
             f"Janus restarted: everyone's media back through a new room in {time.monotonic() - restarted:.2f} s"
         )
-        rooms = {ep.calls.session._sfu_room["room"] for ep in eps}
+        rooms = {ep.calls.session.sfu_room["room"] for ep in eps}
         assert len(rooms) == 1 and old_room not in rooms
         for ep in eps:
             assert sorted(u.uid for u in ep.calls.session.user_list()) == sorted(UIDS[:5])

@@ -16,10 +16,10 @@ from janus_server import VIDEOROOM_ADMIN_KEY, JanusServer, running_janus
 
 from kiosk.calls.ice import restrict_host_addresses
 from kiosk.calls.sfu import AudioLevelMeter, SfuError, SfuFeed, SfuPublisher, SfuPublisherInfo, SfuUnavailable
+from kiosk.janus import JanusError, JanusUnavailable
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.emulated import EmulatedDevices
 from kiosk.server.sfu import JanusRooms, SfuRoom
-from kiosk.server.sfu import SfuUnavailable as ServerSfuUnavailable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,8 +150,9 @@ async def test_rooms_are_created_with_a_pin_and_destroyed(janus: JanusServer, ro
     for key, refusal in ((None, "admin_key"), ("wrong-key", "Unauthorized")):
         keyless = JanusRooms(janus.url, key)
         try:
-            with pytest.raises(ServerSfuUnavailable, match=refusal):
+            with pytest.raises(JanusError, match=refusal) as refused:
                 await keyless.create_room("session-3", publishers=3)
+            assert refused.value.code is not None and not isinstance(refused.value, JanusUnavailable)
         finally:
             await keyless.close()
     await rooms.destroy_room(other)
@@ -266,9 +267,9 @@ async def test_janus_going_away_is_a_clean_error(janus: JanusServer, rooms: Janu
         await alice.publisher.start()
         janus.stop()
         started = time.monotonic()
-        with pytest.raises(ServerSfuUnavailable, match="unavailable"):
+        with pytest.raises(JanusUnavailable, match="unavailable"):
             await rooms.create_room("session-later", publishers=2)
-        with pytest.raises(ServerSfuUnavailable):
+        with pytest.raises(JanusUnavailable):
             await rooms.destroy_room(room)
         bob = Participant(janus, room, "bob", 440)
         try:

@@ -118,7 +118,7 @@ async def test_buttons_and_the_control_socket_step_the_volume_of_the_mode_in_use
             await wait_until(lambda: controller.state.volume == 90, 5, "one step up")
             assert volume.level("SPEAKER") == 90
             await door.join(new_session_id())
-            await door.calls.session.output.settled()
+            await door.calls.session.audio_output_settled()
             door.calls.set_audio_mode("HEADPHONES")
             await wait_until(lambda: controller.state.volume == 80, 5, "the headphones' own level")
             # Held: one step at the press, then another every hold_s.
@@ -131,7 +131,7 @@ async def test_buttons_and_the_control_socket_step_the_volume_of_the_mode_in_use
             await asyncio.sleep(0.3)
             assert controller.state.volume == after_release  # no more steps once released
             assert volume.level("HEADPHONES") == after_release and volume.level("SPEAKER") == 90
-            await door.calls.session.output.settled()
+            await door.calls.session.audio_output_settled()
             assert door.calls.session.speaker is not None
             assert door.calls.session.speaker.gain == pytest.approx(level_to_gain(after_release))
             # The control socket's words, as the keyboard's + and -.

@@ -178,7 +178,7 @@ async def test_the_page_rebuilds_a_connection_whose_media_stopped_when_its_uid_i
     try:
         async with _kiosk_and_page(server, tmp_path, "zkiosk") as (kiosk, page):
             first_sdp = (await _stats_of(page, "zkiosk"))["localSdp"]
-            offers = kiosk.calls.session._offers_seen.get("visitor", 0)
+            offers = kiosk.calls.session.offers_received.get("visitor", 0)
             await kiosk.calls.session.peers["visitor"].close()  # its media to the page stops
 
             async def rebuilt() -> bool:
@@ -186,7 +186,7 @@ async def test_the_page_rebuilds_a_connection_whose_media_stopped_when_its_uid_i
                 return stats.get("localSdp") != first_sdp and stats.get("videoFramesDecoded", 0) > 5
 
             await wait_until(rebuilt, 15, "the page to rebuild the connection and media to flow again")
-            assert kiosk.calls.session._offers_seen.get("visitor", 0) == offers + 1  # the page offered
+            assert kiosk.calls.session.offers_received.get("visitor", 0) == offers + 1  # the page offered
             await wait_until(
                 lambda: video_frames(kiosk, "visitor"), 10, "the page's video at the kiosk again"
             )

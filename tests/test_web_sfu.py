@@ -264,7 +264,7 @@ async def test_page_moves_to_the_new_room_after_a_janus_restart(tmp_path, janus)
         after = await _poll(
             "the four kiosks in the page through the new room", lambda: page_media(before["room"]), 30
         )
-        assert after["room"] == eps[0].calls.session._sfu_room["room"]
+        assert after["room"] == eps[0].calls.session.sfu_room["room"]
         for ep in eps:
             await wait_until(
                 lambda e=ep: _grew(video_frames(e, "visitor"), 5), 20, f"page video at {ep.uid} again"

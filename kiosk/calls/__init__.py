@@ -50,7 +50,7 @@ from kiosk.calls.events import (
     RTCUser,
 )
 from kiosk.calls.peer import ParticipantStats, SessionStats
-from kiosk.calls.session import CallSession
+from kiosk.calls.session import SessionInfo
 from kiosk.calls.settings import CallSettings, CallSettingsBuilder, MainVideoContainerSetting
 from kiosk.media.devices import MediaDeviceInfo
 
@@ -73,7 +73,6 @@ __all__ = [
     "CallError",
     "CallEventListener",
     "CallLogPage",
-    "CallSession",
     "CallSettings",
     "CallSettingsBuilder",
     "CallStatus",
@@ -93,6 +92,7 @@ __all__ = [
     "RTCRecordingInfo",
     "RTCUser",
     "SessionNotActiveError",
+    "SessionInfo",
     "SessionStats",
     "SessionType",
     "SettingsError",

@@ -25,6 +25,9 @@ from collections.abc import Callable
 
 import av
 
+from kiosk.calls.constants import AudioMode, parse_enum
+from kiosk.calls.errors import CallsError
+from kiosk.calls.events import AudioModeInfo
 from kiosk.media.devices import DeviceBusyError, DeviceError, MediaDeviceInfo, MediaDevices, SpeakerSink
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,45 @@ class AudioOutput:
             if microphone is not None:
                 self._on_microphone(microphone)
         self._converge()
+
+    def modes(self) -> list[AudioModeInfo]:
+        """The modes present now, in the configured order, the selected one marked."""
+        return [AudioModeInfo(m, m == self.mode) for m in self.devices.audio_modes()]
+
+    def select_mode(self, mode: AudioMode | str) -> None:
+        """The documents' set_audio_mode: the mode's output, if one is present now."""
+        try:
+            chosen = parse_enum(AudioMode, mode, "audio mode")
+        except ValueError as exc:
+            raise CallsError("INVALID_AUDIO_MODE", str(exc)) from None
+        device = self.devices.output_for_mode(chosen)
+        if device is None:
+            raise CallsError("AUDIO_MODE_UNAVAILABLE", f"no {chosen} device is present now")
+        self.select(device)  # the output that already plays is not reopened
+        self._on_changed()
+
+    def select_output(self, device_id: str) -> None:
+        """An output device by id (DeviceError if there is none); its mode becomes the current one."""
+        device = self.devices.find(device_id, "audiooutput")
+        before = self.mode
+        self.select(device)
+        if self.mode != before:
+            self._on_changed()
+
+    def choose_initial(self, wanted: str | None) -> str | None:
+        """At the start of a session: `wanted` (the settings' default mode) if present, else the
+        first present mode, else any output. Returns why `wanted` could not be had, if it could not."""
+        modes = self.devices.audio_modes()
+        mode = wanted if wanted in modes else (modes[0] if modes else None)
+        device = self.devices.output_for_mode(mode) if mode is not None else None
+        outputs = self.devices.audio_outputs()
+        if device is None and outputs:
+            device = outputs[0]
+        if device is not None:
+            self.select(device)
+        if wanted is not None and wanted not in modes:
+            return f"default audio mode {wanted} has no device now; using {mode or 'none'}"
+        return None
 
     def fall_back(self, failed: str | None = None) -> bool:
         """Select the first present mode in the configured order, other than `failed` (an output that

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from kiosk.calls.errors import CallsError, ConnectionFailedError, NotSupportedEr
 from kiosk.calls.events import AudioModeInfo, CallError, ListenerRegistry, RTCUser
 from kiosk.calls.memory import return_freed_memory
 from kiosk.calls.peer import SessionStats
-from kiosk.calls.session import CallSession
+from kiosk.calls.ports import SessionOver, as_call_view
+from kiosk.calls.session import CallSession, SessionInfo
 from kiosk.calls.settings import CallSettings, CallSettingsBuilder
 from kiosk.calls.signaling import RestClient, SignalingClient
 from kiosk.calls.tls import client_ssl_context
@@ -142,7 +143,7 @@ class Calls:
         if ice_host_addresses is not None:
             ice.restrict_host_addresses(ice_host_addresses)
         self.listeners = ListenerRegistry()
-        self.session: CallSession | None = None
+        self._session: CallSession | None = None
         self.active_call: Call | None = None
         self.user: RTCUser | None = None
         # The stats of the session that ended last, taken just before its connections closed.
@@ -156,6 +157,11 @@ class Calls:
         self._refreshing = False
         self._ending: asyncio.Future[None] | None = None
         self._closing = False
+
+    @property
+    def session(self) -> SessionInfo | None:
+        """The active session, read only (its in-call methods are this client's), or None."""
+        return self._session.info if self._session is not None else None
 
     # ----------------------------------------------------------------- connection
 
@@ -222,7 +228,7 @@ class Calls:
     async def close(self) -> None:
         """End any session, close the signaling connection and the HTTP client."""
         self._closing = True
-        if self.session is not None:
+        if self._session is not None:
             with contextlib.suppress(CallsError):
                 await self.end_session()
         for task in (self._reconnect_task, self._poll_task, self._grace_task):
@@ -248,7 +254,7 @@ class Calls:
                     "lost the connection to the call server" + ("; reconnecting" if self.reconnect else ""),
                 ),
             )
-        session = self.session
+        session = self._session
         if session is not None and self.reconnect:
             # Media is peer to peer and goes on. The server keeps our place for its rejoin grace:
             # reconnect and rejoin within it, or give the session up when it has passed.
@@ -256,7 +262,7 @@ class Calls:
             if self._grace_task is None or self._grace_task.done():
                 self._grace_task = asyncio.ensure_future(self._give_up_after_grace(session))
         elif session is not None:
-            self.session = None
+            self._session = None
             reason = "hangup" if len(session.participants) == 1 else "disconnected"
             self._ending = asyncio.ensure_future(self._on_session_ended(session, {"reason": reason}))
         if self.reconnect and (self._reconnect_task is None or self._reconnect_task.done()):
@@ -264,7 +270,7 @@ class Calls:
 
     async def _give_up_after_grace(self, session: CallSession) -> None:
         await asyncio.sleep(session.rejoin_grace)
-        if self.session is session and not session.rejoined_since_loss:
+        if self._session is session and not session.rejoined_since_loss:
             log.info(
                 "could not rejoin session %s within %.0f s: ending it",
                 session.session_id,
@@ -272,11 +278,26 @@ class Calls:
             )
             self._drop_session(session, "disconnected")
 
+    def _session_ended_by_itself(self, session: CallSession, reason: SessionOver) -> None:
+        """The session's own decision to end (its on_over callback)."""
+        if self._session is not session:
+            return
+        if reason is SessionOver.TIMEOUT:
+            self._ending = asyncio.ensure_future(self._end_by_timeout(session))
+        else:
+            self._drop_session(session, "lost")
+
+    async def _end_by_timeout(self, session: CallSession) -> None:
+        """Alone for the idle timeout period: leave, then on_session_timeout."""
+        await self._end_session_from(session, notify_server=True)
+        self.listeners.emit("on_session_timeout")
+        self._session_over(session)
+
     def _drop_session(self, session: CallSession, reason: str) -> None:
         """End a session the server no longer has us in: the call is over for this endpoint, as a
         hung-up 1:1 call is (on_call_ended), whatever its size."""
-        if self.session is session:
-            self.session = None
+        if self._session is session:
+            self._session = None
             self._ending = asyncio.ensure_future(self._on_session_ended(session, {"reason": "lost"}))
 
     async def _reconnect_loop(self) -> None:
@@ -295,10 +316,10 @@ class Calls:
                 log.info("reconnect failed: %s", exc)
                 waited = loop.time() - started
                 # In a call, keep trying often: the call waits on it. Idle, back off further.
-                cap = RECONNECT_IN_CALL_MAX_SECONDS if self.session is not None else RECONNECT_MAX_SECONDS
+                cap = RECONNECT_IN_CALL_MAX_SECONDS if self._session is not None else RECONNECT_MAX_SECONDS
                 delay = min(cap, delay * 2)
                 continue
-            session = self.session
+            session = self._session
             if session is not None:
                 try:
                     await session.rejoin()
@@ -348,9 +369,12 @@ class Calls:
         )
 
     async def start_session(
-        self, call_token: GenerateToken | str, call_settings: CallSettings | None = None, view: Any = None
-    ) -> CallSession:
-        if self.session is not None:
+        self, call_token: GenerateToken | str, call_settings: CallSettings | None = None, view: object = None
+    ) -> SessionInfo:
+        """Join the session `call_token` is for. `view`: the application's screen for the call, any
+        object with some of CallView's hooks (render_frame, remove_participant, set_mode, set_pip,
+        close), checked now (TypeError for a hook that cannot be called as it will be)."""
+        if self._session is not None:
             raise CallsError("SESSION_ALREADY_ACTIVE", "a call session is already active; end it first")
         settings = call_settings or CallSettingsBuilder().build()
         if not isinstance(settings, CallSettings):
@@ -359,23 +383,30 @@ class Calls:
             token, session_id = call_token.token, call_token.session_id
         else:
             token, session_id = call_token, _session_of(call_token)
+        call_view = as_call_view(view)
         await self.login()
-        session = CallSession(self, session_id, settings, view)
+        session = CallSession(
+            self,
+            session_id,
+            settings,
+            call_view,
+            lambda reason: self._session_ended_by_itself(session, reason),
+        )
         self.listeners.settings_listener = settings.listener
-        self.session = session
+        self._session = session
         try:
             await session.start(token)
         except BaseException:
-            self.session = None
+            self._session = None
             await session.close(notify_server=False)
             self._session_over(session)
             raise
         self._poll_task = asyncio.ensure_future(self._poll_devices(session))
-        return session
+        return session.info
 
     async def end_session(self) -> None:
         """Leave the session and release camera, microphone and connections."""
-        session = self.session
+        session = self._session
         if session is None:
             if self._ending is not None:  # the server ended it; wait until it is torn down
                 await asyncio.shield(self._ending)
@@ -392,8 +423,8 @@ class Calls:
             self.listeners.settings_listener = None
 
     async def _end_session_from(self, session: CallSession, notify_server: bool) -> None:
-        if self.session is session:
-            self.session = None
+        if self._session is session:
+            self._session = None
         if self._poll_task is not None:
             self._poll_task.cancel()
             self._poll_task = None
@@ -405,7 +436,7 @@ class Calls:
         loop.call_later(MEMORY_RETURN_DELAY, self._return_memory_between_calls)
 
     def _return_memory_between_calls(self) -> None:
-        if self.session is None and not self._closing:
+        if self._session is None and not self._closing:
             return_freed_memory()
 
     def press_end_call_button(self) -> None:
@@ -422,44 +453,44 @@ class Calls:
                 self.listeners.emit("on_error", CallError("DEVICE_ERROR", str(exc)))
 
     def _active_session(self, method: str) -> CallSession:
-        if self.session is None or not self.session.active:
+        if self._session is None or not self._session.active:
             raise SessionNotActiveError(method)
-        return self.session
+        return self._session
 
     # ----------------------------------------------------------------- in-call methods
 
     def mute_audio(self, muted: bool) -> None:
-        self._active_session("mute_audio").mute_audio(muted)
+        self._active_session("mute_audio").controls.mute_audio(muted)
 
     def pause_video(self, paused: bool) -> None:
-        self._active_session("pause_video").pause_video(paused)
+        self._active_session("pause_video").controls.pause_video(paused)
 
     def switch_camera(self) -> None:
-        self._active_session("switch_camera").switch_camera()
+        self._active_session("switch_camera").controls.switch_camera()
 
     def set_audio_mode(self, mode: str) -> None:
-        self._active_session("set_audio_mode").set_audio_mode(mode)
+        self._active_session("set_audio_mode").output.select_mode(mode)
 
     def get_audio_output_modes(self) -> list[AudioModeInfo]:
-        return self._active_session("get_audio_output_modes").audio_modes()
+        return self._active_session("get_audio_output_modes").output.modes()
 
     def switch_to_video_call(self) -> None:
-        self._active_session("switch_to_video_call").switch_to_video_call()
+        self._active_session("switch_to_video_call").controls.switch_to_video_call()
 
     def start_recording(self) -> None:
         self._active_session("start_recording").start_recording()
 
     def stop_recording(self) -> None:
-        self._active_session("stop_recording").stop_recording()
+        self._active_session("stop_recording").recording.stop()
 
     def set_mode(self, mode: str) -> None:
-        self._active_session("set_mode").set_mode(mode)
+        self._active_session("set_mode").controls.set_mode(mode)
 
     def enter_pip_mode(self) -> None:
-        self._active_session("enter_pip_mode").set_pip(True)
+        self._active_session("enter_pip_mode").controls.set_pip(True)
 
     def exit_pip_mode(self) -> None:
-        self._active_session("exit_pip_mode").set_pip(False)
+        self._active_session("exit_pip_mode").controls.set_pip(False)
 
     def get_audio_input_devices(self) -> list[MediaDeviceInfo]:
         self._active_session("get_audio_input_devices")
@@ -474,15 +505,15 @@ class Calls:
         return self.devices.video_inputs()
 
     def set_audio_input_device(self, device_id: str) -> None:
-        self._device_call(lambda s: s.set_audio_input_device(device_id), "set_audio_input_device")
+        self._device_call(lambda s: s.controls.set_audio_input_device(device_id), "set_audio_input_device")
 
     def set_audio_output_device(self, device_id: str) -> None:
-        self._device_call(lambda s: s.set_audio_output_device(device_id), "set_audio_output_device")
+        self._device_call(lambda s: s.output.select_output(device_id), "set_audio_output_device")
 
     def set_video_input_device(self, device_id: str) -> None:
-        self._device_call(lambda s: s.set_video_input_device(device_id), "set_video_input_device")
+        self._device_call(lambda s: s.controls.set_video_input_device(device_id), "set_video_input_device")
 
-    def _device_call(self, action: Any, method: str) -> None:
+    def _device_call(self, action: Callable[[CallSession], None], method: str) -> None:
         session = self._active_session(method)
         try:
             action(session)
@@ -490,10 +521,10 @@ class Calls:
             raise CallsError("DEVICE_NOT_FOUND", f"{method}(): {exc}") from None
 
     def start_screen_share(self) -> None:
-        self._active_session("start_screen_share").start_screen_share()
+        self._active_session("start_screen_share").controls.start_screen_share()
 
     def stop_screen_share(self) -> None:
-        self._active_session("stop_screen_share").stop_screen_share()
+        self._active_session("stop_screen_share").controls.stop_screen_share()
 
     async def get_session_stats(self) -> SessionStats:
         return await self._active_session("get_session_stats").stats()
@@ -596,19 +627,19 @@ class Calls:
         elif kind == "call.updated":
             self._on_call_updated(Call.from_json(message["call"]))
         elif kind == "session.ended":
-            session = self.session
+            session = self._session
             if session is not None and session.session_id == message.get("sessionId"):
-                self.session = None  # from now on no in-call method reaches it
+                self._session = None  # from now on no in-call method reaches it
                 self._ending = asyncio.ensure_future(self._on_session_ended(session, message))
         else:
-            session = self.session
+            session = self._session
             if session is not None and session.session_id == message.get("sessionId"):
                 # Messages can arrive between the server accepting our join and start() resuming;
                 # the session keeps them until it is active.
                 session.receive(message)
 
     def _on_call_incoming(self, call: Call) -> None:
-        busy = self.session is not None or (
+        busy = self._session is not None or (
             self.active_call is not None and self.active_call.session_id != call.session_id
         )
         if busy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TypeVar
 
+from kiosk.audio_modes import AudioMode  # defined once for the config, the devices and the SDK
 from kiosk.protocol import CallStatus, CallType, SessionType
 
 E = TypeVar("E", bound=StrEnum)
@@ -32,17 +33,6 @@ class AvatarMode(StrEnum):
     AVATAR_MODE_CIRCLE = "circle"
     AVATAR_MODE_SQUARE = "square"
     AVATAR_MODE_FULLSCREEN = "fullscreen"
-
-
-class AudioMode(StrEnum):
-    SPEAKER = "SPEAKER"
-    EARPIECE = "EARPIECE"
-    HEADPHONES = "HEADPHONES"
-    BLUETOOTH = "BLUETOOTH"
-    AUDIO_MODE_SPEAKER = "SPEAKER"
-    AUDIO_MODE_EARPIECE = "EARPIECE"
-    AUDIO_MODE_HEADPHONES = "HEADPHONES"
-    AUDIO_MODE_BLUETOOTH = "BLUETOOTH"
 
 
 class AspectRatio(StrEnum):

@@ -333,6 +333,10 @@ class RemotePeer(RemoteMedia):
     async def accept_answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
+    @property
+    def signaling_state(self) -> str:
+        return str(self.pc.signalingState)
+
     def awaiting_answer(self, within: float) -> bool:
         """Whether this side offered less than `within` seconds ago and has no answer yet."""
         return (

@@ -13,8 +13,9 @@ from typing import Literal
 
 import av
 
-# The four audio modes of the reference documents, in their default fallback order.
-AUDIO_MODES: tuple[str, ...] = ("SPEAKER", "EARPIECE", "HEADPHONES", "BLUETOOTH")
+# The four audio modes, in their default fallback order (defined in kiosk.audio_modes; named here too
+# for the backends).
+from kiosk.audio_modes import AUDIO_MODES
 
 AUDIO_SAMPLE_RATE = 48000
 AUDIO_FRAME_SAMPLES = 960  # 20 ms at 48 kHz
@@ -125,7 +126,7 @@ class MediaDevices(ABC):
     def audio_modes(self) -> list[str]:
         """The audio modes whose output device is present now, in fallback order."""
         present = {d.audio_mode for d in self.audio_outputs() if d.audio_mode}
-        return [mode for mode in AUDIO_MODES if mode in present]
+        return [mode.value for mode in AUDIO_MODES if mode in present]
 
     def output_for_mode(self, mode: str) -> MediaDeviceInfo | None:
         return next((d for d in self.audio_outputs() if d.audio_mode == mode), None)

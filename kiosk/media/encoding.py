@@ -129,6 +129,11 @@ class SharedVideoEncoder:
     def sinks(self) -> int:
         return len(self._sinks)
 
+    @property
+    def bitrate(self) -> int:
+        """What the encoder runs at now, bits per second."""
+        return self._bitrate
+
     def add(self, sink: PacketSink) -> None:
         self._sinks[sink] = self.high
         self._update_bitrate()
@@ -242,6 +247,11 @@ class SharedAudioEncoder:
     @property
     def sinks(self) -> int:
         return len(self._sinks)
+
+    @property
+    def bitrate(self) -> int:
+        """What the encoder runs at now, bits per second."""
+        return self._bitrate
 
     def add(self, sink: PacketSink) -> None:
         self._sinks.add(sink)

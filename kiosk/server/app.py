@@ -20,7 +20,7 @@ from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
 from kiosk.server.context import CONTEXT, ServerContext
 from kiosk.server.errors import error_middleware
-from kiosk.server.ringing import Calls
+from kiosk.server.ringing import Ringing
 from kiosk.server.sessions import Sessions
 from kiosk.server.sfu import JanusRooms
 from kiosk.server.state import LiveState, MemoryState
@@ -129,7 +129,7 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         else None
     )
     sessions = Sessions(config, state, storage, tokens, hub, rooms)
-    calls = Calls(config, storage, state, hub, sessions)
+    ringing = Ringing(config, storage, state, hub, sessions)
     app[CONTEXT] = ServerContext(
         config=config,
         storage=storage,
@@ -138,7 +138,7 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         tokens=tokens,
         admin=admin,
         sessions=sessions,
-        calls=calls,
+        ringing=ringing,
     )
     try:
         if redis_state is not None:
@@ -151,16 +151,16 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
                 hub.deliver_local,
                 leave_orphan,
                 local_connections=hub.authenticated,
-                periodic=calls.close_overdue_calls,
+                periodic=ringing.close_overdue_calls,
             )
         if not state.survives_restart:
-            await calls.close_stale_calls()
+            await ringing.close_stale_calls()
         if admin.generated:
             # Shown once; only its hash is kept, so this is the only chance to copy it.
             print(f"admin key: {admin.plain}", flush=True)
         yield
     finally:
-        await calls.close()
+        await ringing.close()
         if rooms is not None:
             await rooms.close()
         if redis_state is not None:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
-from kiosk.server.ringing import Calls
+from kiosk.server.ringing import Ringing
 from kiosk.server.sessions import Sessions
 from kiosk.server.state import LiveState
 from kiosk.server.storage import Storage
@@ -24,7 +24,7 @@ class ServerContext:
     tokens: CallTokens
     admin: AdminKeySetup
     sessions: Sessions
-    calls: Calls
+    ringing: Ringing
 
 
 CONTEXT = web.AppKey("kiosk_context", ServerContext)

@@ -19,8 +19,9 @@ class User:
 
 
 @dataclass(frozen=True)
-class Call:
-    """One ringing call, also its call-log entry. The session id is the call's id."""
+class CallRecord:
+    """One ringing call, also its call-log entry (the protocol's Call object). The session id is the
+    call's id."""
 
     session_id: str
     type: CallType
@@ -41,7 +42,7 @@ class Call:
         return uid in (self.initiator.uid, self.receiver.uid)
 
     def to_json(self, viewer_uid: str | None = None) -> dict[str, Any]:
-        """The Call object; with `viewer_uid`, plus the call-log `direction` as seen by that user."""
+        """The protocol's Call object; with `viewer_uid`, plus that user's call-log `direction`."""
         body: dict[str, Any] = {
             "sessionId": self.session_id,
             "type": str(self.type),

@@ -184,7 +184,7 @@ class RedisState(LiveState):
         self._redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
         self._p = prefix
         self._rejoin_grace = rejoin_grace
-        # Ringing, then (accepted) the wait for the first join: see ringing.Calls.
+        # Ringing, then (accepted) the wait for the first join: see ringing.Ringing.
         self._reservation_ms = int((2 * ring_timeout + _RESERVATION_MARGIN_SECONDS) * 1000)
         self._heartbeat = heartbeat
         self._node_ttl_ms = int(node_ttl * 1000)

@@ -150,7 +150,7 @@ async def create_call(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     receiver_uid = require_id(body, "receiverUid")
     call_type = require_choice(body.get("callType"), CallType, "callType")
-    call = await _ctx(request).calls.create(user, receiver_uid, call_type)
+    call = await _ctx(request).ringing.create(user, receiver_uid, call_type)
     return web.json_response(call.to_json(), status=201)
 
 
@@ -169,7 +169,7 @@ async def call_log(request: web.Request) -> web.Response:
         page=query_int(request, "page", 1, 1, MAX_PAGE),
         per_page=query_int(request, "perPage", 20, 1, 100),
     )
-    calls, total = await _ctx(request).calls.call_log(user, query)
+    calls, total = await _ctx(request).ringing.call_log(user, query)
     return web.json_response(
         {
             "calls": [c.to_json(viewer_uid=user.uid) for c in calls],
@@ -183,14 +183,14 @@ async def call_log(request: web.Request) -> web.Response:
 @routes.get("/v1/calls/{sessionId}")
 async def get_call(request: web.Request) -> web.Response:
     user = await _user(request)
-    call = await _ctx(request).calls.get(user, _session_id(request))
+    call = await _ctx(request).ringing.get(user, _session_id(request))
     return web.json_response(call.to_json())
 
 
 @routes.post("/v1/calls/{sessionId}/accept")
 async def accept_call(request: web.Request) -> web.Response:
     user = await _user(request)
-    call = await _ctx(request).calls.accept(user, _session_id(request))
+    call = await _ctx(request).ringing.accept(user, _session_id(request))
     return web.json_response(call.to_json())
 
 
@@ -202,12 +202,12 @@ async def reject_call(request: web.Request) -> web.Response:
     status = body.get("status")
     if not isinstance(status, str) or status not in _REJECT_STATUSES:
         raise bad_request("'status' must be rejected, busy or cancelled")
-    call = await _ctx(request).calls.reject(user, session_id, CallStatus(status))
+    call = await _ctx(request).ringing.reject(user, session_id, CallStatus(status))
     return web.json_response(call.to_json())
 
 
 @routes.post("/v1/calls/{sessionId}/end")
 async def end_call(request: web.Request) -> web.Response:
     user = await _user(request)
-    call = await _ctx(request).calls.end(user, _session_id(request))
+    call = await _ctx(request).ringing.end(user, _session_id(request))
     return web.json_response(call.to_json())

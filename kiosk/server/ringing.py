@@ -12,7 +12,7 @@ from kiosk.protocol import CallStatus, CallType, ErrorCode, ProtocolError
 from kiosk.server.clock import now_ms
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
-from kiosk.server.models import Call, User
+from kiosk.server.models import CallRecord, User
 from kiosk.server.sessions import Sessions
 from kiosk.server.state import LiveState
 from kiosk.server.storage import Direction, Storage
@@ -45,23 +45,26 @@ class CallLogQuery:
     per_page: int = 20
 
 
-def _final(call: Call, status: CallStatus) -> Change:
+def _final(call: CallRecord, status: CallStatus) -> Change:
     ended = now_ms()
     duration = max(0, (ended - call.joined_at) // 1000) if call.joined_at is not None else 0
     return Change(status=status, ended_at=ended, duration_seconds=duration)
 
 
-def _require_initiated(call: Call) -> None:
+def _require_initiated(call: CallRecord) -> None:
     if call.status != CallStatus.INITIATED:
         raise ProtocolError(ErrorCode.INVALID_STATE, f"call {call.session_id} is {call.status}")
 
 
-def _require_party(call: Call, user: User) -> None:
+def _require_party(call: CallRecord, user: User) -> None:
     if not call.is_party(user.uid):
         raise ProtocolError(ErrorCode.FORBIDDEN, f"{user.uid} is not a party to call {call.session_id}")
 
 
-class Calls:
+class Ringing:
+    """The ringing flow on the server: a call from one user to another (`CallRecord`), its status
+    changes (accept, reject, end, the ring timeout and join deadline), and the call log."""
+
     def __init__(
         self, config: ServerConfig, storage: Storage, state: LiveState, hub: Hub, sessions: Sessions
     ) -> None:
@@ -75,7 +78,7 @@ class Calls:
 
     # --- requests ---
 
-    async def create(self, caller: User, receiver_uid: str, call_type: CallType) -> Call:
+    async def create(self, caller: User, receiver_uid: str, call_type: CallType) -> CallRecord:
         if receiver_uid == caller.uid:
             raise ProtocolError(ErrorCode.FORBIDDEN, "a user cannot call itself")
         receiver = await self._storage.get_user(receiver_uid)
@@ -85,7 +88,7 @@ class Calls:
         now = now_ms()
         # Busy check and reservation in one step, so two callers cannot both get through.
         ringing = await self._state.reserve_call(session_id, caller.uid, receiver.uid)
-        call = Call(
+        call = CallRecord(
             session_id=session_id,
             type=call_type,
             status=CallStatus.INITIATED if ringing else CallStatus.BUSY,
@@ -106,15 +109,15 @@ class Calls:
             await self._hub.push_to_user(receiver.uid, {"type": "call.incoming", "call": call.to_json()})
         return call
 
-    async def get(self, user: User, session_id: str) -> Call:
+    async def get(self, user: User, session_id: str) -> CallRecord:
         call = await self._storage.get_call(session_id)
         if call is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no call {session_id}")
         _require_party(call, user)
         return call
 
-    async def accept(self, user: User, session_id: str) -> Call:
-        def decide(call: Call) -> Change:
+    async def accept(self, user: User, session_id: str) -> CallRecord:
+        def decide(call: CallRecord) -> Change:
             _require_party(call, user)
             if user.uid != call.receiver.uid:
                 raise ProtocolError(ErrorCode.FORBIDDEN, "only the receiver may accept a call")
@@ -125,8 +128,8 @@ class Calls:
         self._timers[session_id] = asyncio.create_task(self._join_deadline(session_id))
         return call
 
-    async def reject(self, user: User, session_id: str, status: CallStatus) -> Call:
-        def decide(call: Call) -> Change:
+    async def reject(self, user: User, session_id: str, status: CallStatus) -> CallRecord:
+        def decide(call: CallRecord) -> Change:
             _require_party(call, user)
             allowed = (
                 {CallStatus.REJECTED, CallStatus.BUSY}
@@ -141,8 +144,8 @@ class Calls:
 
         return await self._change(session_id, decide)
 
-    async def end(self, user: User, session_id: str) -> Call:
-        def decide(call: Call) -> Change:
+    async def end(self, user: User, session_id: str) -> CallRecord:
+        def decide(call: CallRecord) -> Change:
             _require_party(call, user)
             if call.status == CallStatus.INITIATED and user.uid == call.initiator.uid:
                 return _final(call, CallStatus.CANCELLED)
@@ -154,7 +157,7 @@ class Calls:
         await self._sessions.end(session_id, user)
         return call
 
-    async def call_log(self, user: User, query: CallLogQuery) -> tuple[list[Call], int]:
+    async def call_log(self, user: User, query: CallLogQuery) -> tuple[list[CallRecord], int]:
         return await self._storage.list_calls(
             user.uid,
             type=query.type,
@@ -170,7 +173,7 @@ class Calls:
     async def on_session_over(self, session_id: str, by: User | None) -> None:
         """The call's live session is over (hangup, disconnect, end, or emptied): an ongoing call ends."""
 
-        def decide(call: Call) -> Change:
+        def decide(call: CallRecord) -> Change:
             if call.status != CallStatus.ONGOING:
                 raise ProtocolError(ErrorCode.INVALID_STATE, "not ongoing")
             return _final(call, CallStatus.ENDED)
@@ -185,7 +188,7 @@ class Calls:
     async def _ring_timeout(self, session_id: str) -> None:
         await asyncio.sleep(self._config.ring_timeout)
 
-        def decide(call: Call) -> Change:
+        def decide(call: CallRecord) -> Change:
             _require_initiated(call)
             return _final(call, CallStatus.UNANSWERED)
 
@@ -207,7 +210,7 @@ class Calls:
             self._timers.pop(session_id, None)
             return
 
-        def decide(call: Call) -> Change:
+        def decide(call: CallRecord) -> Change:
             if call.status != CallStatus.ONGOING:
                 raise ProtocolError(ErrorCode.INVALID_STATE, "not ongoing")
             return _final(call, CallStatus.ENDED)
@@ -226,7 +229,7 @@ class Calls:
         previous run can never finish, so they are closed (ringing -> unanswered, ongoing -> ended)."""
         stale = await self._storage.calls_with_status([CallStatus.INITIATED, CallStatus.ONGOING])
 
-        def decide(call: Call) -> Change:
+        def decide(call: CallRecord) -> Change:
             if call.status == CallStatus.INITIATED:
                 return _final(call, CallStatus.UNANSWERED)
             if call.status == CallStatus.ONGOING:
@@ -259,7 +262,7 @@ class Calls:
                 if session is not None and session.participants:
                     continue
 
-            def decide(current: Call, seen: CallStatus = call.status) -> Change:
+            def decide(current: CallRecord, seen: CallStatus = call.status) -> Change:
                 if current.status != seen:
                     raise ProtocolError(ErrorCode.INVALID_STATE, "changed meanwhile")
                 return _final(
@@ -282,8 +285,8 @@ class Calls:
     # --- internals ---
 
     async def _change(
-        self, session_id: str, decide: Callable[[Call], Change], *, notify: bool = True
-    ) -> Call:
+        self, session_id: str, decide: Callable[[CallRecord], Change], *, notify: bool = True
+    ) -> CallRecord:
         """Apply `decide` to the current call and store it only if nobody changed the call meanwhile
         (compare-and-set on the status); then push `call.updated` to both parties."""
         for _ in range(_MAX_ATTEMPTS):

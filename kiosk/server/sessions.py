@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from kiosk.janus import JanusError
 from kiosk.protocol import (
     MAX_SESSIONS_PER_CONNECTION,
     CallStatus,
@@ -20,7 +21,7 @@ from kiosk.server.clock import now_ms
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
 from kiosk.server.models import User
-from kiosk.server.sfu import JanusRooms, SfuRoom, SfuUnavailable
+from kiosk.server.sfu import JanusRooms, SfuRoom
 from kiosk.server.state import LiveState, Participant, Session
 from kiosk.server.storage import Storage
 from kiosk.server.tokens import CallTokens
@@ -160,7 +161,7 @@ class Sessions:
             try:
                 if await self._rooms.exists(room_number):
                     return
-            except SfuUnavailable as exc:
+            except JanusError as exc:
                 raise ProtocolError(
                     ErrorCode.SFU_UNAVAILABLE, f"the group-call media server is unavailable: {exc}"
                 ) from None
@@ -199,7 +200,7 @@ class Sessions:
         assert self._rooms is not None
         try:
             room = await self._rooms.create_room(session_id, self._config.max_participants)
-        except SfuUnavailable as exc:
+        except JanusError as exc:
             log.warning("session %s needs an SFU room but Janus made none: %s", session_id, exc)
             raise ProtocolError(ErrorCode.SFU_UNAVAILABLE, f"{unavailable}: {exc}") from None
         kept = await self._state.set_sfu(session_id, room.to_state(), replacing=replacing)
@@ -219,7 +220,7 @@ class Sessions:
             return
         try:
             await self._rooms.destroy_room(room)
-        except SfuUnavailable as exc:
+        except JanusError as exc:
             log.warning("SFU room %s of session %s not destroyed: %s", room.room, room.session_id, exc)
 
     async def _rejoin(

@@ -2,9 +2,10 @@
 
 The call server creates one room per group session over Janus's HTTP API and hands its participants
 the room number and pin; their SDKs publish and subscribe themselves (kiosk/calls/sfu.py). Each call
-here runs on a fresh Janus session (create, attach the VideoRoom plugin, one request, destroy), so
-nothing is left to keep alive or to recover when Janus restarts. Any failure to reach Janus, or
-Janus refusing, is `SfuUnavailable` with a readable message.
+here runs on a fresh Janus session (create, attach the VideoRoom plugin, one request, destroy), through
+the Janus HTTP client the SDK uses too (kiosk/janus.py), so nothing is left to keep alive or to recover
+when Janus restarts. Janus refusing is `JanusError` (with its code); a failure to reach Janus, or no
+answer in time, is its subclass `JanusUnavailable`; each with a readable message.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
+from kiosk.janus import ERROR_NO_SUCH_ROOM, REQUEST_TIMEOUT, VIDEOROOM, JanusError, JanusSession
+
 log = logging.getLogger(__name__)
 
-VIDEOROOM = "janus.plugin.videoroom"
-REQUEST_TIMEOUT = 5.0
 # Room options every group call gets.
 VIDEO_CODECS = "vp8,h264"
 AUDIO_CODEC = "opus"
@@ -27,10 +28,6 @@ ROOM_BITRATE = 1_000_000  # per publisher, bits/s: Janus's REMB cap towards each
 FIR_FREQ = 10  # seconds between keyframe requests to publishers (a late subscriber waits at most this)
 AUDIO_ACTIVE_PACKETS = 50  # about 1 s of 20 ms packets per talking/stopped-talking decision
 AUDIO_LEVEL_AVERAGE = 40  # dBov (0 loudest .. 127 silence) a talker stays above on average
-
-
-class SfuUnavailable(Exception):
-    """Janus could not be reached, did not answer in time, or refused the request."""
 
 
 @dataclass(frozen=True)
@@ -84,48 +81,15 @@ class JanusRooms:
         self.admin_key = admin_key
         self._http: aiohttp.ClientSession | None = None
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
-        body = {**body, "transaction": secrets.token_hex(8)}
-        try:
-            async with self._http.post(f"{self.api_url}{path}", json=body) as response:
-                if response.status != 200:
-                    raise SfuUnavailable(f"Janus answered HTTP {response.status} to {body['janus']}")
-                reply = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise SfuUnavailable(
-                f"Janus at {self.api_url} is unavailable: {exc or type(exc).__name__}"
-            ) from None
-        if not isinstance(reply, dict):
-            raise SfuUnavailable("Janus sent a reply that is not a JSON object")
-        if reply.get("janus") == "error":
-            error = reply.get("error") or {}
-            raise SfuUnavailable(
-                f"Janus refused {body['janus']}: {error.get('reason')} ({error.get('code')})"
-            )
-        return reply
-
     async def _videoroom(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One synchronous VideoRoom request on a Janus session of its own."""
+        """One synchronous VideoRoom request on a Janus session of its own: the plugin's data."""
         if self.admin_key is not None:
             request = {**request, "admin_key": self.admin_key}
-        created = await self._post("", {"janus": "create"})
-        session = f"/{created['data']['id']}"
-        try:
-            attached = await self._post(session, {"janus": "attach", "plugin": VIDEOROOM})
-            reply = await self._post(
-                f"{session}/{attached['data']['id']}", {"janus": "message", "body": request}
-            )
-        finally:
-            try:
-                await self._post(session, {"janus": "destroy"})
-            except SfuUnavailable as exc:
-                log.debug("destroying a Janus session failed: %s", exc)
-        data = (reply.get("plugindata") or {}).get("data") or {}
-        if "error_code" in data or "error" in data:
-            raise SfuUnavailable(f"Janus VideoRoom refused {request['request']}: {data.get('error')}")
-        return dict(data)
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        async with JanusSession(self.api_url, http=self._http, long_poll=False) as janus:
+            handle = await janus.attach(VIDEOROOM)
+            return await handle.request(request)
 
     async def create_room(self, session_id: str, publishers: int) -> SfuRoom:
         pin, secret = secrets.token_urlsafe(16), secrets.token_urlsafe(24)
@@ -165,8 +129,8 @@ class JanusRooms:
         has (it restarted) counts as destroyed."""
         try:
             await self._videoroom({"request": "destroy", "room": room.room, "secret": room.secret})
-        except SfuUnavailable as exc:
-            if "No such room" not in str(exc):
+        except JanusError as exc:
+            if exc.code != ERROR_NO_SUCH_ROOM:
                 raise
         log.info("SFU room %s of session %s destroyed", room.room, room.session_id)
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from kiosk.protocol import CallStatus, CallType
 from kiosk.server.clock import now_ms
-from kiosk.server.models import Call, User
+from kiosk.server.models import CallRecord, User
 
 DB_FILENAME = "kiosk.db"
 Direction = Literal["incoming", "outgoing"]
@@ -48,7 +48,7 @@ class Storage(ABC):
         """All users ordered by uid."""
 
     @abstractmethod
-    async def create_call(self, call: Call) -> None: ...
+    async def create_call(self, call: CallRecord) -> None: ...
 
     @abstractmethod
     async def update_call(
@@ -62,7 +62,7 @@ class Storage(ABC):
         ended_at: int | None = None,
         duration_seconds: int | None = None,
         has_recording: bool | None = None,
-    ) -> Call | None:
+    ) -> CallRecord | None:
         """Change the given fields (None: unchanged) and return the new call.
 
         With `if_status`, change only if the call's status is one of those (an atomic compare-and-set,
@@ -70,7 +70,7 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    async def get_call(self, session_id: str) -> Call | None: ...
+    async def get_call(self, session_id: str) -> CallRecord | None: ...
 
     @abstractmethod
     async def list_calls(
@@ -83,11 +83,11 @@ class Storage(ABC):
         has_recording: bool | None = None,
         page: int = 1,
         per_page: int = 20,
-    ) -> tuple[list[Call], int]:
+    ) -> tuple[list[CallRecord], int]:
         """One page of the calls `uid` initiated or received, newest first, and the total count."""
 
     @abstractmethod
-    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[Call]:
+    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[CallRecord]:
         """Every call in one of these statuses (used to close calls a previous run left open)."""
 
     @abstractmethod
@@ -135,8 +135,8 @@ _UPDATABLE_COLUMNS = frozenset(
 )
 
 
-def _call_from_row(row: tuple[Any, ...]) -> Call:
-    return Call(
+def _call_from_row(row: tuple[Any, ...]) -> CallRecord:
+    return CallRecord(
         session_id=row[0],
         type=CallType(row[1]),
         status=CallStatus(row[2]),
@@ -227,7 +227,7 @@ class SqliteDatabase:
         rows = self.connect().execute("SELECT uid, name, avatar FROM users ORDER BY uid").fetchall()
         return [User(*row) for row in rows]
 
-    def create_call(self, call: Call) -> None:
+    def create_call(self, call: CallRecord) -> None:
         self.connect().execute(
             "INSERT INTO calls (session_id, type, status, initiator_uid, receiver_uid, initiated_at, "
             "joined_at, ended_at, duration_seconds, has_recording) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -245,13 +245,13 @@ class SqliteDatabase:
             ),
         )
 
-    def get_call(self, session_id: str) -> Call | None:
+    def get_call(self, session_id: str) -> CallRecord | None:
         row = self.connect().execute(_CALL_SELECT + " WHERE c.session_id = ?", (session_id,)).fetchone()
         return _call_from_row(row) if row else None
 
     def update_call(
         self, session_id: str, if_status: Collection[CallStatus] | None, changes: dict[str, Any]
-    ) -> Call | None:
+    ) -> CallRecord | None:
         unknown = set(changes) - _UPDATABLE_COLUMNS
         if unknown:  # column names go into the SQL text, so only known ones
             raise ValueError(f"cannot update {sorted(unknown)}")
@@ -285,7 +285,7 @@ class SqliteDatabase:
         has_recording: bool | None,
         page: int,
         per_page: int,
-    ) -> tuple[list[Call], int]:
+    ) -> tuple[list[CallRecord], int]:
         if direction == "outgoing":
             where, params = ["c.initiator_uid = ?"], [uid]
         elif direction == "incoming":
@@ -310,7 +310,7 @@ class SqliteDatabase:
         ).fetchall()
         return [_call_from_row(row) for row in rows], total
 
-    def calls_with_status(self, statuses: Collection[CallStatus]) -> list[Call]:
+    def calls_with_status(self, statuses: Collection[CallStatus]) -> list[CallRecord]:
         names = [str(s) for s in statuses]
         if not names:
             return []
@@ -348,7 +348,7 @@ class SqliteStorage(Storage):
     async def list_users(self) -> list[User]:
         return await self._run(self._db.list_users)
 
-    async def create_call(self, call: Call) -> None:
+    async def create_call(self, call: CallRecord) -> None:
         await self._run(self._db.create_call, call)
 
     async def update_call(
@@ -362,7 +362,7 @@ class SqliteStorage(Storage):
         ended_at: int | None = None,
         duration_seconds: int | None = None,
         has_recording: bool | None = None,
-    ) -> Call | None:
+    ) -> CallRecord | None:
         columns = {
             "status": None if status is None else str(status),
             "type": None if type is None else str(type),
@@ -374,7 +374,7 @@ class SqliteStorage(Storage):
         changes = {column: value for column, value in columns.items() if value is not None}
         return await self._run(self._db.update_call, session_id, if_status, changes)
 
-    async def get_call(self, session_id: str) -> Call | None:
+    async def get_call(self, session_id: str) -> CallRecord | None:
         return await self._run(self._db.get_call, session_id)
 
     async def list_calls(
@@ -387,12 +387,12 @@ class SqliteStorage(Storage):
         has_recording: bool | None = None,
         page: int = 1,
         per_page: int = 20,
-    ) -> tuple[list[Call], int]:
+    ) -> tuple[list[CallRecord], int]:
         return await self._run(
             self._db.list_calls, uid, type, status, direction, has_recording, page, per_page
         )
 
-    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[Call]:
+    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[CallRecord]:
         return await self._run(self._db.calls_with_status, list(statuses))
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ import asyncpg
 
 from kiosk.protocol import CallStatus, CallType
 from kiosk.server.clock import now_ms
-from kiosk.server.models import Call, User
+from kiosk.server.models import CallRecord, User
 from kiosk.server.storage import Direction, Storage, UserExistsError
 from kiosk.server.tokens import ADMIN_KEY_ENV, AdminKey, AdminKeySetup, hash_secret, new_secret
 
@@ -109,8 +109,8 @@ def _storable(text: str) -> bool:
     return True
 
 
-def _call_from_row(row: Any) -> Call:
-    return Call(
+def _call_from_row(row: Any) -> CallRecord:
+    return CallRecord(
         session_id=row[0],
         type=CallType(row[1]),
         status=CallStatus(row[2]),
@@ -266,7 +266,7 @@ class PostgresStorage(Storage):
         rows = await self._get_pool().fetch('SELECT uid, name, avatar FROM users ORDER BY uid COLLATE "C"')
         return [User(*row) for row in rows]
 
-    async def create_call(self, call: Call) -> None:
+    async def create_call(self, call: CallRecord) -> None:
         await self._get_pool().execute(
             "INSERT INTO calls (session_id, type, status, initiator_uid, receiver_uid, initiated_at, "
             "joined_at, ended_at, duration_seconds, has_recording) "
@@ -283,7 +283,7 @@ class PostgresStorage(Storage):
             bool(call.has_recording),
         )
 
-    async def get_call(self, session_id: str) -> Call | None:
+    async def get_call(self, session_id: str) -> CallRecord | None:
         if not _storable(session_id):
             return None
         row = await self._get_pool().fetchrow(_CALL_SELECT + " WHERE c.session_id = $1", session_id)
@@ -300,7 +300,7 @@ class PostgresStorage(Storage):
         ended_at: int | None = None,
         duration_seconds: int | None = None,
         has_recording: bool | None = None,
-    ) -> Call | None:
+    ) -> CallRecord | None:
         pool = self._get_pool()
         values = {
             "status": None if status is None else str(status),
@@ -341,7 +341,7 @@ class PostgresStorage(Storage):
         has_recording: bool | None = None,
         page: int = 1,
         per_page: int = 20,
-    ) -> tuple[list[Call], int]:
+    ) -> tuple[list[CallRecord], int]:
         pool = self._get_pool()
         if not _storable(uid):
             return [], 0
@@ -374,7 +374,7 @@ class PostgresStorage(Storage):
             )
         return [_call_from_row(row) for row in rows], int(total)
 
-    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[Call]:
+    async def calls_with_status(self, statuses: Collection[CallStatus]) -> list[CallRecord]:
         names = [str(s) for s in statuses]
         if not names:
             return []

@@ -763,7 +763,7 @@ class KioskApp(App):
         if self._preview_task is not None or session is None or not session.active:
             return
         # A track of our own from the capture: it keeps only the newest frame, as the peers' do.
-        track = session.video.subscribe()
+        track = session.local_video()
         self._preview_track = track
         self._preview_task = self._spawn(self._read_preview(track))
 

@@ -1,0 +1,234 @@
+"""A session's media as a mesh: one peer connection to each other participant (docs/protocol.md).
+
+The decisions, each with its reason:
+
+- Joining: we offer to those already in the session (the joined reply); anyone who joins after us
+  offers to us.
+- Glare: when both sides offer at once, the smaller uid's offer wins: the larger uid answers it,
+  the smaller drops the other (`initiates_with`).
+- An answer names the offer it answers (`negotiationId`): an answer to an offer of a connection since
+  replaced is never applied to the new one (it would leave that one unable to connect).
+- Offers queued behind a dead connection arrive together when it comes back: only the newest is
+  answered.
+- Rebuilds: aiortc has no ICE restart, so a connection whose media stopped is replaced by a new one,
+  offered by the smaller uid; at most one offer in flight (unless the other side has just come back:
+  that offer went to a connection now gone) and at most one rebuild every REBUILD_INTERVAL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, Protocol
+
+from kiosk.calls.events import RTCUser
+from kiosk.calls.media import (
+    MEDIA_STALL_SECONDS,
+    MEDIA_START_SECONDS,
+    OFFER_ANSWER_SECONDS,
+    REBUILD_INTERVAL_SECONDS,
+    MediaContext,
+    MediaLink,
+)
+from kiosk.calls.peer import ParticipantStats, RemoteParticipant, RemotePeer
+
+log = logging.getLogger(__name__)
+
+
+class MeshPeer(MediaLink, Protocol):
+    """What the mesh needs of a peer connection: `RemotePeer`, or a test's fake."""
+
+    negotiation_id: str
+    lock: asyncio.Lock
+    closed: bool
+    offered_at: float | None
+
+    @property
+    def signaling_state(self) -> str: ...
+
+    async def create_offer(self) -> str: ...
+
+    async def answer_offer(self, sdp: str) -> str: ...
+
+    async def accept_answer(self, sdp: str) -> None: ...
+
+    def awaiting_answer(self, within: float) -> bool: ...
+
+
+PeerFactory = Callable[[RemoteParticipant], MeshPeer]
+
+
+class MeshMedia:
+    mode: Literal["mesh"] = "mesh"
+
+    def __init__(self, context: MediaContext, new_peer: PeerFactory | None = None) -> None:
+        self._context = context
+        self._new_peer_connection: PeerFactory = new_peer or self._remote_peer
+        self._peers: dict[str, MeshPeer] = {}
+        self._offers_seen: dict[str, int] = {}  # uid -> offers received from it
+        self._rebuilt_at: dict[str, float] = {}  # uid -> when we last rebuilt its peer connection
+        self._handed_over = False
+
+    def _remote_peer(self, participant: RemoteParticipant) -> RemotePeer:
+        c = self._context
+        return RemotePeer(
+            participant,
+            audio_track=c.audio.subscribe(),
+            video_track=c.video.subscribe(),
+            ice_servers=c.ice_servers,
+            video_codec=c.host.video_codec,
+            session_started_at=c.started_at,
+            on_video_frame=c.on_video_frame,
+            on_audio_frame=c.on_audio_frame,
+            on_connection_state=c.on_peer_state,
+            on_keyframe_request=c.video.request_keyframe,
+        )
+
+    @property
+    def peers(self) -> Mapping[str, MeshPeer]:
+        return MappingProxyType(self._peers)
+
+    @property
+    def offers_received(self) -> Mapping[str, int]:
+        return MappingProxyType(self._offers_seen)
+
+    def initiates_with(self, uid: str) -> bool:
+        """Who offers when both could: the smaller uid, so that both sides never offer at once."""
+        return self._context.self_uid() < uid
+
+    # ----------------------------------------------------------------- the session's events
+
+    def start(self, present: list[RemoteParticipant]) -> None:
+        for participant in present:
+            self._context.spawn(self._offer_to(participant))
+
+    def participant_back(self, uid: str, now_reachable: bool) -> None:
+        self.rebuild_if_broken(uid, now_reachable=now_reachable)
+
+    def participant_left(self, uid: str) -> None:
+        peer = self._peers.pop(uid, None)
+        self._offers_seen.pop(uid, None)
+        self._rebuilt_at.pop(uid, None)
+        if peer is not None:
+            self._context.spawn(peer.close())
+
+    def handle(self, message: dict[str, Any]) -> None:
+        if self._handed_over:
+            return  # a mesh negotiation overtaken by the switch to the SFU
+        kind = message["type"]
+        if kind == "offer":
+            uid = message["from"]
+            self._offers_seen[uid] = self._offers_seen.get(uid, 0) + 1
+            self._context.spawn(
+                self._answer(uid, message["sdp"], self._offers_seen[uid], message.get("negotiationId"))
+            )
+        elif kind == "answer":
+            self._context.spawn(
+                self._accept_answer(message["from"], message["sdp"], message.get("negotiationId"))
+            )
+        # "candidate": aiortc puts every candidate in the SDP; trickled ones are not needed.
+
+    def broken(self, uid: str, peer: MeshPeer) -> bool:
+        now = self._context.clock()
+        if peer.signaling_state == "have-local-offer" and peer.offered_at:
+            return now - peer.offered_at > OFFER_ANSWER_SECONDS  # our offer went unanswered
+        if peer.last_media_at is None:
+            return peer.age() > MEDIA_START_SECONDS  # negotiated: give it time to connect
+        return peer.age() > MEDIA_STALL_SECONDS  # media came, then stopped
+
+    def repair(self, uid: str) -> None:
+        self.rebuild_if_broken(uid)
+
+    def tick(self) -> None:
+        pass  # the mesh repairs what the media watch finds
+
+    # ----------------------------------------------------------------- negotiation
+
+    def rebuild_if_broken(self, uid: str, now_reachable: bool = False) -> None:
+        c = self._context
+        peer = self._peers.get(uid)
+        participant = c.participants.get(uid)
+        if self._handed_over or not c.active() or participant is None or not self.initiates_with(uid):
+            return
+        if peer is not None and peer.receiving(MEDIA_STALL_SECONDS):
+            return
+        if peer is not None and peer.awaiting_answer(OFFER_ANSWER_SECONDS) and not now_reachable:
+            return  # one offer in flight at a time, unless that one went to a connection now gone
+        now = c.clock()
+        if not now_reachable and now - self._rebuilt_at.get(uid, float("-inf")) < REBUILD_INTERVAL_SECONDS:
+            return
+        self._rebuilt_at[uid] = now
+        log.info("media from %s stopped: rebuilding the peer connection", uid)
+        c.spawn(self._offer_to(participant))
+
+    def _new_peer(self, participant: RemoteParticipant) -> MeshPeer:
+        old = self._peers.pop(participant.user.uid, None)
+        if old is not None:
+            self._context.spawn(old.close())
+        peer = self._new_peer_connection(participant)
+        self._peers[participant.user.uid] = peer
+        return peer
+
+    async def _offer_to(self, participant: RemoteParticipant) -> None:
+        c = self._context
+        peer = self._new_peer(participant)
+        async with peer.lock:
+            sdp = await peer.create_offer()
+            if c.active() and not peer.closed:
+                log.info("offer %s to %s", peer.negotiation_id, peer.uid)
+                await c.host.signaling.request(
+                    "offer", sessionId=c.session_id, to=peer.uid, sdp=sdp, negotiationId=peer.negotiation_id
+                )
+
+    async def _answer(self, uid: str, sdp: str, seen: int = 0, negotiation: str | None = None) -> None:
+        c = self._context
+        if seen and seen != self._offers_seen.get(uid):
+            # Offers queued behind a dead connection arrive together when it comes back: only the
+            # newest is the offerer's current connection; answering the others would confuse it.
+            return
+        current = self._peers.get(uid)
+        if current is not None and current.signaling_state == "have-local-offer" and self.initiates_with(uid):
+            return  # both offered at once: ours wins (smaller uid), theirs is dropped; they answer ours
+        participant = c.participants.get(uid) or RemoteParticipant(RTCUser(uid))
+        peer = self._new_peer(participant)
+        async with peer.lock:
+            answer = await peer.answer_offer(sdp)
+            if seen and seen != self._offers_seen.get(uid):
+                return  # a newer offer came meanwhile: it gets the answer
+            if c.active() and not peer.closed:
+                log.info("answer %s to %s", negotiation or "", uid)
+                fields = {"negotiationId": negotiation} if negotiation else {}
+                await c.host.signaling.request("answer", sessionId=c.session_id, to=uid, sdp=answer, **fields)
+
+    async def _accept_answer(self, uid: str, sdp: str, negotiation: str | None = None) -> None:
+        peer = self._peers.get(uid)
+        if peer is None:
+            return
+        async with peer.lock:
+            if peer.signaling_state != "have-local-offer" or (
+                negotiation is not None and negotiation != peer.negotiation_id
+            ):
+                # The answer to an offer of a connection since replaced: applying it to this one
+                # would leave this one unable to connect.
+                log.info("answer %s from %s is for an older offer: ignored", negotiation, uid)
+                return
+            log.info("answer %s from %s", negotiation or "", uid)
+            await peer.accept_answer(sdp)
+
+    # ----------------------------------------------------------------- the end
+
+    def hand_over(self) -> dict[str, MeshPeer]:
+        """The switch to the SFU: the connections go on carrying media until the room's feeds
+        replace them (the SFU media closes them); the mesh negotiates no more."""
+        self._handed_over = True
+        peers, self._peers = dict(self._peers), {}
+        return peers
+
+    async def stats(self) -> dict[str, ParticipantStats]:
+        return {uid: await peer.collect_stats() for uid, peer in list(self._peers.items())}
+
+    async def close(self) -> None:
+        peers, self._peers = list(self._peers.values()), {}
+        await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)
