@@ -22,6 +22,7 @@ from typing import IO, Any
 from kiosk.assembly import LOOPBACK, Kiosk, KioskOptions
 from kiosk.calls import CallEventListener, Calls, CallsError, CallType
 from kiosk.calls.events import EVENT_NAMES
+from kiosk.calls.peer import RemoteMedia
 from kiosk.config import load_config
 from kiosk.controller import KioskController, KioskState, Phase
 from kiosk.hardware import Controls
@@ -220,6 +221,8 @@ def selected_ice_pairs(calls: Calls) -> dict[str, dict[str, Any]]:
     pairs: dict[str, dict[str, Any]] = {}
     session = calls.session
     for uid, peer in list(session.peers.items()) if session is not None else []:
+        if not isinstance(peer, RemoteMedia):
+            continue  # no peer connection of its own (a test's stand-in)
         try:
             transceiver = peer.pc.getTransceivers()[0]
             connection = transceiver.receiver.transport.transport._connection

@@ -42,6 +42,7 @@ EVENT_TIMEOUT = 10.0  # a plugin's asynchronous reply (joined, configured, attac
 DESTROY_TIMEOUT = 2.0  # leaving: destroy and detach do not wait long for a Janus that may be gone
 POLL_TIMEOUT = 45.0  # Janus answers a quiet long poll after 30 s
 POLL_MAX_EVENTS = 10
+POLL_RETRY_SECONDS = 0.2  # a failed long poll is tried once more after this; a second failure is Janus gone
 
 # Janus core error codes.
 ERROR_NO_SUCH_SESSION = 458  # the Janus session is gone (timed out, destroyed, Janus restarted)
@@ -240,7 +241,7 @@ class JanusSession:
                         else JanusUnavailable(f"Janus poll failed: {str(exc) or type(exc).__name__}")
                     )
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(POLL_RETRY_SECONDS)
                 continue
             for event in events if isinstance(events, list) else [events]:
                 if isinstance(event, dict):

@@ -1,7 +1,8 @@
 """The signaling protocol shared by the call server and every client.
 
-`docs/protocol.md` is the description; this module holds its names, limits and message checks so the
-server and the clients cannot drift apart.
+`docs/protocol.md` is the description; this module holds its names, limits, every message's shape (a
+TypedDict each) and the checks of a client's messages made from those shapes, so the server and the
+clients cannot drift apart.
 """
 
 from __future__ import annotations
@@ -9,8 +10,24 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from types import UnionType
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NamedTuple,
+    NotRequired,
+    TypedDict,
+    TypeGuard,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -90,8 +107,8 @@ class ProtocolError(Exception):
         # RATE_LIMITED only: whole seconds until a new attempt can succeed.
         self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
 
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"code": str(self.code), "message": self.message}
+    def to_json(self) -> ErrorJson:
+        body: ErrorJson = {"code": str(self.code), "message": self.message}
         if self.retry_after is not None:
             body["retryAfterSeconds"] = self.retry_after
         return body
@@ -126,63 +143,377 @@ class SessionType(StrEnum):
     DEFAULT = "default"
 
 
-# Client -> server message types and their fields: name -> (python type(s), required).
-_STR = (str,)
-_BOOL = (bool,)
-CLIENT_MESSAGES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "auth": {"authToken": (_STR, True)},
-    "join": {
-        "sessionId": (_STR, True),
-        "callToken": (_STR, True),
-        "audioMuted": (_BOOL, False),
-        "videoMuted": (_BOOL, False),
-        "audioOnly": (_BOOL, False),
-        "rejoin": (_BOOL, False),
-    },
-    "leave": {"sessionId": (_STR, True)},
-    "end": {"sessionId": (_STR, True)},
-    "offer": {
-        "sessionId": (_STR, True),
-        "to": (_STR, True),
-        "sdp": (_STR, True),
-        "negotiationId": (_STR, False),
-    },
-    "answer": {
-        "sessionId": (_STR, True),
-        "to": (_STR, True),
-        "sdp": (_STR, True),
-        "negotiationId": (_STR, False),
-    },
-    "candidate": {"sessionId": (_STR, True), "to": (_STR, True), "candidate": ((dict, type(None)), True)},
-    "media.state": {"sessionId": (_STR, True), "audioMuted": (_BOOL, True), "videoMuted": (_BOOL, True)},
-    "switch.video": {"sessionId": (_STR, True)},
-    "sfu.lost": {"sessionId": (_STR, True), "room": ((int,), True)},
-    "recording": {"sessionId": (_STR, True), "recording": (_BOOL, True)},
-    "ping": {},
-}
+# ----------------------------------------------------------------------------- the messages
+#
+# Every signaling message's shape, once: a TypedDict per message, as its JSON object is on the wire
+# (docs/protocol.md, "WebSocket signaling"). The server and the Calls SDK build and read them, and the
+# type checker holds both to these definitions; a client's messages are checked at run time against
+# the same definitions (`check_client_message`): each field's type, whether it may be left out, and
+# the rules its `Annotated` metadata adds (an id, a length).
 
-SERVER_MESSAGES = frozenset(
+RequestId = str | int  # a request's `id`, echoed in its reply (is_valid_request_id)
+IceCandidate = dict[str, Any]  # an RTCIceCandidateInit, relayed as it is
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """What a client's field must be beyond its type: the metadata of an `Annotated` field."""
+
+    valid_id: bool = False  # matches ID_PATTERN
+    max_length: int | None = None
+    too_long: ErrorCode = ErrorCode.BAD_REQUEST  # the refusal of a value over max_length
+
+
+Id = Annotated[str, FieldRule(valid_id=True)]
+Sdp = Annotated[str, FieldRule(max_length=MAX_SDP_LENGTH, too_long=ErrorCode.PAYLOAD_TOO_LARGE)]
+
+
+# -- client to server: requests, each answered by a reply (below) with its `id`
+
+
+class _Request(TypedDict):
+    id: NotRequired[RequestId]
+
+
+class AuthRequest(_Request):
+    type: Literal["auth"]
+    authToken: str  # any string: a wrong one is UNAUTHORIZED, not BAD_REQUEST
+
+
+class JoinRequest(_Request):
+    """`join`; with `rejoin`, take back our place after a reconnect. The server reads the optional
+    booleans as False when they are left out (parse_client_message fills them in)."""
+
+    type: Literal["join"]
+    sessionId: Id
+    callToken: str
+    audioMuted: NotRequired[bool]
+    videoMuted: NotRequired[bool]
+    audioOnly: NotRequired[bool]
+    rejoin: NotRequired[bool]
+
+
+class LeaveRequest(_Request):
+    type: Literal["leave"]
+    sessionId: Id
+
+
+class EndRequest(_Request):
+    type: Literal["end"]
+    sessionId: Id
+
+
+class SdpRequest(_Request):
+    """`offer` or `answer` to one other participant; an answer names the offer it answers."""
+
+    type: Literal["offer", "answer"]
+    sessionId: Id
+    to: Id
+    sdp: Sdp
+    negotiationId: NotRequired[Id]
+
+
+class CandidateRequest(_Request):
+    type: Literal["candidate"]
+    sessionId: Id
+    to: Id
+    candidate: IceCandidate | None
+
+
+class MediaStateRequest(_Request):
+    type: Literal["media.state"]
+    sessionId: Id
+    audioMuted: bool
+    videoMuted: bool
+
+
+class SwitchVideoRequest(_Request):
+    type: Literal["switch.video"]
+    sessionId: Id
+
+
+class SfuLostRequest(_Request):
+    type: Literal["sfu.lost"]
+    sessionId: Id
+    room: int
+
+
+class RecordingRequest(_Request):
+    type: Literal["recording"]
+    sessionId: Id
+    recording: bool
+
+
+class PingRequest(_Request):
+    type: Literal["ping"]
+
+
+ClientMessage = (
+    AuthRequest
+    | JoinRequest
+    | LeaveRequest
+    | EndRequest
+    | SdpRequest
+    | CandidateRequest
+    | MediaStateRequest
+    | SwitchVideoRequest
+    | SfuLostRequest
+    | RecordingRequest
+    | PingRequest
+)
+RelayRequest = SdpRequest | CandidateRequest  # relayed to the participant named by `to`
+
+
+# -- JSON objects inside the server's messages
+
+
+class UserJson(TypedDict):
+    uid: str
+    name: str
+    avatar: str | None
+
+
+class ParticipantJson(UserJson):
+    audioMuted: bool
+    videoMuted: bool
+    joinedAt: int
+
+
+class IceServer(TypedDict):
+    """One RTCPeerConnection `iceServers` entry (docs/protocol.md, "iceServers")."""
+
+    urls: list[str]
+    username: NotRequired[str]
+    credential: NotRequired[str]
+
+
+class SfuRoomJson(TypedDict):
+    """The SFU room a session's media goes through, as participants are told (never its secret)."""
+
+    url: str
+    room: int
+    pin: str
+    videoCodecs: str
+
+
+class MeshMediaJson(TypedDict):
+    mode: Literal["mesh"]
+
+
+class SfuMediaJson(TypedDict):
+    mode: Literal["sfu"]
+    sfu: SfuRoomJson
+
+
+MediaJson = MeshMediaJson | SfuMediaJson  # a session's `media`
+
+
+class CallJson(TypedDict):
+    """The Call object of ringing (docs/protocol.md, "Ringing"); `direction` in call logs only."""
+
+    sessionId: str
+    type: str  # CallType
+    status: str  # CallStatus
+    initiator: UserJson
+    receiver: UserJson
+    initiatedAt: int
+    joinedAt: int | None
+    endedAt: int | None
+    durationSeconds: int
+    hasRecording: bool
+    direction: NotRequired[Literal["incoming", "outgoing"]]
+
+
+class ErrorJson(TypedDict):
+    code: str  # ErrorCode
+    message: str
+    retryAfterSeconds: NotRequired[int]  # RATE_LIMITED only
+
+
+class ErrorBody(TypedDict):
+    """A refused REST request's body."""
+
+    error: ErrorJson
+
+
+# -- server to client: replies (with the request's `id`)
+
+
+class _Reply(TypedDict):
+    id: NotRequired[RequestId]
+
+
+class OkReply(_Reply):
+    type: Literal["ok"]
+    user: NotRequired[UserJson]  # after `auth`
+
+
+class ErrorReply(_Reply):
+    type: Literal["error"]
+    error: ErrorJson
+
+
+class JoinedReply(_Reply):
+    type: Literal["joined"]
+    sessionId: str
+    self: ParticipantJson
+    participants: list[ParticipantJson]  # the others
+    audioOnly: bool
+    iceServers: list[IceServer]
+    rejoined: bool
+    rejoinGraceMs: int
+    media: MediaJson
+
+
+class PongReply(_Reply):
+    type: Literal["pong"]
+
+
+Reply = OkReply | ErrorReply | JoinedReply | PongReply
+
+# -- server to client: what happens in a session you are in
+
+
+class ParticipantJoinedMessage(TypedDict):
+    type: Literal["participant.joined"]
+    sessionId: str
+    participant: ParticipantJson
+    rejoined: NotRequired[bool]  # true when it came back
+
+
+class ParticipantLeftMessage(TypedDict):
+    type: Literal["participant.left"]
+    sessionId: str
+    participant: ParticipantJson
+    reason: Literal["left", "disconnected"]
+
+
+class SessionEndedMessage(TypedDict):
+    type: Literal["session.ended"]
+    sessionId: str
+    reason: Literal["hangup", "ended"]
+    by: UserJson | None
+
+
+# `from` is a Python keyword: these two are spelled the functional way.
+SdpRelay = TypedDict(
+    "SdpRelay",
     {
-        "ok",
-        "error",
-        "joined",
-        "participant.joined",
-        "participant.left",
-        "session.ended",
-        "offer",
-        "answer",
-        "candidate",
-        "media.state",
-        "switch.video",
-        "recording",
-        "session.media",
-        "call.incoming",
-        "call.updated",
-        "pong",
-    }
+        "type": Literal["offer", "answer"],
+        "sessionId": str,
+        "from": str,
+        "sdp": str,
+        "negotiationId": NotRequired[str],
+    },
+)
+CandidateRelay = TypedDict(
+    "CandidateRelay",
+    {"type": Literal["candidate"], "sessionId": str, "from": str, "candidate": IceCandidate | None},
+)
+Negotiation = SdpRelay | CandidateRelay  # relayed from another participant
+
+
+class SessionMediaMessage(TypedDict):
+    type: Literal["session.media"]
+    sessionId: str
+    media: MediaJson
+
+
+class MediaStateMessage(TypedDict):
+    type: Literal["media.state"]
+    sessionId: str
+    user: UserJson
+    audioMuted: bool
+    videoMuted: bool
+
+
+class SwitchVideoMessage(TypedDict):
+    type: Literal["switch.video"]
+    sessionId: str
+    requestedBy: UserJson
+
+
+class RecordingMessage(TypedDict):
+    type: Literal["recording"]
+    sessionId: str
+    user: UserJson
+    recording: bool
+    at: int
+
+
+SessionMessage = (
+    ParticipantJoinedMessage
+    | ParticipantLeftMessage
+    | SessionEndedMessage
+    | SdpRelay
+    | CandidateRelay
+    | SessionMediaMessage
+    | MediaStateMessage
+    | SwitchVideoMessage
+    | RecordingMessage
 )
 
-_ID_FIELDS = {"sessionId", "to", "authToken", "negotiationId"}
+# -- server to client: ringing
+
+
+class CallIncomingMessage(TypedDict):
+    type: Literal["call.incoming"]
+    call: CallJson
+
+
+class CallUpdatedMessage(TypedDict):
+    type: Literal["call.updated"]
+    call: CallJson
+
+
+ServerMessage = Reply | SessionMessage | CallIncomingMessage | CallUpdatedMessage
+
+
+# -- the tables the checks use, made from the definitions above
+
+
+class ClientField(NamedTuple):
+    types: tuple[type, ...]  # what isinstance accepts (a bool is never an int)
+    required: bool
+    rule: FieldRule | None
+
+
+def _type_names(message: type) -> tuple[str, ...]:
+    """The `type` values a message definition stands for."""
+    return get_args(get_type_hints(message)["type"])
+
+
+def _runtime_types(hint: object) -> tuple[type, ...]:
+    if get_origin(hint) in (Union, UnionType):
+        return tuple(t for arg in get_args(hint) for t in _runtime_types(arg))
+    origin = get_origin(hint)  # dict[str, Any] -> dict
+    kind = hint if origin is None else origin
+    assert isinstance(kind, type), hint
+    return (kind,)
+
+
+def _client_fields(message: type) -> dict[str, ClientField]:
+    fields: dict[str, ClientField] = {}
+    for name, hint in get_type_hints(message, include_extras=True).items():
+        if name in ("type", "id"):  # the message's name; the request id (checked on its own)
+            continue
+        required = get_origin(hint) is not NotRequired
+        if not required:
+            (hint,) = get_args(hint)
+        rule = None
+        if get_origin(hint) is Annotated:
+            hint, rule = get_args(hint)
+        fields[name] = ClientField(_runtime_types(hint), required, rule)
+    return fields
+
+
+# Client -> server message types and their fields, in order: name -> field -> ClientField.
+CLIENT_MESSAGES: dict[str, dict[str, ClientField]] = {
+    name: _client_fields(message) for message in get_args(ClientMessage) for name in _type_names(message)
+}
+SERVER_MESSAGES = frozenset(name for message in get_args(ServerMessage) for name in _type_names(message))
+REPLIES = frozenset(name for message in get_args(Reply) for name in _type_names(message))
+_SESSION_MESSAGES = frozenset(name for message in get_args(SessionMessage) for name in _type_names(message))
 
 
 def is_valid_id(value: object) -> bool:
@@ -221,10 +552,10 @@ def request_id_of(raw: str | bytes) -> str | int | None:
     return request_id if is_valid_request_id(request_id) else None
 
 
-def parse_client_message(raw: str | bytes) -> dict[str, Any]:
+def parse_client_message(raw: str | bytes) -> ClientMessage:
     """Decode and check one client frame; raise ProtocolError naming what is wrong.
 
-    Returns the message object with optional booleans filled in with their defaults. Fields this
+    Returns the message with its optional booleans filled in with their defaults (False). Fields this
     document does not name are ignored (and never relayed).
     """
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -233,37 +564,48 @@ def parse_client_message(raw: str | bytes) -> dict[str, Any]:
         message = decode_json(raw)
     except ValueError:
         raise ProtocolError(ErrorCode.MALFORMED, "message is not JSON") from None
+    return check_client_message(message, fill_defaults=True)
+
+
+def check_client_message(message: object, *, fill_defaults: bool = False) -> ClientMessage:
+    """Check a decoded client message against its definition (CLIENT_MESSAGES, made from the
+    TypedDicts above); raise ProtocolError naming what is wrong, or return it, typed. With
+    `fill_defaults`, optional booleans left out are set to False."""
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError(ErrorCode.MALFORMED, 'message must be an object with a string "type"')
+    kind: str = message["type"]
     request_id = message.get("id")
     if request_id is not None and not is_valid_request_id(request_id):
         raise ProtocolError(
             ErrorCode.MALFORMED,
             f'"id" must be a string of at most {MAX_REQUEST_ID_LENGTH} characters or an integer',
         )
-    fields = CLIENT_MESSAGES.get(message["type"])
+    fields = CLIENT_MESSAGES.get(kind)
     if fields is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {message['type'][:40]!r}")
-    for name, (types, required) in fields.items():
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
+    for name, field in fields.items():
         if name not in message:
-            if required:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{message['type']}: missing field {name!r}")
-            if types is _BOOL:
-                message[name] = False
+            if field.required:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: missing field {name!r}")
             continue
         value = message[name]
-        if not isinstance(value, types) or (types is not _BOOL and isinstance(value, bool)):
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST, f"{message['type']}: field {name!r} has the wrong type"
-            )
-        if name in _ID_FIELDS and name != "authToken" and not is_valid_id(value):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{message['type']}: field {name!r} is not a valid id")
-        if name == "sdp" and len(value) > MAX_SDP_LENGTH:
-            raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, "sdp too long")
-    return message
+        if not isinstance(value, field.types) or (bool not in field.types and isinstance(value, bool)):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {name!r} has the wrong type")
+        rule = field.rule
+        if rule is None:
+            continue
+        if rule.valid_id and not is_valid_id(value):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {name!r} is not a valid id")
+        if rule.max_length is not None and isinstance(value, str) and len(value) > rule.max_length:
+            raise ProtocolError(rule.too_long, f"{name} too long")
+    if fill_defaults:
+        for name, field in fields.items():
+            if name not in message and field.types == (bool,):
+                message[name] = False
+    return cast(ClientMessage, message)
 
 
-def claims_other_sender(message: dict[str, Any], uid: str) -> str | None:
+def claims_other_sender(message: Mapping[str, object], uid: str) -> str | None:
     """The sender field (`from`, `uid`, `user`) of a client message that names someone other than
     `uid`, if any: a participant may not act for another, so such a message is refused."""
     for name in SENDER_FIELDS:
@@ -276,8 +618,21 @@ def claims_other_sender(message: dict[str, Any], uid: str) -> str | None:
     return None
 
 
-def error_body(code: ErrorCode | str, message: str, *, retry_after: int | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": str(code), "message": message}
+def server_message(data: object) -> ServerMessage | None:
+    """`data` (a decoded frame from the server) as the server's message, if it is one: an object with a
+    `type` this protocol names. The server is trusted for the rest of its fields."""
+    if isinstance(data, dict) and data.get("type") in SERVER_MESSAGES:
+        return cast(ServerMessage, data)
+    return None
+
+
+def is_session_message(message: ServerMessage) -> TypeGuard[SessionMessage]:
+    """Whether `message` is about a session the client is in (it carries that session's id)."""
+    return message["type"] in _SESSION_MESSAGES
+
+
+def error_body(code: ErrorCode | str, message: str, *, retry_after: int | None = None) -> ErrorBody:
+    error: ErrorJson = {"code": str(code), "message": message}
     if retry_after is not None:
         error["retryAfterSeconds"] = retry_after
     return {"error": error}

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: set up, lint, then pytest; then the tests that touch numpy again under numpy 1
-# (CI's venv has numpy 2, a Bookworm Pi keeps its OS's numpy 1: constraints.txt, scripts/install-pi.sh).
-# With arguments, only pytest with them.
+# The whole test suite: set up, lint, type-check, then pytest; then the tests that touch numpy again under
+# numpy 1 (CI's venv has numpy 2, a Bookworm Pi keeps its OS's numpy 1: constraints.txt,
+# scripts/install-pi.sh). With arguments, pytest runs only with them (lint and type check still run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --tests
 .venv/bin/ruff check kiosk tests bench
+.venv/bin/mypy kiosk  # pyproject.toml [tool.mypy]: strict for kiosk.calls and kiosk.protocol
 if (($#)); then
     exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 fi

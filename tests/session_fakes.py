@@ -23,6 +23,7 @@ from kiosk.calls.session import CallSession
 from kiosk.calls.settings import CallSettings, CallSettingsBuilder
 from kiosk.calls.sfu import SfuError, SfuPublisherInfo
 from kiosk.media.emulated import EmulatedDevices
+from kiosk.protocol import ClientMessage
 
 
 class FakeClock:
@@ -52,8 +53,9 @@ class FakeSignaling:
         self.generation = 1
         self.fail_pings = False
 
-    async def request(self, message_type: str, *, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        self.sent.append(Sent(message_type, fields))
+    async def request(self, message: ClientMessage, *, timeout: float = 10.0) -> dict[str, Any]:
+        message_type = message["type"]
+        self.sent.append(Sent(message_type, {k: v for k, v in message.items() if k != "type"}))
         if message_type == "ping" and self.fail_pings:
             raise ConnectionFailedError("no reply to ping")
         if message_type == "join":

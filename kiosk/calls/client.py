@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,15 @@ from kiosk.calls.settings import CallSettings, CallSettingsBuilder
 from kiosk.calls.signaling import RestClient, SignalingClient
 from kiosk.calls.tls import client_ssl_context
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, MediaDevices
-from kiosk.protocol import FINAL_CALL_STATUSES
+from kiosk.protocol import FINAL_CALL_STATUSES, IceServer, ServerMessage, UserJson, is_session_message
 
 log = logging.getLogger(__name__)
 
+VIDEO_CODECS = ("VP8", "H264")  # what `video_codec` may name
 RECONNECT_MAX_SECONDS = 30.0
 RECONNECT_FIRST_SECONDS = 0.5
 RECONNECT_IN_CALL_MAX_SECONDS = 1.0
+RECONNECT_MIN_SECONDS = 0.05  # the shortest wait, jitter and the last attempt's own time taken off
 MEMORY_RETURN_DELAY = 1.0  # seconds after a session ends
 
 
@@ -52,7 +54,7 @@ class GenerateToken:
     session_id: str
     uid: str
     expires_at: int
-    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    ice_servers: list[IceServer] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class Call:
     direction: str | None = None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Call:
+    def from_json(cls, data: Mapping[str, Any]) -> Call:
+        """From the protocol's Call object (a `kiosk.protocol.CallJson`)."""
         return cls(
             session_id=data["sessionId"],
             type=CallType(data["type"]),
@@ -123,7 +126,7 @@ class Calls:
         ca_file: str | Path | None = None,
     ) -> None:
         check_aiortc()  # aiortc's private parts this SDK uses: IncompatibleLibrary now, not mid-call
-        if video_codec is not None and video_codec.upper() not in ("VP8", "H264"):
+        if video_codec is not None and video_codec.upper() not in VIDEO_CODECS:
             raise ValueError("video_codec must be 'VP8' or 'H264'")
         # Several addresses: the same service (server processes sharing Redis, docs/scale-out.md). The
         # first is used until it cannot be reached; then the next, in turn.
@@ -211,7 +214,7 @@ class Calls:
         if self._signaling is not None:
             self._signaling.set_server(self.server_url)
 
-    async def _connect_any(self, token: str) -> dict[str, Any]:
+    async def _connect_any(self, token: str) -> UserJson:
         """Open signaling to the address in use, else to each other one in turn; the last failure is
         raised if none can be reached. Only an address that cannot be reached is passed over."""
         assert self._signaling is not None
@@ -264,7 +267,7 @@ class Calls:
         elif session is not None:
             self._session = None
             reason = "hangup" if len(session.participants) == 1 else "disconnected"
-            self._ending = asyncio.ensure_future(self._on_session_ended(session, {"reason": reason}))
+            self._ending = asyncio.ensure_future(self._on_session_ended(session, reason))
         if self.reconnect and (self._reconnect_task is None or self._reconnect_task.done()):
             self._reconnect_task = asyncio.ensure_future(self._reconnect_loop())
 
@@ -298,7 +301,7 @@ class Calls:
         hung-up 1:1 call is (on_call_ended), whatever its size."""
         if self._session is session:
             self._session = None
-            self._ending = asyncio.ensure_future(self._on_session_ended(session, {"reason": "lost"}))
+            self._ending = asyncio.ensure_future(self._on_session_ended(session, "lost"))
 
     async def _reconnect_loop(self) -> None:
         delay = RECONNECT_FIRST_SECONDS
@@ -306,7 +309,7 @@ class Calls:
         loop = asyncio.get_running_loop()
         while not self._closing:
             # Jitter spreads a fleet's retries; the delay counts from the start of the last attempt.
-            await asyncio.sleep(max(0.05, delay * (0.5 + random.random()) - waited))
+            await asyncio.sleep(max(RECONNECT_MIN_SECONDS, delay * (0.5 + random.random()) - waited))
             started = loop.time()
             try:
                 assert self._signaling is not None and self.auth_token is not None
@@ -620,18 +623,17 @@ class Calls:
 
     # ----------------------------------------------------------------- messages from the server
 
-    def _on_message(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "call.incoming":
+    def _on_message(self, message: ServerMessage) -> None:
+        if message["type"] == "call.incoming":
             self._on_call_incoming(Call.from_json(message["call"]))
-        elif kind == "call.updated":
+        elif message["type"] == "call.updated":
             self._on_call_updated(Call.from_json(message["call"]))
-        elif kind == "session.ended":
+        elif message["type"] == "session.ended":
             session = self._session
             if session is not None and session.session_id == message.get("sessionId"):
                 self._session = None  # from now on no in-call method reaches it
-                self._ending = asyncio.ensure_future(self._on_session_ended(session, message))
-        else:
+                self._ending = asyncio.ensure_future(self._on_session_ended(session, message.get("reason")))
+        elif is_session_message(message):
             session = self._session
             if session is not None and session.session_id == message.get("sessionId"):
                 # Messages can arrive between the server accepting our join and start() resuming;
@@ -666,8 +668,7 @@ class Calls:
         elif status == CallStatus.ENDED:
             self.listeners.emit("on_call_ended_message_received", call)
 
-    async def _on_session_ended(self, session: CallSession, message: dict[str, Any]) -> None:
-        reason = message.get("reason")
+    async def _on_session_ended(self, session: CallSession, reason: str | None) -> None:
         # on_call_ended is for 1:1 calls: a hangup, or an end for everyone with one other participant.
         # "lost": we could not get back into the session; for us the call is over.
         one_to_one = reason in ("hangup", "lost") or (reason == "ended" and len(session.participants) == 1)

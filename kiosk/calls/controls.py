@@ -8,16 +8,12 @@ device, for every peer at once), and tells the others in the background (`media.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from kiosk.calls.constants import Mode, parse_enum
 from kiosk.calls.errors import CallsError, NotSupportedError
-from kiosk.calls.ports import CallView, EventSink
+from kiosk.calls.ports import CallView, EventSink, Send
 from kiosk.calls.settings import CallSettings
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.devices import DeviceError, MediaDevices
-
-Send = Callable[..., None]  # send(message_type, **fields): tell the others, in the background
 
 
 class InCallControls:

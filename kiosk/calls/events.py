@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,8 @@ class RTCUser:
     avatar: str | None = None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RTCUser:
+    def from_json(cls, data: Mapping[str, Any]) -> RTCUser:
+        """From the protocol's user object (a `kiosk.protocol.UserJson`, or any with `uid`)."""
         return cls(uid=str(data["uid"]), name=str(data.get("name") or ""), avatar=data.get("avatar"))
 
 
@@ -179,9 +180,9 @@ def _handler(listener: Any, event: str) -> Callable[..., Any] | None:
 
     An inherited no-op default does not hide an alias the subclass really implements.
     """
-    own = getattr(listener, event, None)
+    own: object = getattr(listener, event, None)
     alias = ALIASES.get(event)
-    other = getattr(listener, alias, None) if alias else None
+    other: object = getattr(listener, alias, None) if alias else None
     if callable(other) and (not callable(own) or _is_default(listener, event)):
         return other
     return own if callable(own) else None

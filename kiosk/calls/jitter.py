@@ -40,6 +40,8 @@ class MarkerJitterBuffer(JitterBuffer):
             if packet.marker:
                 self.remove(count + 1)
                 return JitterFrame(
+                    # `_data`: the depayloaded payload aiortc's receiver sets, undeclared (its own buffer
+                    # reads it so too).
                     data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
                     timestamp=packet.timestamp,
                 )

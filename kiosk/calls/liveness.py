@@ -120,7 +120,7 @@ class SignalingProbe:
         signaling = host.signaling
         probed = signaling.generation
         try:
-            await signaling.request("ping", timeout=SIGNALING_PROBE_TIMEOUT)
+            await signaling.request({"type": "ping"}, timeout=SIGNALING_PROBE_TIMEOUT)
         except ConnectionFailedError as exc:
             if self._active() and host.signaling_connected and signaling.generation == probed:
                 log.info("signaling probe: %s; renewing the connection", exc)

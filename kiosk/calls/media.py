@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 from kiosk.calls.peer import ParticipantStats, RemoteParticipant
 from kiosk.calls.ports import AudioCallback, FrameCallback, SessionHost
 from kiosk.media.capture import AudioCapture, VideoCapture
+from kiosk.protocol import IceServer, Negotiation
 
 # A peer's media has stopped when nothing arrived for this long (audio flows 50 times a second, even
 # muted: digital silence).
@@ -44,10 +45,10 @@ class MediaContext:
     started_at: float
     on_video_frame: FrameCallback
     on_audio_frame: AudioCallback
-    on_peer_state: Callable[[Any, str], None]
+    on_peer_state: PeerStateCallback
     spawn: Spawn
     emit_error: Callable[[str, str], None]
-    ice_servers: list[dict[str, Any]] = field(default_factory=list)  # from the joined reply
+    ice_servers: list[IceServer] = field(default_factory=list)  # from the joined reply
     clock: Callable[[], float] = time.monotonic
 
 
@@ -69,10 +70,15 @@ class MediaLink(Protocol):
     async def close(self) -> None: ...
 
 
+# A connection's state changed (aiortc's connectionState: "connecting", "connected", "failed"...).
+PeerStateCallback = Callable[[MediaLink, str], None]
+
+
 class SessionMedia(Protocol):
     """A session's connections to the other participants: one RemoteMedia per participant."""
 
-    mode: MediaMode
+    @property
+    def mode(self) -> MediaMode: ...
 
     @property
     def peers(self) -> Mapping[str, MediaLink]:
@@ -90,11 +96,11 @@ class SessionMedia(Protocol):
 
     def participant_left(self, uid: str) -> None: ...
 
-    def handle(self, message: dict[str, Any]) -> None:
+    def handle(self, message: Negotiation) -> None:
         """A negotiation message from the server (offer, answer, candidate)."""
         ...
 
-    def broken(self, uid: str, peer: Any) -> bool:
+    def broken(self, uid: str, peer: MediaLink) -> bool:
         """Whether `uid`'s connection, whose media has flowed, no longer carries it."""
         ...
 

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from kiosk.calls.events import RTCUser
 from kiosk.calls.media import (
@@ -33,6 +33,7 @@ from kiosk.calls.media import (
     MediaLink,
 )
 from kiosk.calls.peer import ParticipantStats, RemoteParticipant, RemotePeer
+from kiosk.protocol import Negotiation, SdpRequest
 
 log = logging.getLogger(__name__)
 
@@ -114,23 +115,26 @@ class MeshMedia:
         if peer is not None:
             self._context.spawn(peer.close())
 
-    def handle(self, message: dict[str, Any]) -> None:
+    def handle(self, message: Negotiation) -> None:
         if self._handed_over:
             return  # a mesh negotiation overtaken by the switch to the SFU
-        kind = message["type"]
-        if kind == "offer":
+        if message["type"] == "offer":
             uid = message["from"]
             self._offers_seen[uid] = self._offers_seen.get(uid, 0) + 1
             self._context.spawn(
                 self._answer(uid, message["sdp"], self._offers_seen[uid], message.get("negotiationId"))
             )
-        elif kind == "answer":
+        elif message["type"] == "answer":
             self._context.spawn(
                 self._accept_answer(message["from"], message["sdp"], message.get("negotiationId"))
             )
         # "candidate": aiortc puts every candidate in the SDP; trickled ones are not needed.
 
-    def broken(self, uid: str, peer: MeshPeer) -> bool:
+    def broken(self, uid: str, peer: MediaLink) -> bool:
+        mesh_peer = self._peers.get(uid)
+        if mesh_peer is None or mesh_peer is not peer:
+            return False  # not (or no longer) this mesh's connection to uid
+        peer = mesh_peer
         now = self._context.clock()
         if peer.signaling_state == "have-local-offer" and peer.offered_at:
             return now - peer.offered_at > OFFER_ANSWER_SECONDS  # our offer went unanswered
@@ -178,9 +182,14 @@ class MeshMedia:
             sdp = await peer.create_offer()
             if c.active() and not peer.closed:
                 log.info("offer %s to %s", peer.negotiation_id, peer.uid)
-                await c.host.signaling.request(
-                    "offer", sessionId=c.session_id, to=peer.uid, sdp=sdp, negotiationId=peer.negotiation_id
-                )
+                offer: SdpRequest = {
+                    "type": "offer",
+                    "sessionId": c.session_id,
+                    "to": peer.uid,
+                    "sdp": sdp,
+                    "negotiationId": peer.negotiation_id,
+                }
+                await c.host.signaling.request(offer)
 
     async def _answer(self, uid: str, sdp: str, seen: int = 0, negotiation: str | None = None) -> None:
         c = self._context
@@ -199,8 +208,10 @@ class MeshMedia:
                 return  # a newer offer came meanwhile: it gets the answer
             if c.active() and not peer.closed:
                 log.info("answer %s to %s", negotiation or "", uid)
-                fields = {"negotiationId": negotiation} if negotiation else {}
-                await c.host.signaling.request("answer", sessionId=c.session_id, to=uid, sdp=answer, **fields)
+                reply: SdpRequest = {"type": "answer", "sessionId": c.session_id, "to": uid, "sdp": answer}
+                if negotiation:
+                    reply["negotiationId"] = negotiation
+                await c.host.signaling.request(reply)
 
     async def _accept_answer(self, uid: str, sdp: str, negotiation: str | None = None) -> None:
         peer = self._peers.get(uid)

@@ -31,7 +31,9 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 
 from kiosk.calls.events import RTCUser
 from kiosk.calls.jitter import release_frames_on_marker
+from kiosk.media.capture import OutgoingTrack
 from kiosk.media.pattern import latency_ms, read_stamp
+from kiosk.protocol import IceServer
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,11 @@ class RemoteParticipant:
 
 FrameSink = Callable[[str, av.VideoFrame], None]
 AudioSink = Callable[[str, av.AudioFrame], None]
+# A connection's state changed: (the connection, aiortc's connectionState).
+StateSink = Callable[["RemoteMedia", str], None]
 
 
-def _ice_servers(servers: list[dict[str, Any]]) -> list[RTCIceServer]:
+def _ice_servers(servers: list[IceServer]) -> list[RTCIceServer]:
     return [
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
         for s in servers
@@ -93,10 +97,9 @@ def _sending_codec(transceiver: RTCRtpTransceiver) -> str | None:
 def _share_encoder(transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> None:
     """Let a capture track send the shared encoder's packets for the codec this peer negotiated,
     and tell it the peer's bitrate estimates, which aiortc would otherwise give its own encoder."""
-    send_codec = getattr(track, "send_codec", None)
-    if send_codec is None:
+    if not isinstance(track, OutgoingTrack):
         return
-    send_codec(lambda: _sending_codec(transceiver))
+    track.send_codec(lambda: _sending_codec(transceiver))
     sender = transceiver.sender
     handle_rtcp = sender._handle_rtcp_packet
 
@@ -108,7 +111,7 @@ def _share_encoder(transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> N
                     track.set_bitrate_estimate(bitrate)
         await handle_rtcp(packet)
 
-    sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]  # aiortc has no hook for it
 
 
 def _forward_keyframe_requests(video: RTCRtpTransceiver, on_keyframe_request: Callable[[], None]) -> None:
@@ -120,7 +123,7 @@ def _forward_keyframe_requests(video: RTCRtpTransceiver, on_keyframe_request: Ca
         ask_encoder()
         on_keyframe_request()
 
-    video.sender._send_keyframe = keyframe  # type: ignore[method-assign]
+    video.sender._send_keyframe = keyframe  # type: ignore[method-assign]  # aiortc has no hook for it
 
 
 def _prefer_video_codec(video: RTCRtpTransceiver, video_codec: str) -> None:
@@ -137,7 +140,7 @@ def allow_close_while_connecting(pc: RTCPeerConnection) -> None:
     before that task is done (a rebuilt or replaced connection, the switch to an SFU) makes it fail
     with InvalidStateError, which nobody awaits and asyncio logs as an error. Closing is our choice:
     that failure is expected, any other is still raised."""
-    connect = pc._RTCPeerConnection__connect  # type: ignore[attr-defined]
+    connect = pc._RTCPeerConnection__connect  # type: ignore[attr-defined]  # aiortc's private, mangled
 
     async def connect_or_closed() -> None:
         try:
@@ -146,7 +149,7 @@ def allow_close_while_connecting(pc: RTCPeerConnection) -> None:
             if pc.connectionState != "closed":
                 raise
 
-    pc._RTCPeerConnection__connect = connect_or_closed  # type: ignore[attr-defined]
+    pc._RTCPeerConnection__connect = connect_or_closed  # type: ignore[attr-defined]  # as above
 
 
 class RemoteMedia:
@@ -161,11 +164,11 @@ class RemoteMedia:
         self,
         participant: RemoteParticipant,
         *,
-        ice_servers: list[dict[str, Any]],
+        ice_servers: list[IceServer],
         session_started_at: float,
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
-        on_connection_state: Callable[[Any, str], None],
+        on_connection_state: StateSink,
     ) -> None:
         self.participant = participant
         self.uid = participant.user.uid
@@ -202,6 +205,8 @@ class RemoteMedia:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.VideoFrame):
+                continue  # a received track brings decoded frames (aiortc types recv() for any track)
             now = self.last_media_at = time.monotonic()
             if self.stats.first_frame_ms is None:
                 self.stats.first_frame_ms = (now - self._session_started_at) * 1000
@@ -218,6 +223,8 @@ class RemoteMedia:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, av.AudioFrame):
+                continue  # as for video
             self.last_media_at = time.monotonic()
             samples = frame.to_ndarray().ravel().astype(np.float64)
             self.stats.audio_frames_decoded += 1
@@ -268,6 +275,13 @@ class RemoteMedia:
                 s.bytes_received = item.bytesReceived
                 s.bytes_sent = item.bytesSent
 
+    async def close(self) -> None:
+        """Close the connection (`RemotePeer` and `SfuFeed` close their own parts first)."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._close_media()
+
     async def _close_media(self) -> None:
         """Close the peer connection, then stop the track consumers (after `closed` is set)."""
         with contextlib.suppress(Exception):
@@ -288,12 +302,12 @@ class RemotePeer(RemoteMedia):
         *,
         audio_track: MediaStreamTrack,
         video_track: MediaStreamTrack,
-        ice_servers: list[dict[str, Any]],
+        ice_servers: list[IceServer],
         video_codec: str | None,
         session_started_at: float,
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
-        on_connection_state: Callable[[RemotePeer, str], None],
+        on_connection_state: StateSink,
         on_keyframe_request: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(

@@ -2,10 +2,11 @@
 
 A `CallSession` is given these instead of the `Calls` client that made it, so that its decisions
 (glare, rebuilds, resubscriptions) can be driven by fakes in tests, as gpiozero's devices are driven
-by its mock pin factory: `SignalingChannel` carries requests to the call server, `EventSink` takes
-the documents' events, `CallView` is the application's screen (optional hooks), `SessionHost` is the
-rest: devices, codec, recording directory, the signaling connection's upkeep, and the callback by
-which the session says it is over.
+by its mock pin factory: `SignalingChannel` carries requests to the call server (the typed messages
+of kiosk.protocol), `EventSink` takes the documents' events, `CallView` is the application's screen
+(optional hooks), `SessionHost` is the rest: devices, codec, recording directory, the signaling
+connection's upkeep, and the callback by which the session says it is over. `Send` is how the
+session's own parts (controls, recording) tell the others through it.
 """
 
 from __future__ import annotations
@@ -15,15 +16,28 @@ import logging
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import av
+
+from kiosk.protocol import (
+    AuthRequest,
+    ClientMessage,
+    JoinedReply,
+    JoinRequest,
+    OkReply,
+    PingRequest,
+    PongReply,
+)
 
 if TYPE_CHECKING:
     from kiosk.calls.constants import Mode
     from kiosk.media.devices import MediaDevices
 
 log = logging.getLogger(__name__)
+
+
+Accepted = OkReply | JoinedReply | PongReply  # a request's reply when it is not refused
 
 
 class SignalingChannel(Protocol):
@@ -37,10 +51,34 @@ class SignalingChannel(Protocol):
         """Counts the connections made: tells this connection from a newer one."""
         ...
 
-    async def request(self, message_type: str, *, timeout: float = ..., **fields: Any) -> dict[str, Any]:
-        """Send a message and wait for its reply; CallsError on an error reply, ConnectionFailedError
-        when the connection is gone or the reply is late."""
+    @overload
+    async def request(self, message: JoinRequest, *, timeout: float = ...) -> JoinedReply: ...
+
+    @overload
+    async def request(self, message: PingRequest, *, timeout: float = ...) -> PongReply: ...
+
+    @overload
+    async def request(self, message: AuthRequest, *, timeout: float = ...) -> OkReply: ...
+
+    @overload
+    async def request(self, message: ClientMessage, *, timeout: float = ...) -> Accepted: ...
+
+    async def request(self, message: ClientMessage, *, timeout: float = ...) -> Accepted:
+        """Send a message and wait for its reply (`joined` to `join`, `pong` to `ping`, else `ok`);
+        CallsError on an error reply, ConnectionFailedError when the connection is gone or the reply
+        is late."""
         ...
+
+
+# What a session's parts tell the others: requests whose fields, but for the session id, are booleans.
+SessionNotice = Literal["media.state", "switch.video", "recording"]
+
+
+class Send(Protocol):
+    """How a session's part tells the others (in the background; the session adds its id):
+    `send("media.state", audioMuted=True, videoMuted=False)`."""
+
+    def __call__(self, message_type: SessionNotice, **fields: bool) -> None: ...
 
 
 class EventSink(Protocol):
@@ -60,10 +98,17 @@ class SessionOver(StrEnum):
 class SessionHost(Protocol):
     """The client a session belongs to, as the session needs it."""
 
-    devices: MediaDevices
-    video_codec: str | None
-    recording_dir: Path
-    listeners: EventSink
+    @property
+    def devices(self) -> MediaDevices: ...
+
+    @property
+    def video_codec(self) -> str | None: ...
+
+    @property
+    def recording_dir(self) -> Path: ...
+
+    @property
+    def listeners(self) -> EventSink: ...
 
     @property
     def signaling(self) -> SignalingChannel: ...

@@ -19,13 +19,11 @@ import av
 
 from kiosk.calls.errors import CallsError
 from kiosk.calls.events import RTCRecordingInfo, RTCUser
-from kiosk.calls.ports import EventSink
+from kiosk.calls.ports import EventSink, Send
 from kiosk.calls.recorder import CallRecorder
 from kiosk.media.capture import AudioCapture
 
 log = logging.getLogger(__name__)
-
-Send = Callable[..., None]  # send(message_type, **fields): tell the others, in the background
 
 
 class SessionRecording:

@@ -42,13 +42,30 @@ from kiosk.calls.liveness import MediaWatch, SignalingProbe
 from kiosk.calls.media import MEDIA_STALL_SECONDS, MediaContext, MediaLink, MediaMode, SessionMedia
 from kiosk.calls.mesh import MeshMedia, PeerFactory
 from kiosk.calls.peer import RemoteParticipant, SessionStats
-from kiosk.calls.ports import AudioCallback, CallView, SessionHost, SessionOver, SessionOverCallback
+from kiosk.calls.ports import (
+    AudioCallback,
+    CallView,
+    SessionHost,
+    SessionNotice,
+    SessionOver,
+    SessionOverCallback,
+)
 from kiosk.calls.recording import SessionRecording
 from kiosk.calls.settings import CallSettings
 from kiosk.calls.sfu_media import Publisher, PublisherFactory, SfuMedia
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, SpeakerSink
-from kiosk.protocol import DEFAULT_REJOIN_GRACE
+from kiosk.protocol import (
+    DEFAULT_REJOIN_GRACE,
+    JoinRequest,
+    LeaveRequest,
+    MediaJson,
+    ParticipantJson,
+    RecordingRequest,
+    SessionMessage,
+    SfuRoomJson,
+    check_client_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +97,7 @@ class CallSession:
         self.rejoined_since_loss = True  # False from a signaling loss until the rejoin succeeded
         self.active = False
         self._torn_down = False
-        self._early: list[dict[str, Any]] = []  # messages that came before the join completed
+        self._early: list[SessionMessage] = []  # messages that came before the join completed
         self.first_remote_frame_ms: float | None = None
         self.final_stats: SessionStats | None = None
         self._known_devices: list[MediaDeviceInfo] = []
@@ -144,17 +161,21 @@ class CallSession:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def _join_fields(self) -> dict[str, Any]:
+    def _join_request(self, call_token: str, *, rejoin: bool = False) -> JoinRequest:
         c = self.controls
-        return {"audioMuted": c.audio_muted, "videoMuted": c.video_muted, "audioOnly": c.audio_only}
+        request: JoinRequest = {"type": "join", "sessionId": self.session_id, "callToken": call_token}
+        if rejoin:
+            request["rejoin"] = True
+        request["audioMuted"] = c.audio_muted
+        request["videoMuted"] = c.video_muted
+        request["audioOnly"] = c.audio_only
+        return request
 
     async def start(self, call_token: str) -> None:
         devices = self._host.devices
         self._known_devices = devices.list_devices()
         self._known_modes = devices.audio_modes()
-        reply = await self._host.signaling.request(
-            "join", sessionId=self.session_id, callToken=call_token, **self._join_fields()
-        )
+        reply = await self._host.signaling.request(self._join_request(call_token))
         self.call_token = call_token
         self.rejoin_grace = float(reply.get("rejoinGraceMs", DEFAULT_REJOIN_GRACE * 1000)) / 1000
         self.active = True
@@ -174,9 +195,9 @@ class CallSession:
         for participant in self._participants.values():
             if participant.audio_muted or participant.video_muted:
                 self._emit_muted(participant)
-        media = reply.get("media") or {}
-        if media.get("mode") == "sfu":
-            self._use_sfu(media["sfu"])
+        room = _sfu_room(reply.get("media"))
+        if room is not None:
+            self._use_sfu(room)
         else:
             # We offer to those already in the session; anyone who joined after us offers to us. So the
             # early messages are replayed only after these offers are on their way.
@@ -199,14 +220,12 @@ class CallSession:
         """After the signaling reconnected: take our place in the session back (the server kept it
         for its grace, or builds the session again after a restart), then bring the participant
         list and any broken connection up to date."""
-        reply = await self._host.signaling.request(
-            "join", sessionId=self.session_id, callToken=self.call_token, rejoin=True, **self._join_fields()
-        )
+        reply = await self._host.signaling.request(self._join_request(self.call_token, rejoin=True))
         if not self.active:
             return
         self.rejoined_since_loss = True
         self.rejoin_grace = float(reply.get("rejoinGraceMs", self.rejoin_grace * 1000)) / 1000
-        listed = {}
+        listed: dict[str, RemoteParticipant] = {}
         for data in reply.get("participants", []):
             participant = _participant_from(data)
             listed[participant.user.uid] = participant
@@ -220,9 +239,9 @@ class CallSession:
             # kept while their media flows or until they rejoin within the grace.
             self._spawn(self._forget_unconfirmed(set(listed)))
         log.info("rejoined session %s (%d others)", self.session_id, len(listed))
-        media = reply.get("media") or {}
-        if media.get("mode") == "sfu":
-            self._use_sfu(media["sfu"])
+        room = _sfu_room(reply.get("media"))
+        if room is not None:
+            self._use_sfu(room)
             return
         for uid in listed:
             self.media.participant_back(uid, now_reachable=True)
@@ -238,7 +257,7 @@ class CallSession:
             # endpoint the call is over, rather than waiting alone for the idle timeout.
             self._on_over(SessionOver.LOST)
 
-    def _use_sfu(self, room: dict[str, Any]) -> None:
+    def _use_sfu(self, room: SfuRoomJson) -> None:
         """The session outgrew the mesh (or is past it already), or its room moved: publish into
         the room and subscribe to everyone else's there; participants, events and in-call methods
         stay as they were, so the application sees no difference."""
@@ -246,7 +265,7 @@ class CallSession:
         if isinstance(media, SfuMedia):
             self._spawn(media.use(room))
             return
-        handover = media.hand_over() if isinstance(media, MeshMedia) else {}
+        handover: Mapping[str, MediaLink] = media.hand_over() if isinstance(media, MeshMedia) else {}
         self.media = SfuMedia(self._context, room, handover=handover, new_publisher=self._new_publisher)
         self.media.start([])
 
@@ -293,16 +312,15 @@ class CallSession:
 
     # ----------------------------------------------------------------- signaling from the server
 
-    def receive(self, message: dict[str, Any]) -> None:
+    def receive(self, message: SessionMessage) -> None:
         if self.active:
             self.handle(message)
         elif not self._torn_down:
             self._early.append(message)
 
-    def handle(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
+    def handle(self, message: SessionMessage) -> None:
         events = self._host.listeners
-        if kind == "participant.joined":
+        if message["type"] == "participant.joined":
             participant = _participant_from(message["participant"])
             known = participant.user.uid in self._participants
             self._update_participant(participant)
@@ -310,25 +328,25 @@ class CallSession:
                 # It came back (rejoin, or the server restarted): one entry still, and its connection
                 # is repaired if its media stopped.
                 self.media.participant_back(participant.user.uid, now_reachable=bool(message.get("rejoined")))
-        elif kind == "participant.left":
+        elif message["type"] == "participant.left":
             self._participant_left(message["participant"]["uid"])
-        elif kind == "session.media":
-            media = message.get("media") or {}
-            if media.get("mode") == "sfu":
-                self._use_sfu(media["sfu"])
-        elif kind in ("offer", "answer", "candidate"):
+        elif message["type"] == "session.media":
+            room = _sfu_room(message.get("media"))
+            if room is not None:
+                self._use_sfu(room)
+        elif message["type"] == "offer" or message["type"] == "answer" or message["type"] == "candidate":
             self.media.handle(message)
-        elif kind == "media.state":
-            participant = self._participants.get(message["user"]["uid"])
-            if participant is not None:
-                participant.audio_muted = bool(message["audioMuted"])
-                participant.video_muted = bool(message["videoMuted"])
-                self._emit_muted(participant)
-        elif kind == "switch.video":
+        elif message["type"] == "media.state":
+            changed = self._participants.get(message["user"]["uid"])
+            if changed is not None:
+                changed.audio_muted = bool(message["audioMuted"])
+                changed.video_muted = bool(message["videoMuted"])
+                self._emit_muted(changed)
+        elif message["type"] == "switch.video":
             requested_by = RTCUser.from_json(message["requestedBy"]) if message.get("requestedBy") else None
             self.controls.become_video()
             events.emit("on_call_switched_to_video", CallSwitchRequestInfo(requested_by, self.session_id))
-        elif kind == "recording":
+        elif message["type"] == "recording":
             user = RTCUser.from_json(message["user"]) if message.get("user") else None
             events.emit(
                 "on_recording_toggled",
@@ -394,12 +412,13 @@ class CallSession:
             self._known_modes = modes
             self._emit_audio_modes()
 
-    def _send(self, message_type: str, **fields: Any) -> None:
+    def _send(self, message_type: SessionNotice, **fields: bool) -> None:
         """Tell the others in the background; a failure becomes on_error, never an exception here."""
+        message = check_client_message({"type": message_type, "sessionId": self.session_id, **fields})
 
         async def send() -> None:
             try:
-                await self._host.signaling.request(message_type, sessionId=self.session_id, **fields)
+                await self._host.signaling.request(message)
             except CallsError as exc:
                 self._emit_error(exc.code, f"{message_type}: {exc.message}")
 
@@ -417,11 +436,17 @@ class CallSession:
         self.idle.cancel()
         tell = was_active and notify_server and self._host.signaling_connected
         if self.recording.session_ends() and tell:
+            stopped: RecordingRequest = {
+                "type": "recording",
+                "sessionId": self.session_id,
+                "recording": False,
+            }
             with contextlib.suppress(CallsError):
-                await self._host.signaling.request("recording", sessionId=self.session_id, recording=False)
+                await self._host.signaling.request(stopped)
         if tell:
+            leave: LeaveRequest = {"type": "leave", "sessionId": self.session_id}
             with contextlib.suppress(CallsError):
-                await self._host.signaling.request("leave", sessionId=self.session_id)
+                await self._host.signaling.request(leave)
         self._view.close()
         await self.recording.close()
         try:
@@ -477,7 +502,14 @@ class CallSession:
         self._host.listeners.emit("on_error", CallError(code, message))
 
 
-def _participant_from(data: dict[str, Any]) -> RemoteParticipant:
+def _sfu_room(media: MediaJson | None) -> SfuRoomJson | None:
+    """The room a session's `media` names when it goes through the SFU; None for a mesh."""
+    if media and media["mode"] == "sfu":
+        return media["sfu"]
+    return None
+
+
+def _participant_from(data: ParticipantJson) -> RemoteParticipant:
     return RemoteParticipant(
         user=RTCUser.from_json(data),
         audio_muted=bool(data.get("audioMuted")),
@@ -613,7 +645,7 @@ class SessionInfo:
         return frozenset(media.talking) if isinstance(media, SfuMedia) else frozenset()
 
     @property
-    def sfu_room(self) -> dict[str, Any] | None:
+    def sfu_room(self) -> SfuRoomJson | None:
         """The SFU room the session goes through, as the server described it; None in a mesh."""
         media = self._session.media
         return media.room if isinstance(media, SfuMedia) else None

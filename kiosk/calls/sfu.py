@@ -39,6 +39,7 @@ from kiosk.calls.peer import (
     FrameSink,
     RemoteMedia,
     RemoteParticipant,
+    StateSink,
     _forward_keyframe_requests,
     _ice_servers,
     _prefer_video_codec,
@@ -56,6 +57,7 @@ from kiosk.janus import (
     JanusSession,
     JanusUnavailable,
 )
+from kiosk.protocol import IceServer
 
 # The SDK's names for the Janus client's errors: a refusal (`code`: Janus's or the VideoRoom's error
 # code), and Janus unreachable, not answering in time, or having dropped our session.
@@ -99,7 +101,7 @@ def _send_audio_level(sender: RTCRtpSender, meter: AudioLevelMeter) -> None:
             frame.audio_level = meter.dbov
         return frame
 
-    sender._next_encoded_frame = with_level  # type: ignore[method-assign]
+    sender._next_encoded_frame = with_level  # type: ignore[method-assign]  # aiortc has no hook for it
 
 
 def _participant(uid: str) -> RemoteParticipant:
@@ -127,7 +129,7 @@ class SfuPublisher:
         uid: str,
         audio_track: MediaStreamTrack,
         video_track: MediaStreamTrack | None,
-        ice_servers: list[dict[str, Any]],
+        ice_servers: list[IceServer],
         video_codec: str | None = None,
         on_publisher: Callable[[SfuPublisherInfo], None] | None = None,
         on_unpublished: Callable[[int], None] | None = None,
@@ -254,7 +256,7 @@ class SfuPublisher:
         session_started_at: float,
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
-        on_connection_state: Callable[[Any, str], None],
+        on_connection_state: StateSink,
         participant: RemoteParticipant | None = None,
     ) -> SfuFeed:
         """A started subscription to another publisher's feed, on this publisher's Janus session."""
@@ -305,11 +307,11 @@ class SfuFeed(RemoteMedia):
         feed: int,
         participant: RemoteParticipant,
         private_id: int | None,
-        ice_servers: list[dict[str, Any]],
+        ice_servers: list[IceServer],
         session_started_at: float,
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
-        on_connection_state: Callable[[Any, str], None],
+        on_connection_state: StateSink,
     ) -> None:
         super().__init__(
             participant,

@@ -26,7 +26,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -37,9 +37,18 @@ from kiosk.calls.media import (
     REBUILD_INTERVAL_SECONDS,
     MediaContext,
     MediaLink,
+    PeerStateCallback,
 )
-from kiosk.calls.peer import FrameSink, ParticipantStats, RemoteParticipant
-from kiosk.calls.sfu import ERROR_NO_SUCH_ROOM, AudioLevelMeter, SfuError, SfuPublisher, SfuPublisherInfo
+from kiosk.calls.peer import AudioSink, FrameSink, ParticipantStats, RemoteParticipant
+from kiosk.calls.sfu import (
+    ERROR_NO_SUCH_ROOM,
+    AudioLevelMeter,
+    SfuError,
+    SfuPublisher,
+    SfuPublisherInfo,
+    SfuUnavailable,
+)
+from kiosk.protocol import IceServer, Negotiation, SfuLostRequest, SfuRoomJson
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +62,7 @@ class Publisher(Protocol):
 
     feed: int | None
     publishers: dict[int, str]
-    on_lost: Callable[[Exception], None] | None
+    on_lost: Callable[[SfuUnavailable], None] | None
 
     async def start(self) -> None: ...
 
@@ -63,8 +72,8 @@ class Publisher(Protocol):
         *,
         session_started_at: float,
         on_video_frame: FrameSink,
-        on_audio_frame: Callable[[str, Any], None],
-        on_connection_state: Callable[[Any, str], None],
+        on_audio_frame: AudioSink,
+        on_connection_state: PeerStateCallback,
         participant: RemoteParticipant | None = None,
     ) -> MediaLink: ...
 
@@ -81,7 +90,7 @@ class PublisherFactory(Protocol):
         uid: str,
         audio_track: MediaStreamTrack,
         video_track: MediaStreamTrack | None,
-        ice_servers: list[dict[str, Any]],
+        ice_servers: list[IceServer],
         video_codec: str | None,
         on_publisher: Callable[[SfuPublisherInfo], None],
         on_unpublished: Callable[[int], None],
@@ -102,13 +111,13 @@ class SfuMedia:
     def __init__(
         self,
         context: MediaContext,
-        room: dict[str, Any],
+        room: SfuRoomJson,
         *,
         handover: Mapping[str, MediaLink] | None = None,
         new_publisher: PublisherFactory | None = None,
     ) -> None:
         self._context = context
-        self._new_publisher: PublisherFactory = new_publisher or SfuPublisher  # type: ignore[assignment]
+        self._new_publisher: PublisherFactory = new_publisher or SfuPublisher
         self._room = room
         self._publisher: Publisher | None = None
         # The mesh's connections, until each participant's feed replaces its one.
@@ -129,8 +138,8 @@ class SfuMedia:
         return MappingProxyType(self._peers)
 
     @property
-    def room(self) -> dict[str, Any]:
-        return dict(self._room)
+    def room(self) -> SfuRoomJson:
+        return self._room.copy()
 
     @property
     def publisher(self) -> Publisher | None:
@@ -154,7 +163,7 @@ class SfuMedia:
         if peer is not None:
             self._context.spawn(peer.close())
 
-    def handle(self, message: dict[str, Any]) -> None:
+    def handle(self, message: Negotiation) -> None:
         pass  # a mesh negotiation overtaken by the switch to the SFU
 
     def broken(self, uid: str, peer: MediaLink) -> bool:
@@ -164,7 +173,7 @@ class SfuMedia:
 
     def start_allowance(self, uid: str) -> float:
         """How long a new feed from `uid` may take to bring its first media."""
-        return MEDIA_START_SECONDS * 2 ** min(self._fruitless.get(uid, 0), MAX_START_DOUBLINGS)
+        return MEDIA_START_SECONDS * 2.0 ** min(self._fruitless.get(uid, 0), MAX_START_DOUBLINGS)
 
     def repair(self, uid: str) -> None:
         self._resubscribe(uid)
@@ -177,7 +186,7 @@ class SfuMedia:
 
     # ----------------------------------------------------------------- publishing
 
-    async def use(self, room: dict[str, Any], again: bool = False) -> None:
+    async def use(self, room: SfuRoomJson, again: bool = False) -> None:
         """Publish into `room` (the one we have, or a new one the server moved the session to), and
         keep trying until it works or the session moves on."""
         if self._publisher is not None and self._room == room and not again:
@@ -197,7 +206,7 @@ class SfuMedia:
                 video_track=c.video.subscribe(),
                 ice_servers=c.ice_servers,
                 video_codec=c.host.video_codec,
-                on_publisher=lambda info: c.spawn(self._subscribe(info)),
+                on_publisher=self._on_publisher,
                 on_unpublished=self._unpublished,
                 on_talking=self._talking,
                 audio_level=self._level,
@@ -221,8 +230,9 @@ class SfuMedia:
 
     async def _report_room_lost(self, room: int) -> None:
         c = self._context
+        lost: SfuLostRequest = {"type": "sfu.lost", "sessionId": c.session_id, "room": room}
         try:
-            await c.host.signaling.request("sfu.lost", sessionId=c.session_id, room=room)
+            await c.host.signaling.request(lost)
         except CallsError as exc:
             log.info("telling the server that SFU room %s is gone: %s", room, exc)
 
@@ -251,6 +261,9 @@ class SfuMedia:
                 self._context.spawn(link.close())
 
     # ----------------------------------------------------------------- subscribing
+
+    def _on_publisher(self, info: SfuPublisherInfo) -> None:
+        self._context.spawn(self._subscribe(info))
 
     async def _subscribe(self, info: SfuPublisherInfo) -> None:
         c = self._context

@@ -12,12 +12,26 @@ import itertools
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import aiohttp
 
 from kiosk.calls.errors import CallsError, ConnectionFailedError
-from kiosk.protocol import MAX_MESSAGE_BYTES
+from kiosk.calls.ports import Accepted
+from kiosk.protocol import (
+    MAX_MESSAGE_BYTES,
+    REPLIES,
+    AuthRequest,
+    ClientMessage,
+    JoinedReply,
+    JoinRequest,
+    OkReply,
+    PingRequest,
+    PongReply,
+    ServerMessage,
+    UserJson,
+    server_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +39,7 @@ REQUEST_TIMEOUT = 15.0
 CONNECT_TIMEOUT = 3.0
 
 
-def _error_from(body: Any, status: int) -> CallsError:
+def _error_from(body: object, status: int) -> CallsError:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
         return CallsError(str(err.get("code", "UNKNOWN")), str(err.get("message", "")))
@@ -81,7 +95,7 @@ class SignalingClient:
         self,
         base_url: str,
         http: aiohttp.ClientSession,
-        on_message: Callable[[dict[str, Any]], None],
+        on_message: Callable[[ServerMessage], None],
         on_closed: Callable[[], None],
     ) -> None:
         self.url = ""
@@ -91,9 +105,9 @@ class SignalingClient:
         self._on_closed = on_closed
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, asyncio.Future[Accepted]] = {}
         self._ids = itertools.count(1)
-        self.user: dict[str, Any] | None = None
+        self.user: UserJson | None = None
 
     def set_server(self, base_url: str) -> None:
         """The server the next `connect` goes to (another address of the same service)."""
@@ -106,7 +120,7 @@ class SignalingClient:
     def connected(self) -> bool:
         return self._ws is not None and not self._ws.closed and self.user is not None
 
-    async def connect(self, auth_token: str) -> dict[str, Any]:
+    async def connect(self, auth_token: str) -> UserJson:
         try:
             # Bounded: a connect sent while the network is down waits on TCP's SYN retries (1, 3, 7 s
             # apart); a fresh attempt after the network is back gets through sooner.
@@ -119,25 +133,35 @@ class SignalingClient:
             ) from exc
         self.generation += 1
         self._reader = asyncio.get_running_loop().create_task(self._read(self._ws), name="signaling-reader")
-        reply = await self.request("auth", authToken=auth_token)
-        self.user = reply["user"]
-        return self.user
+        reply = await self.request({"type": "auth", "authToken": auth_token})
+        user = self.user = reply["user"]
+        return user
 
-    async def request(
-        self, message_type: str, *, timeout: float = REQUEST_TIMEOUT, **fields: Any
-    ) -> dict[str, Any]:
+    @overload
+    async def request(self, message: JoinRequest, *, timeout: float = ...) -> JoinedReply: ...
+
+    @overload
+    async def request(self, message: PingRequest, *, timeout: float = ...) -> PongReply: ...
+
+    @overload
+    async def request(self, message: AuthRequest, *, timeout: float = ...) -> OkReply: ...
+
+    @overload
+    async def request(self, message: ClientMessage, *, timeout: float = ...) -> Accepted: ...
+
+    async def request(self, message: ClientMessage, *, timeout: float = REQUEST_TIMEOUT) -> Accepted:
         """Send a message and wait for its `ok` (or `joined`, `pong`) reply; raise CallsError on `error`."""
         ws = self._ws
         if ws is None or ws.closed:
             raise ConnectionFailedError("not connected to the call server")
         request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await ws.send_str(json.dumps({"type": message_type, "id": request_id, **fields}))
+            await ws.send_str(json.dumps({"type": message["type"], "id": request_id, **message}))
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise ConnectionFailedError(f"no reply to {message_type} within {timeout:g} s") from None
+            raise ConnectionFailedError(f"no reply to {message['type']} within {timeout:g} s") from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise ConnectionFailedError(f"signaling connection lost: {exc}") from exc
         finally:
@@ -149,25 +173,26 @@ class SignalingClient:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 try:
-                    data = json.loads(msg.data)
+                    data = server_message(json.loads(msg.data))
                 except ValueError:
                     log.warning("server sent a frame that is not JSON")
                     continue
-                if not isinstance(data, dict):
-                    continue
-                future = self._pending.get(data.get("id")) if isinstance(data.get("id"), int) else None
-                if future is not None and data.get("type") in ("ok", "error", "joined", "pong"):
+                if data is None:
+                    continue  # not a message of this protocol
+                request_id = data.get("id")
+                future = self._pending.get(request_id) if isinstance(request_id, int) else None
+                if future is not None and data["type"] in REPLIES:
                     if future.done():
                         continue
                     if data["type"] == "error":
                         future.set_exception(_error_from(data, 0))
-                    else:
+                    elif data["type"] == "ok" or data["type"] == "joined" or data["type"] == "pong":
                         future.set_result(data)
                     continue
                 try:
                     self._on_message(data)
                 except Exception:
-                    log.exception("handling %s failed", data.get("type"))
+                    log.exception("handling %s failed", data["type"])
         finally:
             for future in self._pending.values():
                 if not future.done():

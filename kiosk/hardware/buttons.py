@@ -231,7 +231,14 @@ class ButtonPanel:
             self._add("volume_down", cfg.volume_down, on_press=down, on_hold=down, repeat=True)
 
     def _add(
-        self, name: str, config: ButtonSection, repeat: bool = False, **actions: Callable[[], object] | None
+        self,
+        name: str,
+        config: ButtonSection,
+        repeat: bool = False,
+        *,
+        on_press: Callable[[], object] | None = None,
+        on_tap: Callable[[], object] | None = None,
+        on_hold: Callable[[], object] | None = None,
     ) -> None:
         try:
             device = Button(
@@ -244,7 +251,16 @@ class ButtonPanel:
             )
         except Exception as exc:
             raise HardwareError(f"buttons.{name}.pin: cannot use GPIO {config.pin}: {exc}") from None
-        key = _Key(name, config, device, repeat=repeat, pressed=bool(device.is_pressed), **actions)
+        key = _Key(
+            name,
+            config,
+            device,
+            on_press=on_press,
+            on_tap=on_tap,
+            on_hold=on_hold,
+            repeat=repeat,
+            pressed=bool(device.is_pressed),
+        )
         self.keys[name] = key
         # On gpiozero's threads: a timestamp and a hand-over, nothing more.
         device.when_pressed = lambda: self._hand_over(self._edge, key, True, time.monotonic())

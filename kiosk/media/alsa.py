@@ -49,6 +49,7 @@ import alsaaudio
 import av
 import numpy as np
 
+from kiosk.audio_modes import AudioMode
 from kiosk.config import AudioModeDevice, AudioSection
 from kiosk.media.devices import (
     AUDIO_FRAME_SAMPLES,
@@ -556,7 +557,7 @@ def resolve_auto(section: AudioSection, cards: list[SoundCard]) -> AudioSection:
         return section
     proposal = propose_audio(cards)
     speaker = proposal.modes.get("SPEAKER")
-    modes: dict[str, AudioModeDevice] = {}
+    modes: dict[AudioMode, AudioModeDevice] = {}
     for mode, spec in section.modes.items():
         playback, capture = spec.playback, spec.capture
         if playback == "auto":
@@ -640,9 +641,18 @@ class AlsaAudio(MediaDevices):
         """Present modes in the configured fallback order (the base class uses AUDIO_MODES order)."""
         return [d.audio_mode for d in self.audio_outputs() if d.audio_mode]
 
+    def _mode_spec(self, mode: str | None) -> AudioModeDevice | None:
+        """`[audio.modes.<mode>]`, if `mode` names a configured one."""
+        if mode is None:
+            return None
+        try:
+            return self.section.modes.get(AudioMode(mode))
+        except ValueError:  # not a mode at all ("")
+            return None
+
     def input_for_mode(self, mode: str) -> MediaDeviceInfo | None:
         """The microphone to use in `mode`: its own capture PCM if configured and present, else the default."""
-        spec = self.section.modes.get(mode)
+        spec = self._mode_spec(mode)
         inputs = {d.device_id: d for d in self.audio_inputs()}
         if spec is not None and spec.capture and self.input_id(spec.capture) in inputs:
             return inputs[self.input_id(spec.capture)]
@@ -684,7 +694,7 @@ class AlsaAudio(MediaDevices):
         """The mode's mixer element: the configured one, or with "auto" the first of the usual
         playback elements its card has; None for "none" or a card with none (software gain)."""
         mode = next((d.audio_mode for d, _ in self._configured_outputs() if d.device_id == device_id), None)
-        spec = self.section.modes.get(mode or "")
+        spec = self._mode_spec(mode)
         if spec is None or spec.mixer == "none":
             return None
         ctl = spec.mixer_device or ctl_for_pcm(spec.playback)

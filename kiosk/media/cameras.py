@@ -149,7 +149,7 @@ class PacketHandoff(LatestHandoff[av.Packet]):
         self,
         loop: asyncio.AbstractEventLoop,
         max_pending: int,
-        on_gap: Callable[[], None] | None = None,
+        on_gap: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(loop)
         self.max_pending = max(1, max_pending)

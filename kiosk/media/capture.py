@@ -154,7 +154,8 @@ class _Capture:
         self._retry_at = 0.0
         self.frames_captured = 0
         self.on_restored: Callable[[], None] | None = None
-        # Called with every published frame (the call recorder listens to the local microphone here).
+        # Called with every published frame (the call recorder listens to the local microphone here);
+        # not with the packets of a camera that encodes by itself.
         self.taps: list[Callable[[av.frame.Frame], None]] = []
 
     def subscribe(self) -> OutgoingTrack:
@@ -224,13 +225,17 @@ class _Capture:
 
     def _publish(self, frame: av.frame.Frame | av.Packet) -> None:
         self.frames_captured += 1
-        raw = not isinstance(frame, av.Packet)
-        for track in list(self._subscribers):
-            if track.encoder is None or not raw:
+        if isinstance(frame, av.Packet):  # the camera's own encoding: every reader takes it as it is
+            for track in list(self._subscribers):
                 track._offer(frame)
-        if raw:
-            for encoder in list(self._encoders.values()):
-                encoder.submit(frame)  # type: ignore[arg-type]
+            return
+        for track in list(self._subscribers):
+            if track.encoder is None:
+                track._offer(frame)
+        for encoder in list(self._encoders.values()):
+            # A capture's encoders are of its kind (video frames to SharedVideoEncoder, audio to
+            # SharedAudioEncoder), which `Encoder`, the union of both, does not say.
+            encoder.submit(frame)  # type: ignore[arg-type]
         for tap in list(self.taps):
             try:
                 tap(frame)
@@ -465,7 +470,7 @@ class AudioCapture(_Capture):
             if frame is None:
                 due = started + (self._samples + AUDIO_FRAME_SAMPLES) / AUDIO_SAMPLE_RATE
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if frame is None or self.muted:
+            if not isinstance(frame, av.AudioFrame) or self.muted:  # a microphone gives audio frames
                 frame = self._silent_frame()
             frame.pts = self._samples
             frame.time_base = AUDIO_TIME_BASE

@@ -188,7 +188,7 @@ class SharedVideoEncoder:
             with self._lock:
                 while self._pending is None and not self._closed:
                     self._lock.wait()
-                if self._closed:
+                if self._closed or self._pending is None:  # the wait ends on a frame or on close
                     return
                 frame, self._pending = self._pending, None
                 keyframe, self._keyframe = self._keyframe, False
@@ -228,7 +228,9 @@ class SharedVideoEncoder:
         self.frames_encoded += 1
         for packet in packets:
             # aiortc's pack() turns pts into the RTP timestamp: keep the capture's clock.
-            packet.pts, packet.time_base = pts, time_base
+            packet.pts = pts
+            if time_base is not None:  # the capture gives every frame its clock
+                packet.time_base = time_base
         return packets
 
 
@@ -241,7 +243,7 @@ class SharedAudioEncoder:
         self._sinks: set[PacketSink] = set()
         self._bitrate = bitrate
         self._ctx: av.AudioCodecContext | None = None
-        self._pts: collections.deque[int] = collections.deque()
+        self._pts: collections.deque[int | None] = collections.deque()
         self.frames_encoded = 0
 
     @property

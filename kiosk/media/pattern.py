@@ -73,7 +73,7 @@ class TestPattern:
 def _plane(frame: av.VideoFrame, index: int, width: int, height: int) -> np.ndarray:
     """A writable (height, width) view of one plane of `frame` (rows may be padded)."""
     plane = frame.planes[index]
-    return np.frombuffer(plane, dtype=np.uint8).reshape(height, plane.line_size)[:, :width]
+    return np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(height, plane.line_size)[:, :width]
 
 
 def read_stamp(frame: av.VideoFrame) -> int | None:
@@ -81,7 +81,7 @@ def read_stamp(frame: av.VideoFrame) -> int | None:
     if frame.width < STAMP_BITS * 4 or frame.height < 64:
         return None
     plane = frame.planes[0]
-    luma = np.frombuffer(plane, dtype=np.uint8).reshape(frame.height, plane.line_size)
+    luma = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
     bw = frame.width // STAMP_BITS
     # The middle half of each block, both ways: codec ringing at the block edges stays out.
     inset_x, inset_y = bw // 4, BLOCK_HEIGHT // 4

@@ -333,7 +333,7 @@ def frame_from_yuv420(array: np.ndarray, width: int, height: int) -> av.VideoFra
     ):
         source = flat[offset : offset + plane_stride * plane_h].reshape(plane_h, plane_stride)
         plane = frame.planes[index]
-        target = np.frombuffer(plane, dtype=np.uint8).reshape(plane_h, plane.line_size)
+        target = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane_h, plane.line_size)
         target[:, :plane_w] = source[:, :plane_w]
         offset += plane_stride * plane_h
     return frame
@@ -619,8 +619,9 @@ class PiCamera(ThreadedCamera):
 def _packet_output(picamera2: Any, deliver: Callable[[Any, bool, int | None], None]) -> Any:
     """An instance of a picamera2 Output subclass that passes each encoded frame to `deliver`."""
     outputs = importlib.import_module(f"{picamera2.__name__}.outputs")
+    output_class: Any = outputs.Output  # imported at run time: picamera2 exists only on a Pi
 
-    class PacketOutput(outputs.Output):
+    class PacketOutput(output_class):
         def outputframe(
             self,
             frame: Any,

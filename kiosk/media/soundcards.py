@@ -82,7 +82,8 @@ def read_cards(root: Path = PROC_ASOUND) -> list[SoundCard]:
             continue  # the long-name line, or "--- no soundcards ---"
         index, card_id, driver, name = int(match[1]), match[2], match[3], match[4].strip()
         card_dir = root / f"card{index}"
-        playback, capture = [], []
+        playback: list[int] = []
+        capture: list[int] = []
         for entry in sorted(card_dir.glob("pcm*")):
             found = re.fullmatch(r"pcm(\d+)([pc])", entry.name)
             if found:

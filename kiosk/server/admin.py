@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kiosk.protocol import MAX_AVATAR_LENGTH, MAX_NAME_LENGTH, ProtocolError
+from kiosk.protocol import MAX_AVATAR_LENGTH, MAX_NAME_LENGTH, ProtocolError, UserJson
 from kiosk.server.models import User
 from kiosk.server.storage import SqliteDatabase, UserExistsError
 from kiosk.server.tokens import hash_secret, new_secret
@@ -40,7 +40,7 @@ def add_user(data_dir: Path, uid: str, name: str, avatar: str | None = None) -> 
     return {**user.to_json(), "authToken": token}
 
 
-def list_users(data_dir: Path) -> list[dict[str, Any]]:
+def list_users(data_dir: Path) -> list[UserJson]:
     """All users ordered by uid, as {"uid", "name", "avatar"}."""
     db = SqliteDatabase(Path(data_dir))
     if not db.path.exists():

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -27,6 +28,9 @@ from kiosk.server.state import LiveState, MemoryState
 from kiosk.server.storage import SqliteStorage, Storage
 from kiosk.server.tokens import CallTokens, load_admin_key, load_signing_key
 from kiosk.server.web import add_web_routes
+
+if TYPE_CHECKING:
+    from kiosk.server.redis_state import RedisState
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +112,18 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         admin = await loop.run_in_executor(None, load_admin_key, config.data_dir, config.admin_key)
         storage = SqliteStorage(config.data_dir)
     state: LiveState
+    redis_state: RedisState | None = None
     if config.redis_url is not None:
         # Several processes share the live state and reach each other's connections through Redis
         # (docs/scale-out.md). Imported here: only a server started with --redis needs redis-py.
         from kiosk.server.redis_state import RedisState
 
-        redis_state: RedisState | None = RedisState(
+        redis_state = RedisState(
             config.redis_url, rejoin_grace=config.rejoin_grace, ring_timeout=config.ring_timeout
         )
         state = redis_state
         hub = Hub(state, relay=redis_state, node_id=redis_state.node_id)
     else:
-        redis_state = None
         state = MemoryState()
         hub = Hub(state)
     tokens = CallTokens(signing_key, config.token_ttl)

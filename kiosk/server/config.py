@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kiosk.protocol import (
     DEFAULT_MAX_PARTICIPANTS,
@@ -13,6 +12,7 @@ from kiosk.protocol import (
     DEFAULT_RING_TIMEOUT,
     DEFAULT_SFU_MAX_PARTICIPANTS,
     DEFAULT_TOKEN_TTL,
+    IceServer,
 )
 
 # TURN credentials are valid this long (seconds). coturn checks the expiry in the username on every
@@ -34,7 +34,7 @@ class ServerConfig:
     # None: DEFAULT_MAX_PARTICIPANTS (a mesh), or DEFAULT_SFU_MAX_PARTICIPANTS with an SFU.
     max_participants: int = None  # type: ignore[assignment]  # always an int after __post_init__
     # Handed to clients as RTCPeerConnection iceServers, e.g. [{"urls": ["stun:stun.example.org"]}].
-    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    ice_servers: list[IceServer] = field(default_factory=list)
     # How long a participant whose connection dropped stays in its sessions, so that it can come back
     # (join with rejoin) without the others seeing it leave; 0 removes it at once.
     rejoin_grace: float = DEFAULT_REJOIN_GRACE
@@ -100,9 +100,9 @@ class ServerConfig:
             raise ValueError(f"database URL must start with postgresql:// or postgres:// (got {got})")
         if self.mesh_limit < 2:
             raise ValueError("mesh_limit must be at least 2")
-        for url in (self.janus_url, self.janus_public_url):
-            if url is not None and not url.startswith(("http://", "https://")):
-                raise ValueError(f"Janus URL {url!r} must start with http:// or https://")
+        for janus in (self.janus_url, self.janus_public_url):
+            if janus is not None and not janus.startswith(("http://", "https://")):
+                raise ValueError(f"Janus URL {janus!r} must start with http:// or https://")
         if self.janus_public_url is not None and self.janus_url is None:
             raise ValueError("a public Janus URL is set but no Janus URL (--janus-url)")
         if self.janus_url is not None and self.janus_public_url is None:

@@ -13,10 +13,11 @@ import logging
 import uuid
 from asyncio import Transport
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import WSCloseCode, web
 
+from kiosk.protocol import ServerMessage
 from kiosk.server.models import User
 from kiosk.server.state import LiveState
 
@@ -36,7 +37,7 @@ def node_of(conn_id: str) -> str:
 class Relay(Protocol):
     """Carries messages to the connections of other server processes."""
 
-    def publish(self, node: str, conn_ids: list[str], message: dict[str, Any]) -> None:
+    def publish(self, node: str, conn_ids: list[str], message: ServerMessage) -> None:
         """Queue `message` for these connections of `node`; never waits, keeps the order."""
 
 
@@ -57,7 +58,7 @@ class Connection:
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: ServerMessage) -> None:
         if self._closed:
             return
         try:
@@ -121,10 +122,10 @@ class Hub:
     def discard(self, conn: Connection) -> None:
         self._connections.pop(conn.id, None)
 
-    def send(self, conn_id: str, message: dict[str, Any]) -> None:
+    def send(self, conn_id: str, message: ServerMessage) -> None:
         self.send_many((conn_id,), message)
 
-    def send_many(self, conn_ids: Iterable[str], message: dict[str, Any]) -> None:
+    def send_many(self, conn_ids: Iterable[str], message: ServerMessage) -> None:
         remote: dict[str, list[str]] = {}
         for conn_id in conn_ids:
             conn = self._connections.get(conn_id)
@@ -140,14 +141,14 @@ class Hub:
         """(uid, connection id) of this process's authenticated connections."""
         return [(conn.user.uid, conn.id) for conn in self._connections.values() if conn.user is not None]
 
-    def deliver_local(self, conn_ids: list[str], message: dict[str, Any]) -> None:
+    def deliver_local(self, conn_ids: list[str], message: ServerMessage) -> None:
         """A message another node relayed to connections of this one (gone ones are skipped)."""
         for conn_id in conn_ids:
             conn = self._connections.get(conn_id)
             if conn is not None:
                 conn.send(message)
 
-    async def push_to_user(self, uid: str, message: dict[str, Any]) -> None:
+    async def push_to_user(self, uid: str, message: ServerMessage) -> None:
         """To every connection of the user (several endpoints or tabs)."""
         self.send_many(await self._state.connections_of(uid), message)
 

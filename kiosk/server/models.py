@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from kiosk.protocol import FINAL_CALL_STATUSES, CallStatus, CallType
+from kiosk.protocol import FINAL_CALL_STATUSES, CallJson, CallStatus, CallType, UserJson
 
 
 @dataclass(frozen=True)
@@ -14,7 +13,7 @@ class User:
     name: str
     avatar: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> UserJson:
         return {"uid": self.uid, "name": self.name, "avatar": self.avatar}
 
 
@@ -41,9 +40,9 @@ class CallRecord:
     def is_party(self, uid: str) -> bool:
         return uid in (self.initiator.uid, self.receiver.uid)
 
-    def to_json(self, viewer_uid: str | None = None) -> dict[str, Any]:
+    def to_json(self, viewer_uid: str | None = None) -> CallJson:
         """The protocol's Call object; with `viewer_uid`, plus that user's call-log `direction`."""
-        body: dict[str, Any] = {
+        body: CallJson = {
             "sessionId": self.session_id,
             "type": str(self.type),
             "status": str(self.status),

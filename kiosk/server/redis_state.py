@@ -44,14 +44,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import RedisError, WatchError
 
-from kiosk.protocol import ErrorCode, ProtocolError, SessionType
+from kiosk.protocol import ErrorCode, ProtocolError, ServerMessage, SessionType
 from kiosk.server.connections import node_of
 from kiosk.server.models import User
 from kiosk.server.state import LeaveOutcome, LiveState, Participant, Session
@@ -68,8 +68,20 @@ _RESERVATION_MARGIN_SECONDS = 60.0
 # The `periodic` work runs every this many heartbeats.
 _PERIODIC_EVERY = 4
 
+
+def _strings(reply: Iterable[object]) -> list[str]:
+    """A reply's strings as what they are. This client decodes every reply (decode_responses=True),
+    but redis-py types them `bytes | str` whatever the client (and zrange's as if scores came too)."""
+    return cast(list[str], list(reply))
+
+
+def _string(reply: object) -> str:
+    """One string reply (see _strings)."""
+    return cast(str, reply)
+
+
 # Delivers a message to some of this node's connections.
-Deliver = Callable[[list[str], dict[str, Any]], None]
+Deliver = Callable[[list[str], ServerMessage], None]
 # Removes an orphaned participant: (session id, connection id).
 LeaveOrphan = Callable[[str, str], Awaitable[None]]
 
@@ -298,7 +310,7 @@ class RedisState(LiveState):
         for uid, conn_id in self._local_connections() if self._local_connections is not None else []:
             await self.add_connection(uid, conn_id)
         key = self._k("orphans")
-        for entry in await self._redis.zrange(key, 0, -1):
+        for entry in _strings(await self._redis.zrange(key, 0, -1)):
             if node_of(entry.partition(" ")[0]) == self.node_id and await self._redis.zrem(key, entry):
                 await self._redis.sadd(self._k("node", self.node_id, "members"), entry)
 
@@ -320,7 +332,7 @@ class RedisState(LiveState):
         """Nodes whose heartbeat has gone that this node took over (each is claimed by one node)."""
         claimed = []
         deadline = int((time.time() + self._rejoin_grace) * 1000)
-        for node in await self._redis.smembers(self._k("nodes")):
+        for node in _strings(await self._redis.smembers(self._k("nodes"))):
             if node == self.node_id:
                 continue
             keys = [
@@ -340,7 +352,7 @@ class RedisState(LiveState):
         handed to one node only."""
         key = self._k("orphans")
         due = []
-        for entry in await self._redis.zrangebyscore(key, "-inf", int(time.time() * 1000)):
+        for entry in _strings(await self._redis.zrangebyscore(key, "-inf", int(time.time() * 1000))):
             if await self._redis.zrem(key, entry):
                 conn_id, _, session_id = entry.partition(" ")
                 due.append((session_id, conn_id))
@@ -348,7 +360,7 @@ class RedisState(LiveState):
 
     # --- delivery to other nodes ---
 
-    def publish(self, node: str, conn_ids: list[str], message: dict[str, Any]) -> None:
+    def publish(self, node: str, conn_ids: list[str], message: ServerMessage) -> None:
         """Queue a message for connections held by `node`; sent in order by one task."""
         payload = json.dumps({"to": conn_ids, "message": message}, separators=(",", ":"))
         self._outbox.put_nowait((self._channel(node), payload))
@@ -398,7 +410,7 @@ class RedisState(LiveState):
 
     async def _load(self, pipe: Pipeline | aioredis.Redis, session_id: str) -> Session | None:
         text = await pipe.get(self._k("session", session_id))
-        return _session_from_json(session_id, text) if text is not None else None
+        return _session_from_json(session_id, _string(text)) if text is not None else None
 
     def _drop_participant(self, pipe: Pipeline, session_id: str, participant: Participant) -> None:
         """Queue the index updates of a participant leaving (the session itself is written apart)."""
@@ -429,10 +441,10 @@ class RedisState(LiveState):
         await self._remove_connection(keys=keys, args=[conn_id, uid])
 
     async def connections_of(self, uid: str) -> list[str]:
-        return sorted(await self._redis.smembers(self._k("conns", uid)))
+        return sorted(_strings(await self._redis.smembers(self._k("conns", uid))))
 
     async def online_uids(self) -> set[str]:
-        return set(await self._redis.smembers(self._k("online")))
+        return set(_strings(await self._redis.smembers(self._k("online"))))
 
     # --- sessions ---
 
@@ -592,13 +604,13 @@ class RedisState(LiveState):
             if (session.sfu["room"] if session.sfu is not None else None) == replacing:
                 session.sfu = dict(room)
                 self._store(pipe, session)
-            return dict(session.sfu)
+            return dict(session.sfu) if session.sfu is not None else None
 
         result: dict[str, Any] | None = await self._transact([self._k("session", session_id)], body)
         return result
 
     async def sessions_of_connection(self, conn_id: str) -> list[str]:
-        return list(await self._redis.lrange(self._k("joined", conn_id), 0, -1))
+        return _strings(await self._redis.lrange(self._k("joined", conn_id), 0, -1))
 
     # --- calls in progress ---
 
@@ -621,4 +633,4 @@ class RedisState(LiveState):
         return int(await self._redis.zcard(self._k("orphans"))) == count
 
     async def live_nodes(self) -> set[str]:
-        return set(await self._redis.smembers(self._k("nodes")))
+        return set(_strings(await self._redis.smembers(self._k("nodes"))))

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kiosk.protocol import CallStatus, CallType, ErrorCode, ProtocolError
+from kiosk.protocol import CallStatus, CallType, CallUpdatedMessage, ErrorCode, ProtocolError
 from kiosk.server.clock import now_ms
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
@@ -315,7 +315,7 @@ class Ringing:
         if updated.is_final:
             await self._state.release_call(session_id)
         if notify:
-            message = {"type": "call.updated", "call": updated.to_json()}
+            message: CallUpdatedMessage = {"type": "call.updated", "call": updated.to_json()}
             await self._hub.push_to_user(updated.initiator.uid, message)
             await self._hub.push_to_user(updated.receiver.uid, message)
         return updated

@@ -6,15 +6,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Literal
 
 from kiosk.janus import JanusError
 from kiosk.protocol import (
     MAX_SESSIONS_PER_CONNECTION,
     CallStatus,
     CallType,
+    CandidateRelay,
     ErrorCode,
+    JoinedReply,
+    JoinRequest,
+    MediaJson,
+    MediaStateRequest,
+    ParticipantLeftMessage,
     ProtocolError,
+    RelayRequest,
+    SdpRelay,
+    SessionEndedMessage,
     SessionType,
 )
 from kiosk.server.clock import now_ms
@@ -37,7 +46,7 @@ def _others(session: Session, conn_id: str) -> list[str]:
     return [cid for cid in session.participants if cid != conn_id]
 
 
-def media_of(session: Session) -> dict[str, Any]:
+def media_of(session: Session) -> MediaJson:
     """The session's `media` as participants see it (docs/protocol.md, "Group calls through the SFU")."""
     if session.sfu is None:
         return {"mode": "mesh"}
@@ -67,9 +76,9 @@ class Sessions:
         # Set by the ringing service, which turns the end of a call's session into the end of the call.
         self.on_session_over: SessionOverHook | None = None
 
-    async def join(self, conn_id: str, user: User, msg: dict[str, Any]) -> dict[str, Any]:
+    async def join(self, conn_id: str, user: User, msg: JoinRequest) -> JoinedReply:
         """Join the session; returns the `joined` reply (without `id`)."""
-        session_id: str = msg["sessionId"]
+        session_id = msg["sessionId"]
         self._tokens.verify(msg["callToken"], uid=user.uid, session_id=session_id)
         if msg.get("rejoin"):
             rejoined = await self._rejoin(conn_id, user, session_id, msg)
@@ -109,7 +118,7 @@ class Sessions:
         log.info("%s joined %s session %s (%d in it)", user.uid, session.type, session_id, len(others) + 1)
         return self._joined_reply(session, conn_id, user, rejoined=False)
 
-    def _joined_reply(self, session: Session, conn_id: str, user: User, *, rejoined: bool) -> dict[str, Any]:
+    def _joined_reply(self, session: Session, conn_id: str, user: User, *, rejoined: bool) -> JoinedReply:
         """The `joined` reply (without `id`) for this connection's participant."""
         return {
             "type": "joined",
@@ -133,14 +142,14 @@ class Sessions:
         if session is None or session.sfu is not None or len(session.participants) < self._config.mesh_limit:
             return False
         async with self._room_change(session_id):
-            session = await self._state.get_session(session_id)
-            if session is None or session.sfu is not None:
+            current = await self._state.get_session(session_id)
+            if current is None or current.sfu is not None:
                 return False
             room = await self._new_room(
                 session_id,
                 replacing=None,
                 unavailable=f"the group-call media server is unavailable; session {session_id} stays at "
-                f"{len(session.participants)}",
+                f"{len(current.participants)}",
             )
             if room is None:
                 return False
@@ -155,8 +164,8 @@ class Sessions:
         if self._rooms is None or session.sfu is None or session.sfu["room"] != room_number:
             return
         async with self._room_change(session_id):
-            session = await self._state.get_session(session_id)
-            if session is None or session.sfu is None or session.sfu["room"] != room_number:
+            current = await self._state.get_session(session_id)
+            if current is None or current.sfu is None or current.sfu["room"] != room_number:
                 return  # replaced while we waited
             try:
                 if await self._rooms.exists(room_number):
@@ -168,13 +177,13 @@ class Sessions:
             room = await self._new_room(
                 session_id, replacing=room_number, unavailable="the group-call media server is unavailable"
             )
-            session = await self._state.get_session(session_id)
-            if room is None or session is None:
+            current = await self._state.get_session(session_id)
+            if room is None or current is None:
                 return
             log.info("SFU room %s of session %s was gone: now room %s", room_number, session_id, room.room)
             self._hub.send_many(
-                list(session.participants),
-                {"type": "session.media", "sessionId": session_id, "media": media_of(session)},
+                list(current.participants),
+                {"type": "session.media", "sessionId": session_id, "media": media_of(current)},
             )
 
     @contextlib.asynccontextmanager
@@ -224,8 +233,8 @@ class Sessions:
             log.warning("SFU room %s of session %s not destroyed: %s", room.room, room.session_id, exc)
 
     async def _rejoin(
-        self, conn_id: str, user: User, session_id: str, msg: dict[str, Any]
-    ) -> dict[str, Any] | None:
+        self, conn_id: str, user: User, session_id: str, msg: JoinRequest
+    ) -> JoinedReply | None:
         """The participant comes back on a new connection: it takes its place over, and the others
         are told so (participant.joined with rejoined). None if it is not in the session (then it
         joins as anyone would: after a server restart the session is built again this way)."""
@@ -251,12 +260,15 @@ class Sessions:
         log.info("%s rejoined session %s", user.uid, session_id)
         return self._joined_reply(session, conn_id, user, rejoined=True)
 
-    async def leave(self, conn_id: str, session_id: str, reason: str = "left") -> None:
+    async def leave(
+        self, conn_id: str, session_id: str, reason: Literal["left", "disconnected"] = "left"
+    ) -> None:
         """Remove one connection; a 1:1 session is then over for the other side (reason hangup)."""
         room = await self._room_of(session_id)
         outcome = await self._state.leave(session_id, conn_id)
         leaver = outcome.participant
         others = [p.conn_id for p in outcome.others]
+        message: SessionEndedMessage | ParticipantLeftMessage
         if outcome.session_over:
             message = {
                 "type": "session.ended",
@@ -290,10 +302,10 @@ class Sessions:
             key = (session_id, conn_id)
             if key in self._grace:
                 continue
-            self._grace[key] = loop.call_later(
-                self._config.rejoin_grace,
-                lambda key=key: loop.create_task(self._grace_over(*key), name="rejoin-grace"),
-            )
+            self._grace[key] = loop.call_later(self._config.rejoin_grace, self._grace_expired, key)
+
+    def _grace_expired(self, key: tuple[str, str]) -> None:
+        asyncio.get_running_loop().create_task(self._grace_over(*key), name="rejoin-grace")
 
     async def _grace_over(self, session_id: str, conn_id: str) -> None:
         self._grace.pop((session_id, conn_id), None)
@@ -350,21 +362,29 @@ class Sessions:
             # The session is gone either way; a failure to update its call must not undo that.
             log.exception("updating the call of session %s failed", session_id)
 
-    async def relay(self, conn_id: str, user: User, msg: dict[str, Any]) -> None:
+    async def relay(self, conn_id: str, user: User, msg: RelayRequest) -> None:
         """offer / answer / candidate to one other participant, named by uid."""
-        session_id: str = msg["sessionId"]
+        session_id = msg["sessionId"]
         session, _ = await self._state.member(session_id, conn_id)
         peer = session.by_uid(msg["to"]) if msg["to"] != user.uid else None
         if peer is None:
             raise ProtocolError(ErrorCode.PEER_NOT_FOUND, f"{msg['to']} is not in session {session_id}")
-        payload = "candidate" if msg["type"] == "candidate" else "sdp"
-        relayed = {"type": msg["type"], "sessionId": session_id, "from": user.uid, payload: msg[payload]}
-        if "negotiationId" in msg:
-            relayed["negotiationId"] = msg["negotiationId"]
+        relayed: SdpRelay | CandidateRelay
+        if msg["type"] == "candidate":
+            relayed = {
+                "type": "candidate",
+                "sessionId": session_id,
+                "from": user.uid,
+                "candidate": msg["candidate"],
+            }
+        else:
+            relayed = {"type": msg["type"], "sessionId": session_id, "from": user.uid, "sdp": msg["sdp"]}
+            if "negotiationId" in msg:
+                relayed["negotiationId"] = msg["negotiationId"]
         self._hub.send(peer.conn_id, relayed)
 
-    async def media_state(self, conn_id: str, user: User, msg: dict[str, Any]) -> None:
-        session_id: str = msg["sessionId"]
+    async def media_state(self, conn_id: str, user: User, msg: MediaStateRequest) -> None:
+        session_id = msg["sessionId"]
         session = await self._state.set_media(session_id, conn_id, msg["audioMuted"], msg["videoMuted"])
         self._hub.send_many(
             _others(session, conn_id),

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from kiosk.janus import ERROR_NO_SUCH_ROOM, REQUEST_TIMEOUT, VIDEOROOM, JanusError, JanusSession
+from kiosk.protocol import SfuRoomJson
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class SfuRoom:
             video_codecs=data.get("videoCodecs", VIDEO_CODECS),
         )
 
-    def for_client(self) -> dict[str, Any]:
+    def for_client(self) -> SfuRoomJson:
         """What a participant's SDK is told (never the secret)."""
         return {"url": self.api_url, "room": self.room, "pin": self.pin, "videoCodecs": self.video_codecs}
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from kiosk.protocol import (
     MAX_AUTH_TOKEN_LENGTH,
     MAX_MESSAGE_BYTES,
+    AuthRequest,
+    ClientMessage,
     ErrorCode,
+    OkReply,
     ProtocolError,
+    Reply,
+    RequestId,
     claims_other_sender,
     is_plausible_secret,
     parse_client_message,
@@ -22,7 +25,6 @@ from kiosk.protocol import (
 from kiosk.server import limits
 from kiosk.server.connections import Connection
 from kiosk.server.context import CONTEXT, ServerContext
-from kiosk.server.models import User
 from kiosk.server.tokens import hash_secret
 
 log = logging.getLogger(__name__)
@@ -36,75 +38,54 @@ MAX_FRAME_BYTES = 4 * MAX_MESSAGE_BYTES
 # How long closing waits for the client's close frame (server shutdown closes every connection).
 CLOSE_TIMEOUT_SECONDS = 3.0
 
-Handler = Callable[[ServerContext, Connection, User, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
-
-def _request_id(raw: str | bytes) -> str | int | None:
+def _request_id(raw: str | bytes) -> RequestId | None:
     """The `id` of a frame that failed the checks, if it has a usable one, so the error can echo it."""
     return request_id_of(raw) if isinstance(raw, str) else None
 
 
-def _reply(message: dict[str, Any], request_id: str | int | None) -> dict[str, Any]:
-    return message if request_id is None else {**message, "id": request_id}
+def _reply(message: Reply, request_id: RequestId | None) -> Reply:
+    if request_id is not None:
+        message["id"] = request_id
+    return message
 
 
-def _error(error: ProtocolError, request_id: str | int | None) -> dict[str, Any]:
+def _error(error: ProtocolError, request_id: RequestId | None) -> Reply:
     return _reply({"type": "error", "error": error.to_json()}, request_id)
 
 
-async def _join(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> dict[str, Any]:
-    return await ctx.sessions.join(conn.id, user, msg)
+async def _handle(ctx: ServerContext, conn: Connection, msg: ClientMessage) -> Reply | None:
+    """Act on one checked message; the reply, or None for a plain `ok`."""
+    if msg["type"] == "auth":
+        return await _auth(ctx, conn, msg)
+    user = conn.user
+    if user is None:
+        raise ProtocolError(ErrorCode.NOT_AUTHENTICATED, "send auth first")
+    if (field := claims_other_sender(msg, user.uid)) is not None:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{field!r} names another user; act only for yourself")
+    sessions = ctx.sessions
+    if msg["type"] == "join":
+        return await sessions.join(conn.id, user, msg)
+    if msg["type"] == "leave":
+        await sessions.leave(conn.id, msg["sessionId"])
+    elif msg["type"] == "end":
+        await sessions.end_from(conn.id, user, msg["sessionId"])
+    elif msg["type"] == "media.state":
+        await sessions.media_state(conn.id, user, msg)
+    elif msg["type"] == "switch.video":
+        await sessions.switch_video(conn.id, user, msg["sessionId"])
+    elif msg["type"] == "sfu.lost":
+        await sessions.sfu_lost(conn.id, msg["sessionId"], msg["room"])
+    elif msg["type"] == "recording":
+        await sessions.recording(conn.id, user, msg["sessionId"], msg["recording"])
+    elif msg["type"] == "ping":
+        return {"type": "pong"}
+    else:  # offer, answer, candidate
+        await sessions.relay(conn.id, user, msg)
+    return None
 
 
-async def _leave(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
-    await ctx.sessions.leave(conn.id, msg["sessionId"])
-
-
-async def _end(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
-    await ctx.sessions.end_from(conn.id, user, msg["sessionId"])
-
-
-async def _relay(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
-    await ctx.sessions.relay(conn.id, user, msg)
-
-
-async def _media_state(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
-    await ctx.sessions.media_state(conn.id, user, msg)
-
-
-async def _sfu_lost(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
-    await ctx.sessions.sfu_lost(conn.id, msg["sessionId"], msg["room"])
-
-
-async def _switch_video(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
-    await ctx.sessions.switch_video(conn.id, user, msg["sessionId"])
-
-
-async def _recording(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> None:
-    await ctx.sessions.recording(conn.id, user, msg["sessionId"], msg["recording"])
-
-
-async def _ping(ctx: ServerContext, conn: Connection, user: User, msg: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "pong"}
-
-
-# Handlers for authenticated connections; None from a handler means a plain `ok`.
-_HANDLERS: dict[str, Handler] = {
-    "join": _join,
-    "leave": _leave,
-    "end": _end,
-    "offer": _relay,
-    "answer": _relay,
-    "candidate": _relay,
-    "media.state": _media_state,
-    "switch.video": _switch_video,
-    "sfu.lost": _sfu_lost,
-    "recording": _recording,
-    "ping": _ping,
-}
-
-
-async def _auth(ctx: ServerContext, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+async def _auth(ctx: ServerContext, conn: Connection, msg: AuthRequest) -> OkReply:
     if conn.user is not None:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "this connection is already authenticated")
     guard = limits.guard_of(conn.ws)
@@ -144,7 +125,7 @@ async def handle_frame(ctx: ServerContext, conn: Connection, raw: str | bytes) -
 
     A frame over the connection's rate limit gets RATE_LIMITED instead (or, on sustained abuse, the
     connection is closed); a binary frame is MALFORMED."""
-    request_id: str | int | None = None
+    request_id: RequestId | None = None
     guard = limits.guard_of(conn.ws)
     verdict = guard.messages.check(len(raw.encode()) if isinstance(raw, str) else len(raw))
     if verdict is not limits.Verdict.ALLOW:
@@ -159,14 +140,7 @@ async def handle_frame(ctx: ServerContext, conn: Connection, raw: str | bytes) -
             request_id = _request_id(raw)
             raise
         request_id = msg.get("id")
-        if msg["type"] == "auth":
-            reply: dict[str, Any] | None = await _auth(ctx, conn, msg)
-        elif conn.user is None:
-            raise ProtocolError(ErrorCode.NOT_AUTHENTICATED, "send auth first")
-        elif (field := claims_other_sender(msg, conn.user.uid)) is not None:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"{field!r} names another user; act only for yourself")
-        else:
-            reply = await _HANDLERS[msg["type"]](ctx, conn, conn.user, msg)
+        reply = await _handle(ctx, conn, msg)
         conn.send(_reply(reply or {"type": "ok"}, request_id))
     except ProtocolError as exc:
         conn.send(_error(exc, request_id))

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiosk.protocol import ErrorCode, ProtocolError, SessionType
+from kiosk.protocol import ErrorCode, ParticipantJson, ProtocolError, SessionType
 from kiosk.server.models import User
 
 
@@ -30,7 +30,7 @@ class Participant:
     def uid(self) -> str:
         return self.user.uid
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ParticipantJson:
         return {
             **self.user.to_json(),
             "audioMuted": self.audio_muted,
@@ -298,7 +298,7 @@ class MemoryState(LiveState):
         current = session.sfu["room"] if session.sfu is not None else None
         if current == replacing:
             session.sfu = dict(room)
-        return dict(session.sfu)
+        return dict(session.sfu) if session.sfu is not None else None
 
     async def sessions_of_connection(self, conn_id: str) -> list[str]:
         return list(self._joined.get(conn_id, ()))

@@ -286,6 +286,7 @@ class SqliteDatabase:
         page: int,
         per_page: int,
     ) -> tuple[list[CallRecord], int]:
+        params: list[str | int]
         if direction == "outgoing":
             where, params = ["c.initiator_uid = ?"], [uid]
         elif direction == "incoming":

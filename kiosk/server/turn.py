@@ -13,8 +13,8 @@ import copy
 import hashlib
 import hmac
 import time
-from typing import Any
 
+from kiosk.protocol import IceServer
 from kiosk.server.config import ServerConfig
 
 
@@ -26,7 +26,7 @@ def turn_credentials(secret: str, uid: str, ttl: int, now: float | None = None) 
     return username, base64.b64encode(digest).decode("ascii")
 
 
-def ice_servers_for(config: ServerConfig, uid: str) -> list[dict[str, Any]]:
+def ice_servers_for(config: ServerConfig, uid: str) -> list[IceServer]:
     """RTCPeerConnection iceServers for `uid`: the configured ones, then TURN with fresh credentials."""
     servers = copy.deepcopy(config.ice_servers)  # the caller may change its copy
     if config.turn_urls and config.turn_secret:

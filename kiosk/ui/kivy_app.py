@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -134,7 +135,7 @@ class HomeScreen(Screen):
         for contact in app.contacts[:4]:  # four rows still leave each button taller than a fingertip
             button = BigButton(
                 f"Call {contact.name or contact.uid}",
-                action=lambda uid=contact.uid: app.controller.call(uid),
+                action=functools.partial(app.controller.call, contact.uid),
                 colour=GREEN,
                 font_size=32,
             )

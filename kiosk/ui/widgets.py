@@ -62,7 +62,7 @@ class VolumeControl(BoxLayout):
         kwargs.setdefault("spacing", 4)
         kwargs.setdefault("padding", 4)
         super().__init__(**kwargs)
-        key = {"size_hint_y": None, "height": self.KEY, "size_hint_min_y": self.KEY}
+        key: dict[str, Any] = {"size_hint_y": None, "height": self.KEY, "size_hint_min_y": self.KEY}
         self.up_button = BigButton("+", action=up, font_size=FONT_LARGE, **key)
         self.level = Label(text="", font_size=18, bold=True, color=TEXT, size_hint_y=None, height=36)
         self.down_button = BigButton("\u2212", action=down, font_size=FONT_LARGE, **key)
@@ -252,7 +252,7 @@ class VideoTile(ButtonBehavior, FloatLayout):
     def on_touch_move(self, touch: Any) -> bool:
         if touch.grab_current is self and self.parent is not None:
             area = self.parent
-            self.pos_hint = {}  # from now on where the finger left it
+            self.pos_hint: dict[str, float] = {}  # from now on where the finger left it
             x = min(max(area.x, touch.x - self._grab_offset[0]), area.right - self.width)
             y = min(max(area.y, touch.y - self._grab_offset[1]), area.top - self.height)
             self.pos = (x, y)

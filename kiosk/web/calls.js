@@ -4,6 +4,9 @@
 export const CALL_MODE = Object.freeze({ DEFAULT: "DEFAULT", SPOTLIGHT: "SPOTLIGHT" });
 export const CALL_TYPE = Object.freeze({ AUDIO: "audio", VIDEO: "video" });
 
+// Most of the constants below copy one of the Python side's (the Calls SDK's, kiosk/janus.py's,
+// kiosk/protocol.py's): tests/test_protocol_constants.py checks each against the one it copies.
+
 // How long to wait for ICE gathering: the Python side does not trickle, so candidates must be in the SDP.
 const GATHER_TIMEOUT_MS = 5000;
 const REQUEST_TIMEOUT_MS = 10000;
@@ -12,12 +15,16 @@ const SFU_REQUEST_TIMEOUT_MS = 5000; // one HTTP request to Janus
 const SFU_EVENT_TIMEOUT_MS = 10000; // a plugin's asynchronous reply (joined, configured, attached, started)
 const SFU_KEEPALIVE_MS = 25000; // Janus drops a session after 60 s without a request
 const SFU_POLL_TIMEOUT_MS = 45000; // Janus answers a quiet long poll after 30 s
+const SFU_POLL_MAX_EVENTS = 10; // events one long poll may bring
+const SFU_POLL_RETRY_MS = 200; // a failed long poll is retried once, after this
+const SFU_DESTROY_TIMEOUT_MS = 2000; // leaving: destroying the Janus session does not wait long
 const SFU_RETRY_MS = 1000; // between two attempts to (re)publish into the room
 const SFU_RESUBSCRIBE_MS = 2000; // a feed whose connection failed is subscribed again after this
 // Coming back after the signaling drops (docs/protocol.md, "Coming back"), as the Python Calls SDK does.
 const RECONNECT_FIRST_MS = 500;
 const RECONNECT_IN_CALL_MAX_MS = 1000;
 const RECONNECT_MAX_MS = 30000;
+const RECONNECT_MIN_MS = 50; // the shortest wait, jitter and the last attempt's own time taken off
 const CONNECT_TIMEOUT_MS = 3000; // one attempt: open the WebSocket and authenticate
 const PROBE_INTERVAL_MS = 2000; // in a call, `ping` this often...
 const PROBE_TIMEOUT_MS = 2000; // ...and renew a connection whose pong does not come within this
@@ -28,6 +35,8 @@ const REBUILD_INTERVAL_MS = 2000; // between two rebuilds of the same peer conne
 const OFFER_ANSWER_MS = 1500; // an offer unanswered this long is taken as lost
 const SIGNALING_REFRESH_AFTER_MS = 3000; // no media from anyone this long: renew the signaling too
 const SIGNALING_REFRESH_INTERVAL_MS = 4000;
+const REJOIN_GRACE_MS = 20000; // the server's default rejoin grace, until its `joined` reply says
+const IDLE_TIMEOUT_SECONDS = 180; // the documents' default idle timeout (setIdleTimeoutPeriod)
 
 export class CallsError extends Error {
   constructor(code, message) {
@@ -246,7 +255,7 @@ async function reconnect() {
   let waited = 0; // how long the last attempt itself took (a connect that timed out)
   while (state.reconnects === run) {
     // Jitter spreads a fleet's retries; the delay counts from the start of the last attempt.
-    await sleep(Math.max(50, delay * (0.5 + Math.random()) - waited));
+    await sleep(Math.max(RECONNECT_MIN_MS, delay * (0.5 + Math.random()) - waited));
     if (state.reconnects !== run) return;
     const started = Date.now();
     let connected;
@@ -394,7 +403,7 @@ export class CallSettingsBuilder {
       showScreenShareButton: true,
       showModeButton: true,
       showSwitchToVideoCallButton: true,
-      idleTimeoutSeconds: 180,
+      idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
       videoCodec: null, // "H264" or "VP8": put first in the offer/answer (setCodecPreferences), like the Python SDK
     };
   }
@@ -498,7 +507,8 @@ function mediaErrorMessage(err) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const transactionId = () => Math.random().toString(36).slice(2, 14);
 const sfuUnavailable = (message) => new CallsError("SFU_UNAVAILABLE", message);
-const JANUS_NO_SUCH_ROOM = 426;
+const JANUS_NO_SUCH_ROOM = 426; // a VideoRoom error: the room is gone (Janus restarted)
+const JANUS_NO_SUCH_SESSION = 458; // a Janus core error: our session is gone (timed out, Janus restarted)
 
 // One Janus API session over its HTTP transport: requests, a keepalive every 25 s, and one long poll
 // for the events of all its handles. Bodies go as text/plain (Janus reads any), so a request from the
@@ -614,7 +624,7 @@ class JanusSession {
       this.pollAbort = controller;
       const timer = setTimeout(() => controller.abort(), SFU_POLL_TIMEOUT_MS);
       try {
-        const url = `${this.url}/${this.id}?maxev=10&rid=${Date.now()}`;
+        const url = `${this.url}/${this.id}?maxev=${SFU_POLL_MAX_EVENTS}&rid=${Date.now()}`;
         const response = await fetch(url, { signal: controller.signal });
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         events = await response.json();
@@ -626,14 +636,14 @@ class JanusSession {
           this.lost(sfuUnavailable(`Janus poll failed: ${err.message}`));
           return;
         }
-        await sleep(200);
+        await sleep(SFU_POLL_RETRY_MS);
         continue;
       } finally {
         clearTimeout(timer);
       }
       for (const event of Array.isArray(events) ? events : [events]) {
         if (this.closed) return;
-        if (event?.janus === "error" && event.error?.code === 458) {
+        if (event?.janus === "error" && event.error?.code === JANUS_NO_SUCH_SESSION) {
           this.lost(sfuUnavailable("Janus dropped the session")); // it timed out there
           return;
         }
@@ -686,7 +696,7 @@ class JanusSession {
     this.stop(sfuUnavailable("the Janus session was closed"));
     if (this.pc) this.pc.close();
     if (this.id !== null && !this.error)
-      this.post(`/${this.id}`, { janus: "destroy" }, 2000, true).catch(() => {});
+      this.post(`/${this.id}`, { janus: "destroy" }, SFU_DESTROY_TIMEOUT_MS, true).catch(() => {});
   }
 }
 
@@ -714,7 +724,7 @@ class Session {
     this.idleTimer = null;
     // Staying in the call when the signaling drops (docs/protocol.md, "Coming back").
     this.callToken = null;
-    this.rejoinGraceMs = 20000; // the server says how long it keeps our place
+    this.rejoinGraceMs = REJOIN_GRACE_MS; // the server says how long it keeps our place
     this.rejoinedSinceLoss = true; // false from a signaling loss until the rejoin succeeded
     this.graceTimer = null;
     this.probeTimer = null;
