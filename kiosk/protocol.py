@@ -108,10 +108,7 @@ class ProtocolError(Exception):
         self.retry_after = None if retry_after is None else max(1, math.ceil(retry_after))
 
     def to_json(self) -> ErrorJson:
-        body: ErrorJson = {"code": str(self.code), "message": self.message}
-        if self.retry_after is not None:
-            body["retryAfterSeconds"] = self.retry_after
-        return body
+        return error_body(self.code, self.message, retry_after=self.retry_after)["error"]
 
     @property
     def http_status(self) -> int:
@@ -484,9 +481,10 @@ def _type_names(message: type) -> tuple[str, ...]:
 
 
 def _runtime_types(hint: object) -> tuple[type, ...]:
-    if get_origin(hint) in (Union, UnionType):
+    origin = get_origin(hint)
+    if origin in (Union, UnionType):
         return tuple(t for arg in get_args(hint) for t in _runtime_types(arg))
-    origin = get_origin(hint)  # dict[str, Any] -> dict
+    # dict[str, Any] -> dict
     kind = hint if origin is None else origin
     assert isinstance(kind, type), hint
     return (kind,)
