@@ -1,7 +1,7 @@
 """cpu_per_call_second_{vp8,h264}: CPU one endpoint spends per second of a 1:1 video call.
 
 Subject: the measured endpoint runs as its own process (`kiosk endpoint --session ... --codec ...
---loopback`, emulated 640x480 @ 30 fps camera and tone microphone), in a call through an embedded
+--loopback`, emulated 640x480 @ 30 fps camera and synthetic-voice microphone), in a call through an embedded
 call server with a Calls endpoint in the harness process. Once its video arrives and a warm-up has
 passed, its CPU time (user + system, all threads, from /proc/<pid>/stat) is read over a fixed
 window of wall time. The figure is CPU seconds per wall second (1.0 = one core busy).
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 from aiortc import RTCPeerConnection
 from aiortc.codecs import h264, vpx
 
@@ -45,7 +44,7 @@ from bench.common import (
 from bench.harness import Benchmark, RunSettings, Samples
 from kiosk.calls import Calls, CallSettingsBuilder
 from kiosk.media.devices import AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE
-from kiosk.media.emulated import EmulatedDevices
+from kiosk.media.emulated import EmulatedDevices, speech_like_voice
 from kiosk.media.encoding import AUDIO_TIME_BASE, opus_context
 from kiosk.media.pattern import TestPattern
 
@@ -254,16 +253,15 @@ def codec_baseline(codec: str, bitrate: int, frames: list[av.VideoFrame]) -> Cod
     return CodecReading((encode_s + decode_s) * FPS, encode_s * 1000, decode_s * 1000, kbps)
 
 
-def _tone_frames(count: int) -> list[av.AudioFrame]:
-    """`count` 20 ms frames of the emulated microphone's kind of tone, on the capture clock."""
-    tone = (0.3 * 32767 * np.sin(np.arange(AUDIO_SAMPLE_RATE) * 2 * np.pi * 660 / AUDIO_SAMPLE_RATE)).astype(
-        np.int16
-    )
-    per_second = AUDIO_SAMPLE_RATE // AUDIO_FRAME_SAMPLES
+def _microphone_frames(count: int) -> list[av.AudioFrame]:
+    """`count` 20 ms frames of the emulated microphone's synthetic voice (what the measured endpoint
+    sends), on the capture clock."""
+    voice = speech_like_voice()
+    per_loop = len(voice) // AUDIO_FRAME_SAMPLES
     frames = []
     for i in range(count):
-        start = (i % per_second) * AUDIO_FRAME_SAMPLES
-        chunk = tone[start : start + AUDIO_FRAME_SAMPLES].reshape(1, -1)
+        start = (i % per_loop) * AUDIO_FRAME_SAMPLES
+        chunk = voice[start : start + AUDIO_FRAME_SAMPLES].reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = (
             AUDIO_SAMPLE_RATE,
@@ -275,10 +273,10 @@ def _tone_frames(count: int) -> list[av.AudioFrame]:
 
 
 def opus_baseline(seconds: float) -> float:
-    """CPU per second of Opus encode + decode of the emulated microphone's tone, back to back, with
+    """CPU per second of Opus encode + decode of the emulated microphone's voice, back to back, with
     the SDK's encoder settings (kiosk.media.encoding.opus_context) and PyAV's libopus decoder."""
     encoder, decoder = opus_context(), av.CodecContext.create("libopus", "r")
-    frames = _tone_frames(int(seconds * AUDIO_SAMPLE_RATE / AUDIO_FRAME_SAMPLES))
+    frames = _microphone_frames(int(seconds * AUDIO_SAMPLE_RATE / AUDIO_FRAME_SAMPLES))
     started = time.process_time()
     for frame in frames:
         for packet in encoder.encode(frame):
@@ -295,7 +293,7 @@ def paced_baseline(codec: str, bitrate: int, frames: list[av.VideoFrame], second
     video_decoder = av.CodecContext.create("libvpx" if codec == "VP8" else "h264", "r")
     audio_encoder, audio_decoder = opus_context(), av.CodecContext.create("libopus", "r")
     audio_interval = AUDIO_FRAME_SAMPLES / AUDIO_SAMPLE_RATE
-    audio = _tone_frames(int(seconds / audio_interval))
+    audio = _microphone_frames(int(seconds / audio_interval))
     due: list[tuple[float, int, int]] = [(i / FPS, 0, i) for i in range(int(seconds * FPS))]
     due += [(i * audio_interval, 1, i) for i in range(len(audio))]
     due.sort()
@@ -422,7 +420,7 @@ def _benchmark(codec: str) -> Benchmark:
         target_ratio=1.3,
         measures=(
             f"CPU time over wall time of one `kiosk endpoint` process in a 1:1 {codec} video call "
-            "(emulated 640x480@30 video + tone audio both ways, loopback, other endpoint in the harness "
+            "(emulated 640x480@30 video + synthetic voice both ways, loopback, other endpoint in the harness "
             "process), read from /proc over a window after warm-up"
         ),
         baseline_measures=(

@@ -245,12 +245,15 @@ MODULES = [
     "server_capacity",
     "echo",
 ]
+# Run only when named with --only: they need root and network namespaces (the network lab, coturn,
+# Chromium) and take minutes per figure.
+OPT_IN_MODULES = ["network", "recovery"]
 
 
-def registry() -> list[Benchmark]:
+def registry(opt_in: bool = False) -> list[Benchmark]:
     # Imported here so `--help` does not pay for aiortc and PyAV.
     benchmarks: list[Benchmark] = []
-    for name in MODULES:
+    for name in MODULES + (OPT_IN_MODULES if opt_in else []):
         benchmarks += importlib.import_module(f"bench.{name}").BENCHMARKS
     return benchmarks
 
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--repeat must be at least 1")
     # aiortc and aioice log expected teardown noise at WARNING; the table is what matters here.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    benchmarks = registry()
+    benchmarks = registry(opt_in=bool(args.only) or args.list)
     if args.list:
         for b in benchmarks:
             print(f"{b.name}: {b.measures} [{b.unit}]")

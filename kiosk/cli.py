@@ -37,6 +37,7 @@ def _endpoint(args: argparse.Namespace) -> int:
         record=args.record,
         recording_dir=args.recording_dir,
         ca_file=args.ca_file,
+        stats_every=args.stats_every,
     )
     try:
         return asyncio.run(run_endpoint(options))
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify an https:// server's certificate against this PEM CA file only "
         "(default: the config's server.ca_file, else the system's CAs)",
     )
+    endpoint.add_argument(
+        "--stats-every",
+        type=float,
+        metavar="SECONDS",
+        help="print the call's stats as a JSON line this often (bitrate, picture size, playout, losses)",
+    )
     endpoint.set_defaults(func=_endpoint)
 
     check = sub.add_parser("check-config", help="check a device configuration file and say what is wrong")
@@ -188,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         "and call settings, and its keys and buttons act",
     )
     demo.set_defaults(func=_demo)
+
+    from kiosk.netlab import cli as netlab_cli
+
+    netlab_cli.add_parser(sub)
+    sub.choices["netlab"].set_defaults(func=netlab_cli.run)
     return parser
 
 

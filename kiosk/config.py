@@ -97,7 +97,7 @@ class AudioSection:
     volume: int = 80  # percent: the level an audio mode starts at, before anyone changes it
     volume_step: int = 10  # percent per press of a volume button
     volume_file: str = ""  # where the level of each mode is kept; "": volume.json in server.data_dir
-    tone_hz: float = 440.0  # emulated microphone
+    tone_hz: float = 0.0  # emulated microphone: a tone of this frequency; 0: a synthetic voice
     sound_file: str = ""  # emulated microphone: play this file instead of a tone
     speaker_dir: str = ""  # emulated speakers: write what they play here as WAV
 

@@ -116,6 +116,7 @@ class EndpointOptions:
     record: bool = False
     recording_dir: Path | None = None
     ca_file: Path | None = None  # the CA an https:// server must chain to (default: config, else system)
+    stats_every: float | None = None  # print the session stats as a "stats" line this often, seconds
 
 
 def kiosk_options(options: EndpointOptions, listeners: Mapping[str, CallEventListener]) -> KioskOptions:
@@ -179,11 +180,14 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
             return 1
         ice: dict[str, dict[str, Any]] = {}
         report["ice"] = ice
-        watch = asyncio.ensure_future(_watch_ice_pairs(calls, ice))
+        watchers = [asyncio.ensure_future(_watch_ice_pairs(calls, ice))]
+        if options.stats_every:
+            watchers.append(asyncio.ensure_future(_print_stats(calls, options.stats_every, out)))
         try:
             await controller.wait_for_phase(Phase.IDLE, timeout=options.duration)
         finally:
-            watch.cancel()
+            for watcher in watchers:
+                watcher.cancel()
         if controller.state.phase == Phase.IN_CALL:
             await controller.hang_up()
         await calls.end_session()  # waits for a session the server is ending
@@ -248,6 +252,20 @@ async def _watch_ice_pairs(calls: Calls, into: dict[str, dict[str, Any]]) -> Non
     while True:
         into.update(selected_ice_pairs(calls))
         await asyncio.sleep(0.5)
+
+
+async def _print_stats(calls: Calls, every: float, out: IO[str]) -> None:
+    """A "stats" line every `every` seconds while the call lasts: a timeline of the bitrate, the
+    picture size, the playout buffer, losses (the report at the end has only the totals)."""
+    while True:
+        await asyncio.sleep(every)
+        if calls.session is None:
+            continue
+        try:
+            stats = await calls.get_session_stats()
+        except CallsError:  # the session ended meanwhile
+            continue
+        _say(out, "stats", stats.to_json())
 
 
 def _describe_controls(controls: Controls) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiortc.exceptions import InvalidStateError
+
 from kiosk.calls.errors import ConnectionFailedError
 from kiosk.calls.events import ListenerRegistry
 from kiosk.calls.peer import ParticipantStats, RemoteParticipant
@@ -122,6 +124,7 @@ class FakePeer:
         self.signaling_state = "stable"
         self.remote_sdps: list[str] = []
         self.answers_applied: list[str] = []
+        self.applied: list[tuple[str, Any]] = []  # ("offer" | "answer" | "candidate", what), in order
 
     async def create_offer(self) -> str:
         self.offered_at = self.clock()
@@ -129,12 +132,22 @@ class FakePeer:
         return f"offer from {self.negotiation_id}"
 
     async def answer_offer(self, sdp: str) -> str:
+        for _ in range(3):  # applying a description takes a while (aiortc's awaits several steps)
+            await asyncio.sleep(0)
+        if self.closed:
+            raise InvalidStateError("RTCPeerConnection is closed")  # as aiortc's does meanwhile
         self.remote_sdps.append(sdp)
+        self.applied.append(("offer", sdp))
         return f"answer from {self.negotiation_id}"
 
     async def accept_answer(self, sdp: str) -> None:
+        await asyncio.sleep(0)
         self.answers_applied.append(sdp)
+        self.applied.append(("answer", sdp))
         self.signaling_state = "stable"
+
+    async def add_remote_candidate(self, init: dict[str, Any] | None) -> None:
+        self.applied.append(("candidate", init))
 
     def awaiting_answer(self, within: float) -> bool:
         return (

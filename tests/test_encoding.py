@@ -11,8 +11,15 @@ import numpy as np
 from aiortc.rtp import RtpPacket
 from calls_support import endpoints, new_session_id, running_server, video_frames, wait_until
 
-from kiosk.calls.jitter import MarkerJitterBuffer, release_frames_on_marker
-from kiosk.media.encoding import SharedAudioEncoder, SharedVideoEncoder, shareable
+from kiosk.calls.jitter import GIVE_UP_SECONDS, MarkerJitterBuffer, release_frames_on_marker
+from kiosk.media.emulated import speech_like_voice
+from kiosk.media.encoding import (
+    LADDER_UP_HOLD,
+    PICTURE_LADDER,
+    SharedAudioEncoder,
+    SharedVideoEncoder,
+    shareable,
+)
 from kiosk.media.pattern import TestPattern, read_stamp
 
 TIME_BASE = Fraction(1, 90000)
@@ -31,9 +38,11 @@ async def _encode(encoder: SharedVideoEncoder, pattern: TestPattern, start: int,
     for i in range(start, start + count):
         frame = pattern.draw(i, stamp_ms=1000 + i)
         frame.pts, frame.time_base = i * 3000, TIME_BASE
-        before = encoder.frames_encoded
+        before = encoder.frames_encoded + encoder.frames_skipped
         encoder.submit(frame)
-        await wait_until(lambda b=before: encoder.frames_encoded > b, 5, "the encoder")
+        await wait_until(
+            lambda b=before: encoder.frames_encoded + encoder.frames_skipped > b, 5, "the encoder"
+        )
     await asyncio.sleep(0.05)  # the last packets travel back to the loop
 
 
@@ -92,6 +101,80 @@ async def test_the_lowest_estimate_wins_and_small_changes_do_not_restart():
         encoder.close()
 
 
+def _ladder_walk(encoder: SharedVideoEncoder, estimates: list[tuple[float, int]]) -> list[int]:
+    """The ladder step after each (time, bitrate), as the encoder thread would take them."""
+    steps = []
+    for now, wanted in estimates:
+        step = encoder._choose_step(wanted, now)
+        if step != encoder.step:
+            encoder.step, encoder._better_since = step, None
+        steps.append(step)
+    return steps
+
+
+async def test_the_picture_steps_down_at_once_and_up_only_after_a_hold():
+    encoder = SharedVideoEncoder("video/VP8", asyncio.get_running_loop())
+    encoder.close()  # the decision alone: no thread needed
+    hold = LADDER_UP_HOLD
+    least = [step[0] for step in PICTURE_LADDER]
+    walk = [
+        (0.0, 1_000_000),  # plenty: the full picture
+        (1.0, 300_000),  # under what it carries: smaller at once
+        (2.0, 200_000),  # under the smaller picture's: smaller still, then fewer frames
+        (3.0, 50_000),
+        (4.0, least[1] + 1),  # enough for two steps up, but up is one step at a time, after a hold
+        (4.0 + hold / 2, least[1] + 1),
+        (4.0 + hold, least[1] + 1),
+        (4.0 + 2 * hold, least[1] + 1),
+        (4.0 + 3 * hold, least[1] + 1),
+        (4.0 + 3 * hold + 0.5, least[1] * 0.95),  # a dip within the margin: kept
+        (4.0 + 3 * hold + 1.0, least[0]),  # exactly the least of the full picture: enough, after a hold
+        (4.0 + 3 * hold + 1.5, least[1]),  # the hold starts again after a fall back
+        (4.0 + 3 * hold + 2.0, least[0]),
+        (4.0 + 4 * hold + 2.0, least[0]),
+    ]
+    assert _ladder_walk(encoder, [(t, int(b)) for t, b in walk]) == [0, 1, 2, 3, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0]
+
+
+async def test_a_smaller_source_keeps_its_full_picture_on_less_bitrate():
+    """The ladder's bitrates are for 640x480 at 30 fps: a 320x240 camera at 15 fps (an eighth of the
+    pixels a second) carries its full picture on what would shrink a 640x480 one."""
+    encoder = SharedVideoEncoder("video/VP8", asyncio.get_running_loop())
+    encoder.close()
+    small = 320 * 240 * 15 / (640 * 480 * 30)
+    assert encoder._choose_step(200_000, 0.0, load=1.0) == 2
+    encoder.step = 0
+    assert encoder._choose_step(200_000, 0.0, load=small) == 0
+    assert encoder._choose_step(30_000, 1.0, load=small) == 2  # and shrinks too, further down
+
+
+async def test_under_a_thin_uplink_the_picture_shrinks_and_halves_its_frames_then_returns(monkeypatch):
+    monkeypatch.setattr("kiosk.media.encoding.LADDER_UP_HOLD", 0.0)
+    encoder = SharedVideoEncoder("video/VP8", asyncio.get_running_loop())
+    pattern = TestPattern(640, 480)
+    sink = Sink()
+    try:
+        encoder.add(sink)
+        await _encode(encoder, pattern, 0, 4)
+        assert encoder.sent_size == (640, 480)
+        encoder.set_estimate(sink, 80_000)  # far below aiortc's 250 kbit/s floor: followed
+        await _encode(encoder, pattern, 4, 8)
+        assert encoder.bitrate == 80_000 and encoder.sent_size == (320, 240)
+        assert encoder.frames_skipped == 4  # every other frame: half the frame rate
+        small = sink.packets[-1]
+        encoder.set_estimate(sink, 1_000_000)
+        for start in range(12, 40, 4):  # one step per frame here (no hold), the bitrate every 2 s
+            await _encode(encoder, pattern, start, 4)
+        assert encoder.sent_size == (640, 480) and encoder.step == 0
+        assert encoder.step_changes >= 3
+    finally:
+        encoder.close()
+    decoder = av.CodecContext.create("libvpx", "r")
+    sizes = {(f.width, f.height) for p in sink.packets for f in decoder.decode(p)}
+    assert sizes == {(640, 480), (480, 360), (320, 240)} or sizes == {(640, 480), (320, 240)}
+    assert small.size < sink.packets[0].size
+
+
 async def test_opus_once_for_every_sink_on_the_capture_clock():
     encoder = SharedAudioEncoder()
     first, second = Sink(), Sink()
@@ -112,6 +195,46 @@ async def test_opus_once_for_every_sink_on_the_capture_clock():
     decoder = av.CodecContext.create("libopus", "r")
     decoded = [f for p in first.packets for f in decoder.decode(p)]
     assert sum(f.samples for f in decoded) == 960 * len(first.packets)
+
+
+def _voice_frames(count: int, start: int = 0) -> list[av.AudioFrame]:
+    """The emulated microphone's synthetic voice, as 20 ms frames."""
+    voice = np.tile(speech_like_voice(), 1 + (start + count) * 960 // len(speech_like_voice()))
+    frames = []
+    for i in range(start, start + count):
+        frame = av.AudioFrame.from_ndarray(voice[i * 960 : (i + 1) * 960].reshape(1, -1), layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, i * 960, Fraction(1, 48000)
+        frames.append(frame)
+    return frames
+
+
+def test_opus_fec_follows_reported_loss_held_between_reports_then_off() -> None:
+    now = [0.0]
+    encoder = SharedAudioEncoder(clock=lambda: now[0])
+    sink = Sink()
+    encoder.add(sink)
+    for frame in _voice_frames(10):
+        encoder.submit(frame)
+    assert encoder.packet_loss == 0 and encoder.fec_packets == 0  # no loss reported: no FEC
+    # At 1 % loss a one-second report says 2 % now and then, 0 % most of the time.
+    reports = [0.02, 0.0, 0.0, 0.0, 0.0, 0.02, 0.0, 0.0, 0.0]
+    on = []
+    for report in reports:
+        now[0] += 1.0
+        encoder.set_loss(sink, report)
+        on.append(encoder.packet_loss > 0)
+    assert all(on)  # held between the reports that saw a loss
+    # Seconds of voice: Opus codes FEC for the frames its voice detector finds active, most of them
+    # (a steady tone it soon takes for background noise, and codes none: see speech_like_voice).
+    before = encoder.fec_packets
+    for frame in _voice_frames(250, start=10):
+        encoder.submit(frame)
+    assert encoder.fec_packets - before >= 150
+    for _ in range(30):  # then 30 s without a loss: off again
+        now[0] += 1.0
+        encoder.set_loss(sink, 0.0)
+    assert encoder.packet_loss == 0
+    encoder.close()
 
 
 async def test_a_three_party_call_encodes_each_camera_once(tmp_path):
@@ -184,6 +307,41 @@ def test_a_video_frame_leaves_the_jitter_buffer_on_its_marker():
     assert buffer.add(_rtp(105, 9000, False, b"g"))[1] is None
     assert buffer.add(_rtp(107, 9000, True, b"i"))[1] is None
     assert buffer.add(_rtp(108, 12000, True, b"j"))[1] is None
+
+
+def test_a_hole_no_retransmission_fills_is_given_up_after_a_moment_with_a_keyframe_request():
+    now = [0.0]
+    buffer = MarkerJitterBuffer(capacity=64, clock=lambda: now[0])
+    assert buffer.add(_rtp(200, 1000, True, b"a"))[1] is not None
+    # Frame 2000 loses its first packet (201); frames 3000 and 4000 come whole behind it.
+    for seq, ts, marker in ((202, 2000, True), (203, 3000, False), (204, 3000, True), (205, 4000, True)):
+        now[0] += 0.03
+        assert buffer.add(_rtp(seq, ts, marker, b"x")) == (False, None)
+    # Within GIVE_UP_SECONDS a retransmission would still be used: nothing given up yet.
+    now[0] = 0.03 + GIVE_UP_SECONDS / 2
+    assert buffer.add(_rtp(206, 5000, True, b"y")) == (False, None) and buffer.frames_given_up == 0
+    # Past it: the hole is dropped, the frames behind it flow again and a keyframe is asked for.
+    now[0] = 0.03 + GIVE_UP_SECONDS + 0.01
+    pli, frame = buffer.add(_rtp(207, 6000, True, b"z"))
+    assert pli and buffer.frames_given_up == 1 and frame is not None
+    released = [frame.timestamp]
+    for seq, ts in ((208, 7000), (209, 8000), (210, 9000), (211, 10000)):
+        frame = buffer.add(_rtp(seq, ts, True, b"w"))[1]
+        if frame is not None:
+            released.append(frame.timestamp)
+    assert released[:3] == [2000, 3000, 4000], released  # 2000 without its lost first packet
+
+
+def test_a_retransmission_in_time_fills_the_hole_and_nothing_is_given_up():
+    now = [0.0]
+    buffer = MarkerJitterBuffer(capacity=64, clock=lambda: now[0])
+    assert buffer.add(_rtp(300, 1000, False, b"a"))[1] is None
+    assert buffer.add(_rtp(302, 1000, True, b"c"))[1] is None
+    now[0] = 0.05
+    assert buffer.add(_rtp(303, 2000, True, b"d"))[1] is None
+    now[0] = 0.1  # the retransmission of 301
+    frame = buffer.add(_rtp(301, 1000, False, b"b"))[1]
+    assert frame is not None and frame.data == b"abc" and buffer.frames_given_up == 0
 
 
 async def test_peers_use_the_marker_buffer_for_video_only():

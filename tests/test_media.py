@@ -33,6 +33,24 @@ def test_stamp_survives_encoding(codec):
     assert len(read) >= 15 and all(r is not None and 4_000_000_000 <= r < 4_000_000_020 for r in read)
 
 
+@pytest.mark.parametrize("divisor", [2, 4])
+def test_the_stamp_reads_back_from_a_picture_the_sender_scaled_down(divisor):
+    """A sender on a lower step of its resolution ladder scales the camera's picture down."""
+    pattern = TestPattern(640, 480)
+    width, height = 640 // divisor, 480 // divisor
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base = Fraction(1, 30)
+    encoder.bit_rate = 150_000
+    decoder = av.CodecContext.create("vp8", "r")
+    read = []
+    for i in range(20):
+        frame = pattern.draw(i, stamp_ms=3_000_000_000 + i).reformat(width=width, height=height)
+        frame.pts = i
+        read += [read_stamp(d) for packet in encoder.encode(frame) for d in decoder.decode(packet)]
+    assert len(read) >= 15 and all(r is not None and 3_000_000_000 <= r < 3_000_000_020 for r in read), read
+
+
 def test_unstamped_frame_reads_none_and_latency_wraps():
     plain = av.VideoFrame.from_ndarray(np.full((480, 640, 3), 128, dtype=np.uint8), format="rgb24")
     assert read_stamp(plain.reformat(format="yuv420p")) is None
@@ -81,7 +99,7 @@ async def test_camera_unplugged_reports_once_and_recovers():
 
 
 async def test_muted_microphone_sends_silence_and_slow_readers_do_not_queue():
-    devices = EmulatedDevices()
+    devices = EmulatedDevices(tone_hz=440.0)  # a steady tone: every frame is loud
     capture = AudioCapture(devices, "emulated-mic", lambda exc: None)
     track = capture.subscribe()
     loud = await asyncio.wait_for(track.recv(), 2)

@@ -44,6 +44,7 @@ RECONNECT_FIRST_SECONDS = 0.5
 RECONNECT_IN_CALL_MAX_SECONDS = 1.0
 RECONNECT_MIN_SECONDS = 0.05  # the shortest wait, jitter and the last attempt's own time taken off
 MEMORY_RETURN_DELAY = 1.0  # seconds after a session ends
+LOGIN_ROUNDS = 3  # times each server address is tried when logging in
 
 
 @dataclass(frozen=True)
@@ -215,16 +216,22 @@ class Calls:
             self._signaling.set_server(self.server_url)
 
     async def _connect_any(self, token: str) -> UserJson:
-        """Open signaling to the address in use, else to each other one in turn; the last failure is
-        raised if none can be reached. Only an address that cannot be reached is passed over."""
+        """Open signaling to the address in use, else to each other one in turn, for LOGIN_ROUNDS
+        rounds; the last failure is raised if none can be reached. Only an address that cannot be
+        reached is passed over. More than one round because on a lossy link (Wi-Fi) a connect can
+        lose its SYN twice and miss its timeout, and a fresh attempt gets through sooner than
+        TCP's backed-off retry would."""
         assert self._signaling is not None
-        for attempt in range(len(self.server_urls)):
+        attempts = LOGIN_ROUNDS * len(self.server_urls)
+        for attempt in range(attempts):
             try:
                 return await self._signaling.connect(token)
             except ConnectionFailedError as exc:
-                if attempt == len(self.server_urls) - 1:
+                if attempt == attempts - 1:
                     raise
-                log.info("%s; trying the next server address", exc)
+                log.info(
+                    "%s; trying again%s", exc, " at the next address" if len(self.server_urls) > 1 else ""
+                )
                 self._use_next_server()
         raise AssertionError("unreachable")
 

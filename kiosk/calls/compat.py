@@ -125,6 +125,12 @@ def needs() -> list[Need]:
         _assigned(
             receiver, "RTCRtpReceiver", "_data", jitter_py, name="RtpPacket._data (set by RTCRtpReceiver)"
         ),
+        # Our SDP says we decode Opus' in-band FEC: aiortc's shared codec table, opus with its parameters.
+        Need("aiortc", "aiortc.codecs.CODECS['audio'] with opus parameters", peer_py, _opus_in_codec_table),
+        # Receiver reports and NACKs reach the shared encoders through the sender's RTCP hook.
+        *_names(
+            "aiortc.rtp", ("RtcpRrPacket", "RtcpSrPacket", "RtcpRtpfbPacket", "RTCP_RTPFB_NACK"), peer_py
+        ),
         # The audio level an SFU reads from our audio.
         _method(sender, "RTCRtpSender", "_next_encoded_frame", sfu_py),
         _assigned(sender, "RTCEncodedFrame", "audio_level", sfu_py),
@@ -142,6 +148,16 @@ def needs() -> list[Need]:
         _assigned("aioice.ice", "Connection", "_nominated", endpoint_py, library="aioice"),
         Need("aioice", "aioice.ice.get_host_addresses", "kiosk/calls/ice.py", _host_addresses_hook),
     ]
+
+
+def _opus_in_codec_table() -> bool:
+    codecs = getattr(_module("aiortc.codecs"), "CODECS", None)
+    audio = codecs.get("audio", []) if isinstance(codecs, dict) else []
+    return any(
+        getattr(c, "mimeType", "").lower() == "audio/opus"
+        and isinstance(getattr(c, "parameters", None), dict)
+        for c in audio
+    )
 
 
 def _module(name: str) -> ModuleType | None:

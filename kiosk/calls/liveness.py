@@ -5,7 +5,10 @@ ICE restart, so the session's media rebuilds the connection (or resubscribes the
 signaling can carry the offer. Only media that flowed and stopped counts: a participant that never
 sends (no microphone, a receive-only browser) is not broken. When nobody's media has come for a
 while, the fault is probably ours, and our signaling connection may be dead without knowing it (TCP
-retransmits for minutes, and what the server sends waits behind them): it is renewed.
+retransmits for minutes, and what the server sends waits behind them): it is renewed. The silence
+counts against a connection only from when it was made: one made after the media stopped came over
+the network as it is now, and is how the rebuilt connections get negotiated; renewing it would lose
+the offers and answers on it and put the recovery back by a reconnect.
 
 `SignalingProbe` sends `ping` during a call and renews a connection that does not answer in time,
 for the same reason.
@@ -49,6 +52,10 @@ class MediaWatch:
         self._had_media: set[str] = set()  # participants whose media has flowed (so it can stop)
         self._last_media_from: dict[str, float] = {}  # uid -> newest media from it, any connection
         self._refreshed_at = float("-inf")
+        # The signaling connection the watch last saw (its generation), and since when: one there
+        # before the watch started counts as made before any media.
+        self._signaling_generation: int | None = None
+        self._signaling_since = float("-inf")
 
     async def run(self) -> None:
         while self._active():
@@ -86,14 +93,28 @@ class MediaWatch:
                 media.repair(uid)
         # Everyone silent at once points at our own network (one silent peer, at theirs).
         flowed = [self._last_media_from[uid] for uid in self._participants if uid in self._last_media_from]
+        connected_since = self._signaling_connected_since(now)
         if (
             flowed
             and now - max(flowed) >= SIGNALING_REFRESH_AFTER
+            and now - connected_since >= SIGNALING_REFRESH_AFTER
             and now - self._refreshed_at >= SIGNALING_REFRESH_INTERVAL
         ):
             self._refreshed_at = now
             log.info("no media from anyone for %.1f s: renewing the signaling connection", now - max(flowed))
             self._host.refresh_signaling()
+
+    def _signaling_connected_since(self, now: float) -> float:
+        """When the current signaling connection was made, as near as this watch can tell (`now` for
+        one it sees for the first time, unless it is the first it sees at all)."""
+        if not self._host.signaling_connected:
+            return now  # reconnecting: nothing to renew
+        generation = self._host.signaling.generation
+        if generation != self._signaling_generation:
+            if self._signaling_generation is not None:
+                self._signaling_since = now
+            self._signaling_generation = generation
+        return self._signaling_since
 
     def receiving_from(self, uid: str, window: float) -> bool:
         """Whether `uid`'s media came within `window` seconds, on any connection."""

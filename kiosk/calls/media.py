@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from kiosk.calls.peer import ParticipantStats, RemoteParticipant
+from kiosk.calls.playout import ParticipantAudio
 from kiosk.calls.ports import AudioCallback, FrameCallback, SessionHost
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.protocol import IceServer, Negotiation
@@ -48,6 +49,8 @@ class MediaContext:
     on_peer_state: PeerStateCallback
     spawn: Spawn
     emit_error: Callable[[str, str], None]
+    # The participant's audio playout, the same for every connection from it (kiosk.calls.playout).
+    audio_for: Callable[[str], ParticipantAudio | None] = lambda uid: None
     ice_servers: list[IceServer] = field(default_factory=list)  # from the joined reply
     clock: Callable[[], float] = time.monotonic
 

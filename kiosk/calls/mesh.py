@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Literal, Protocol
 
+from aiortc.exceptions import InvalidStateError
+
 from kiosk.calls.events import RTCUser
 from kiosk.calls.media import (
     MEDIA_STALL_SECONDS,
@@ -33,7 +35,7 @@ from kiosk.calls.media import (
     MediaLink,
 )
 from kiosk.calls.peer import ParticipantStats, RemoteParticipant, RemotePeer
-from kiosk.protocol import Negotiation, SdpRequest
+from kiosk.protocol import IceCandidate, Negotiation, SdpRequest
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class MeshPeer(MediaLink, Protocol):
     async def accept_answer(self, sdp: str) -> None: ...
 
     def awaiting_answer(self, within: float) -> bool: ...
+
+    async def add_remote_candidate(self, init: IceCandidate | None) -> None: ...
 
 
 PeerFactory = Callable[[RemoteParticipant], MeshPeer]
@@ -85,6 +89,7 @@ class MeshMedia:
             on_audio_frame=c.on_audio_frame,
             on_connection_state=c.on_peer_state,
             on_keyframe_request=c.video.request_keyframe,
+            audio=c.audio_for(participant.user.uid),
         )
 
     @property
@@ -128,7 +133,9 @@ class MeshMedia:
             self._context.spawn(
                 self._accept_answer(message["from"], message["sdp"], message.get("negotiationId"))
             )
-        # "candidate": aiortc puts every candidate in the SDP; trickled ones are not needed.
+        elif message["type"] == "candidate":
+            # aiortc puts all of its own candidates in the SDP; browsers trickle theirs.
+            self._context.spawn(self._add_candidate(message["from"], message["candidate"]))
 
     def broken(self, uid: str, peer: MediaLink) -> bool:
         mesh_peer = self._peers.get(uid)
@@ -203,7 +210,12 @@ class MeshMedia:
         participant = c.participants.get(uid) or RemoteParticipant(RTCUser(uid))
         peer = self._new_peer(participant)
         async with peer.lock:
-            answer = await peer.answer_offer(sdp)
+            try:
+                answer = await peer.answer_offer(sdp)
+            except InvalidStateError:
+                if peer.closed:
+                    return  # a newer offer replaced this connection while it was being answered
+                raise
             if seen and seen != self._offers_seen.get(uid):
                 return  # a newer offer came meanwhile: it gets the answer
             if c.active() and not peer.closed:
@@ -227,6 +239,13 @@ class MeshMedia:
                 return
             log.info("answer %s from %s", negotiation or "", uid)
             await peer.accept_answer(sdp)
+
+    async def _add_candidate(self, uid: str, candidate: IceCandidate | None) -> None:
+        peer = self._peers.get(uid)
+        if peer is None:
+            return  # no connection with uid (it left, or the offer was dropped in a glare)
+        async with peer.lock:  # after the description being applied, so the candidate finds it
+            await peer.add_remote_candidate(candidate)
 
     # ----------------------------------------------------------------- the end
 

@@ -19,23 +19,37 @@ import av
 import numpy as np
 from aiortc import (
     RTCConfiguration,
+    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc import codecs as aiortc_codecs
 from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
+from aiortc.sdp import candidate_from_sdp
 
 from kiosk.calls.events import RTCUser
-from kiosk.calls.jitter import release_frames_on_marker
+from kiosk.calls.jitter import divert_audio, release_frames_on_marker
+from kiosk.calls.playout import ParticipantAudio
 from kiosk.media.capture import OutgoingTrack
 from kiosk.media.pattern import latency_ms, read_stamp
-from kiosk.protocol import IceServer
+from kiosk.protocol import IceCandidate, IceServer
 
 log = logging.getLogger(__name__)
+
+PLAUSIBLE_LATENCY_MS = 60_000
 
 # Received audio is "silent" below this RMS level (full scale = 1.0); a -50 dBFS floor.
 SILENCE_RMS = 0.003
@@ -61,6 +75,26 @@ class ParticipantStats:
     latency_ms_p95: float | None = None
     connection_state: str = "new"
     last_video_frame_at: float | None = None  # time.monotonic() of the newest decoded frame
+    # Across every connection from the participant (kiosk.calls.freezes: WebRTC's definition).
+    video_freeze_count: int = 0
+    video_freeze_seconds: float = 0.0
+    video_freeze_share: float = 0.0
+    video_fps: float = 0.0
+    # The audio playout (kiosk.calls.playout): 20 ms frames played, and of those rebuilt from FEC,
+    # concealed for a lost packet, concealed while waiting for a late one; its target delay.
+    audio_frames_played: int = 0
+    audio_frames_recovered: int = 0
+    audio_frames_concealed: int = 0
+    audio_frames_expanded: int = 0
+    audio_frames_stretched: int = 0  # played longer to grow the playout buffer (real audio)
+    audio_concealed_share: float = 0.0
+    audio_late_packets: int = 0
+    audio_playout_delay_ms: float | None = None
+    audio_playout_delay_max_ms: float | None = None
+    # What this participant told us of what we send it: the share of our audio it lost (its latest
+    # receiver report), and how many retransmission requests (NACK) it sent for our video.
+    audio_loss_reported: float = 0.0
+    nacks_received: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -78,6 +112,17 @@ FrameSink = Callable[[str, av.VideoFrame], None]
 AudioSink = Callable[[str, av.AudioFrame], None]
 # A connection's state changed: (the connection, aiortc's connectionState).
 StateSink = Callable[["RemoteMedia", str], None]
+
+
+def _advertise_opus_fec() -> None:
+    """Say in our SDP that we decode Opus' in-band FEC (`useinbandfec=1`): a sender (a browser, another
+    kiosk) adds FEC to what it sends us only then. aiortc's codec table is shared, so this is once."""
+    for codec in aiortc_codecs.CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            codec.parameters.setdefault("useinbandfec", 1)
+
+
+_advertise_opus_fec()
 
 
 def _ice_servers(servers: list[IceServer]) -> list[RTCIceServer]:
@@ -109,6 +154,13 @@ def _share_encoder(transceiver: RTCRtpTransceiver, track: MediaStreamTrack) -> N
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)
                 if sender._ssrc in ssrcs:
                     track.set_bitrate_estimate(bitrate)
+        elif isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+            # The receiver's report of what it lost of our stream: the audio encoder's FEC follows it.
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:
+                    track.set_loss_estimate(report.fraction_lost / 256)
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            track.nacks_received += 1  # the receiver asked for retransmissions (aiortc resends them)
         await handle_rtcp(packet)
 
     sender._handle_rtcp_packet = on_rtcp  # type: ignore[method-assign]  # aiortc has no hook for it
@@ -169,6 +221,7 @@ class RemoteMedia:
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
         on_connection_state: StateSink,
+        audio: ParticipantAudio | None = None,
     ) -> None:
         self.participant = participant
         self.uid = participant.user.uid
@@ -186,13 +239,19 @@ class RemoteMedia:
         self.remote_tracks: dict[str, MediaStreamTrack] = {}
         self.closed = False
         self.created_at = time.monotonic()
-        self.last_media_at: float | None = None  # when the last audio or video frame arrived
+        self.last_media_at: float | None = None  # when the last audio packet or video frame arrived
+        # The participant's audio playout, shared by every connection from it (kiosk.calls.playout);
+        # None: aiortc's own audio path, through this connection's track.
+        self.audio = audio
+        self._audio_diverted = False
 
         @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
             self.remote_tracks[track.kind] = track
-            consume = self._consume_video if track.kind == "video" else self._consume_audio
-            self._consumers.append(asyncio.ensure_future(consume(track)))
+            if track.kind == "video":
+                self._consumers.append(asyncio.ensure_future(self._consume_video(track)))
+            elif not self._divert_audio_of(track):
+                self._consumers.append(asyncio.ensure_future(self._consume_audio(track)))
 
         @self.pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -213,11 +272,29 @@ class RemoteMedia:
             self.stats.video_frames_decoded += 1
             self.stats.last_video_frame_at = now
             stamp = read_stamp(frame)
-            if stamp is not None:
-                self._latencies.append(latency_ms(stamp))
+            if stamp is not None and (latency := latency_ms(stamp)) < PLAUSIBLE_LATENCY_MS:
+                self._latencies.append(latency)  # (a picture damaged by loss can misread as years)
             self._on_video_frame(self.uid, frame)
 
+    def _divert_audio_of(self, track: MediaStreamTrack) -> bool:
+        """Send the track's packets to the participant's playout; False where there is none, or this
+        aiortc does not let it (then aiortc's own audio path is used)."""
+        if self.audio is None:
+            return False
+        receiver = next((t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track), None)
+        self._audio_diverted = receiver is not None and divert_audio(receiver, self._audio_packet)
+        return self._audio_diverted
+
+    def _audio_packet(self, timestamp: int, payload: bytes) -> None:
+        # On the loop, as aiortc receives it: media has come (a muted sender sends silence packets).
+        self.last_media_at = time.monotonic()
+        self.stats.audio_frames_decoded += 1
+        self.stats.audio_samples_decoded += 960
+        if self.audio is not None and not self.closed:
+            self.audio.push(timestamp, payload)
+
     async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        """aiortc's own audio path (no participant playout, or an aiortc whose buffer it cannot replace)."""
         while True:
             try:
                 frame = await track.recv()
@@ -226,12 +303,15 @@ class RemoteMedia:
             if not isinstance(frame, av.AudioFrame):
                 continue  # as for video
             self.last_media_at = time.monotonic()
-            samples = frame.to_ndarray().ravel().astype(np.float64)
-            self.stats.audio_frames_decoded += 1
-            self.stats.audio_samples_decoded += frame.samples
-            rms = math.sqrt(float(samples @ samples) / samples.size) / 32768.0 if samples.size else 0.0
-            self._levels.append(rms)
-            self._on_audio_frame(self.uid, frame)
+            self._audio_frame(frame)
+
+    def _audio_frame(self, frame: av.AudioFrame) -> None:
+        samples = frame.to_ndarray().ravel().astype(np.float64)
+        self.stats.audio_frames_decoded += 1
+        self.stats.audio_samples_decoded += frame.samples
+        rms = math.sqrt(float(samples @ samples) / samples.size) / 32768.0 if samples.size else 0.0
+        self._levels.append(rms)
+        self._on_audio_frame(self.uid, frame)
 
     def age(self) -> float:
         return time.monotonic() - self.created_at
@@ -242,11 +322,22 @@ class RemoteMedia:
 
     @property
     def audio_level(self) -> float:
+        if self._audio_diverted and self.audio is not None:
+            return self.audio.level
         return max(self._levels) if self._levels else 0.0
 
     async def collect_stats(self) -> ParticipantStats:
         s = self.stats
         s.audio_level = self.audio_level
+        if self._audio_diverted and self.audio is not None:
+            p = self.audio.stats
+            s.audio_frames_played = p.frames - p.silent
+            s.audio_frames_recovered, s.audio_frames_concealed = p.recovered, p.concealed
+            s.audio_frames_expanded, s.audio_late_packets = p.expanded, p.late
+            s.audio_frames_stretched = p.stretched
+            s.audio_concealed_share = p.concealed_share
+            s.audio_playout_delay_ms = p.target_delay * 1000
+            s.audio_playout_delay_max_ms = p.max_target_delay * 1000
         if self._latencies:
             ordered = sorted(self._latencies)
             s.latency_ms_p50 = float(statistics.median(ordered))
@@ -309,6 +400,7 @@ class RemotePeer(RemoteMedia):
         on_audio_frame: AudioSink,
         on_connection_state: StateSink,
         on_keyframe_request: Callable[[], None] | None = None,
+        audio: ParticipantAudio | None = None,
     ) -> None:
         super().__init__(
             participant,
@@ -317,11 +409,12 @@ class RemotePeer(RemoteMedia):
             on_video_frame=on_video_frame,
             on_audio_frame=on_audio_frame,
             on_connection_state=on_connection_state,
+            audio=audio,
         )
         self._local_tracks = (audio_track, video_track)
-        audio = self.pc.addTransceiver(audio_track, direction="sendrecv")
+        sound = self.pc.addTransceiver(audio_track, direction="sendrecv")
         video = self.pc.addTransceiver(video_track, direction="sendrecv")
-        for transceiver, track in ((audio, audio_track), (video, video_track)):
+        for transceiver, track in ((sound, audio_track), (video, video_track)):
             _share_encoder(transceiver, track)
         release_frames_on_marker(video.receiver)  # a frame is decoded when complete, not 33 ms later
         if on_keyframe_request is not None:
@@ -333,6 +426,34 @@ class RemotePeer(RemoteMedia):
         # Names this connection's offer; the answer echoes it, so an answer to an older offer (one
         # delayed behind a dead connection) is never applied to this one.
         self.negotiation_id = secrets.token_hex(6)
+        # Candidates a trickling peer (a browser) sent before its description was applied.
+        self._early_candidates: list[RTCIceCandidate | None] = []
+
+    async def add_remote_candidate(self, init: IceCandidate | None) -> None:
+        """A candidate the other side trickled (an RTCIceCandidateInit; None or an empty candidate
+        ends them). Kept until the remote description is set; one that cannot be read is dropped."""
+        try:
+            candidate = _parse_candidate(init)
+        except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:  # aiortc asserts
+            log.info("trickled candidate from %s ignored (%r): %r", self.uid, exc, init)
+            return
+        if self.pc.remoteDescription is None:
+            self._early_candidates.append(candidate)
+        else:
+            await self._add_candidate(candidate)
+
+    async def _add_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        if self.closed:
+            return
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except (ValueError, InvalidStateError) as exc:
+            log.info("trickled candidate from %s not added: %s", self.uid, exc)
+
+    async def _add_early_candidates(self) -> None:
+        early, self._early_candidates = self._early_candidates, []
+        for candidate in early:
+            await self._add_candidate(candidate)
 
     async def create_offer(self) -> str:
         self.offered_at = time.monotonic()
@@ -341,11 +462,13 @@ class RemotePeer(RemoteMedia):
 
     async def answer_offer(self, sdp: str) -> str:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self._add_early_candidates()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return self.pc.localDescription.sdp
 
     async def accept_answer(self, sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        await self._add_early_candidates()
 
     @property
     def signaling_state(self) -> str:
@@ -359,6 +482,15 @@ class RemotePeer(RemoteMedia):
             and time.monotonic() - self.offered_at < within
         )
 
+    async def collect_stats(self) -> ParticipantStats:
+        for track in self._local_tracks:
+            if isinstance(track, OutgoingTrack):
+                if track.kind == "audio":
+                    self.stats.audio_loss_reported = track.loss_reported
+                else:
+                    self.stats.nacks_received = track.nacks_received
+        return await super().collect_stats()
+
     async def close(self) -> None:
         if self.closed:
             return
@@ -366,6 +498,20 @@ class RemotePeer(RemoteMedia):
         for track in self._local_tracks:
             track.stop()
         await self._close_media()
+
+
+def _parse_candidate(init: IceCandidate | None) -> RTCIceCandidate | None:
+    """An RTCIceCandidateInit as aiortc's candidate; None for the end of candidates."""
+    if init is None or not init.get("candidate"):
+        return None
+    line = str(init["candidate"])
+    candidate = candidate_from_sdp(line.split(":", 1)[1] if line.startswith("candidate:") else line)
+    mid, index = init.get("sdpMid"), init.get("sdpMLineIndex")
+    candidate.sdpMid = None if mid is None else str(mid)
+    candidate.sdpMLineIndex = None if index is None else int(index)
+    if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+        raise ValueError("neither sdpMid nor sdpMLineIndex")
+    return candidate
 
 
 @dataclass
@@ -377,6 +523,11 @@ class SessionStats:
     participants: dict[str, ParticipantStats] = field(default_factory=dict)
     frames_captured: int = 0
     audio_frames_captured: int = 0
+    audio_fec_packets: int = 0  # Opus packets we sent carrying FEC for the one before
+    audio_fec_protection: int = 0  # the loss, in percent, our Opus encoder protects against now
+    video_sent_size: tuple[int, int] | None = None  # the picture we send now (smaller on a thin link)
+    video_sent_bitrate: int | None = None  # what our video encoder runs at now, bits per second
+    video_picture_changes: int = 0  # how often the picture size or frame rate followed the bitrate
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -384,5 +535,10 @@ class SessionStats:
             "firstRemoteFrameMs": self.first_remote_frame_ms,
             "framesCaptured": self.frames_captured,
             "audioFramesCaptured": self.audio_frames_captured,
+            "audioFecPackets": self.audio_fec_packets,
+            "audioFecProtection": self.audio_fec_protection,
+            "videoSentSize": list(self.video_sent_size) if self.video_sent_size else None,
+            "videoSentBitrate": self.video_sent_bitrate,
+            "videoPictureChanges": self.video_picture_changes,
             "participants": {uid: p.to_json() for uid, p in self.participants.items()},
         }

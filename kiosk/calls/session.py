@@ -37,11 +37,13 @@ from kiosk.calls.constants import Mode
 from kiosk.calls.controls import InCallControls
 from kiosk.calls.errors import CallsError
 from kiosk.calls.events import CallError, CallSwitchRequestInfo, RTCMutedUser, RTCRecordingInfo, RTCUser
+from kiosk.calls.freezes import FreezeMeter
 from kiosk.calls.idle import IdleTimer
 from kiosk.calls.liveness import MediaWatch, SignalingProbe
 from kiosk.calls.media import MEDIA_STALL_SECONDS, MediaContext, MediaLink, MediaMode, SessionMedia
 from kiosk.calls.mesh import MeshMedia, PeerFactory
 from kiosk.calls.peer import RemoteParticipant, SessionStats
+from kiosk.calls.playout import ParticipantAudio
 from kiosk.calls.ports import (
     AudioCallback,
     CallView,
@@ -53,8 +55,10 @@ from kiosk.calls.ports import (
 from kiosk.calls.recording import SessionRecording
 from kiosk.calls.settings import CallSettings
 from kiosk.calls.sfu_media import Publisher, PublisherFactory, SfuMedia
+from kiosk.calls.turn import prefer_working_turn
 from kiosk.media.capture import AudioCapture, VideoCapture
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, SpeakerSink
+from kiosk.media.encoding import SharedAudioEncoder, SharedVideoEncoder
 from kiosk.protocol import (
     DEFAULT_REJOIN_GRACE,
     JoinRequest,
@@ -104,6 +108,8 @@ class CallSession:
         self._known_modes: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._audio_taps: list[AudioCallback] = []
+        self._audio: dict[str, ParticipantAudio] = {}  # each participant's playout, across connections
+        self._freezes: dict[str, FreezeMeter] = {}  # each participant's video freezes, across connections
         devices = host.devices
         cameras, microphones = devices.video_inputs(), devices.audio_inputs()
         self.camera = VideoCapture(devices, cameras[0].device_id if cameras else None, self._device_error)
@@ -148,6 +154,7 @@ class CallSession:
             on_peer_state=self._on_peer_state,
             spawn=self._spawn,
             emit_error=self._emit_error,
+            audio_for=self._audio_of,
             clock=clock,
         )
         self.media: SessionMedia = MeshMedia(self._context, new_peer)
@@ -176,6 +183,9 @@ class CallSession:
         self._known_devices = devices.list_devices()
         self._known_modes = devices.audio_modes()
         reply = await self._host.signaling.request(self._join_request(call_token))
+        # Before the session is active (messages wait in _early): no connection exists yet that
+        # could use a TURN transport this network blocks.
+        ice_servers = await prefer_working_turn(list(reply.get("iceServers") or []))
         self.call_token = call_token
         self.rejoin_grace = float(reply.get("rejoinGraceMs", DEFAULT_REJOIN_GRACE * 1000)) / 1000
         self.active = True
@@ -183,7 +193,7 @@ class CallSession:
         if problem is not None:
             self._emit_error("AUDIO_MODE_UNAVAILABLE", problem)
         self.self_user = RTCUser.from_json(reply["self"])
-        self._context.ice_servers[:] = list(reply.get("iceServers") or [])
+        self._context.ice_servers[:] = ice_servers
         if reply.get("audioOnly") and not self.controls.audio_only:
             self.controls.call_is_audio_only()
         self._view.set_mode(self.controls.mode)
@@ -297,6 +307,10 @@ class CallSession:
     def _participant_left(self, uid: str) -> None:
         participant = self._participants.pop(uid, None)
         self.media.participant_left(uid)
+        audio = self._audio.pop(uid, None)
+        if audio is not None:
+            audio.close()
+        self._freezes.pop(uid, None)
         self.watch.forget(uid)
         self.recording.participant_left(uid, next(iter(self._participants), None))
         self._view.remove_participant(uid)
@@ -358,8 +372,20 @@ class CallSession:
     def _on_remote_video(self, uid: str, frame: av.VideoFrame) -> None:
         if self.first_remote_frame_ms is None:
             self.first_remote_frame_ms = (time.monotonic() - self.started_at) * 1000
+        meter = self._freezes.get(uid)
+        if meter is None:
+            meter = self._freezes[uid] = FreezeMeter()
+        meter.frame(time.monotonic())
         self.recording.write(uid, frame)
         self._view.render_frame(uid, frame)
+
+    def _audio_of(self, uid: str) -> ParticipantAudio | None:
+        if self._torn_down:
+            return None
+        audio = self._audio.get(uid)
+        if audio is None:
+            audio = self._audio[uid] = ParticipantAudio(uid, self._on_remote_audio)
+        return audio
 
     def _on_remote_audio(self, uid: str, frame: av.AudioFrame) -> None:
         self.output.write(uid, frame)
@@ -454,6 +480,9 @@ class CallSession:
         except Exception:  # stats are a report, never a reason not to hang up
             log.exception("final stats failed")
         await self.media.close()
+        for audio in self._audio.values():
+            audio.close()
+        self._audio.clear()
         await self.camera.close()
         await self.microphone.close()
         await self.output.close()
@@ -469,6 +498,21 @@ class CallSession:
             audio_frames_captured=self.microphone.frames_captured,
         )
         result.participants.update(await self.media.stats())
+        for uid, stats in result.participants.items():
+            meter = self._freezes.get(uid)
+            if meter is not None:
+                stats.video_freeze_count = meter.freeze_count
+                stats.video_freeze_seconds = meter.freeze_seconds
+                stats.video_freeze_share = meter.freeze_share
+                stats.video_fps = meter.frames_per_second
+        for encoder in self.microphone.encoders:
+            if isinstance(encoder, SharedAudioEncoder):
+                result.audio_fec_packets += encoder.fec_packets
+                result.audio_fec_protection = max(result.audio_fec_protection, encoder.packet_loss)
+        for video in self.camera.encoders:
+            if isinstance(video, SharedVideoEncoder) and video.sinks:
+                result.video_sent_size, result.video_sent_bitrate = video.sent_size, video.bitrate
+                result.video_picture_changes = video.step_changes
         return result
 
     # ----------------------------------------------------------------- plumbing

@@ -46,6 +46,7 @@ from kiosk.calls.peer import (
     _share_encoder,
     allow_close_while_connecting,
 )
+from kiosk.calls.playout import ParticipantAudio
 from kiosk.janus import (
     ERROR_NO_SUCH_FEED,
     ERROR_NO_SUCH_ROOM,
@@ -258,8 +259,10 @@ class SfuPublisher:
         on_audio_frame: AudioSink,
         on_connection_state: StateSink,
         participant: RemoteParticipant | None = None,
+        audio: ParticipantAudio | None = None,
     ) -> SfuFeed:
-        """A started subscription to another publisher's feed, on this publisher's Janus session."""
+        """A started subscription to another publisher's feed, on this publisher's Janus session.
+        `audio`: the participant's playout, for its audio."""
         feed = SfuFeed(
             self.janus,
             room=self.room,
@@ -272,6 +275,7 @@ class SfuPublisher:
             on_video_frame=on_video_frame,
             on_audio_frame=on_audio_frame,
             on_connection_state=on_connection_state,
+            audio=audio,
         )
         try:
             await feed.start()
@@ -312,6 +316,7 @@ class SfuFeed(RemoteMedia):
         on_video_frame: FrameSink,
         on_audio_frame: AudioSink,
         on_connection_state: StateSink,
+        audio: ParticipantAudio | None = None,
     ) -> None:
         super().__init__(
             participant,
@@ -320,6 +325,7 @@ class SfuFeed(RemoteMedia):
             on_video_frame=on_video_frame,
             on_audio_frame=on_audio_frame,
             on_connection_state=on_connection_state,
+            audio=audio,
         )
         self.janus = janus
         self.room = room

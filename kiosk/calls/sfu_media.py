@@ -40,6 +40,7 @@ from kiosk.calls.media import (
     PeerStateCallback,
 )
 from kiosk.calls.peer import AudioSink, FrameSink, ParticipantStats, RemoteParticipant
+from kiosk.calls.playout import ParticipantAudio
 from kiosk.calls.sfu import (
     ERROR_NO_SUCH_ROOM,
     AudioLevelMeter,
@@ -75,6 +76,7 @@ class Publisher(Protocol):
         on_audio_frame: AudioSink,
         on_connection_state: PeerStateCallback,
         participant: RemoteParticipant | None = None,
+        audio: ParticipantAudio | None = None,
     ) -> MediaLink: ...
 
     async def close(self) -> None: ...
@@ -279,6 +281,7 @@ class SfuMedia:
                 on_audio_frame=c.on_audio_frame,
                 on_connection_state=c.on_peer_state,
                 participant=c.participants.get(info.uid),
+                audio=c.audio_for(info.uid),
             )
         except SfuError as exc:
             # The feed left meanwhile, or we lost Janus (then _lost publishes and subscribes again);

@@ -127,9 +127,13 @@ class SignalingClient:
             self._ws = await asyncio.wait_for(
                 self.http.ws_connect(self.url, heartbeat=20, max_msg_size=MAX_MESSAGE_BYTES), CONNECT_TIMEOUT
             )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise ConnectionFailedError(
-                f"cannot open signaling to {self.url}: {exc or type(exc).__name__}"
+                f"cannot open signaling to {self.url}: no answer within {CONNECT_TIMEOUT:g} s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailedError(
+                f"cannot open signaling to {self.url}: {str(exc) or type(exc).__name__}"
             ) from exc
         self.generation += 1
         self._reader = asyncio.get_running_loop().create_task(self._read(self._ws), name="signaling-reader")

@@ -60,10 +60,18 @@ class OutgoingTrack(MediaStreamTrack):
         self._ready = asyncio.Event()
         self._codec_probe: Callable[[], str | None] | None = None
         self.encoder: Encoder | None = None
+        self.loss_reported = 0.0  # the peer's last report of the share of our packets it lost
+        self.nacks_received = 0  # retransmission requests (NACK) the peer sent for this track
 
     def send_codec(self, probe: Callable[[], str | None]) -> None:
         """`probe()` names the negotiated codec (a mime type) once the peer connection sends."""
         self._codec_probe = probe
+
+    def set_loss_estimate(self, fraction: float) -> None:
+        """The share of this track's packets the peer reported lost (RTCP receiver reports)."""
+        self.loss_reported = fraction
+        if isinstance(self.encoder, SharedAudioEncoder):
+            self.encoder.set_loss(self, fraction)
 
     def set_bitrate_estimate(self, bitrate: int) -> None:
         """The peer's receiver estimate (REMB) for what this track sends."""

@@ -19,6 +19,7 @@ The sound devices keep the constraints of a real card (docs/device.md, "The emul
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -101,8 +102,41 @@ class EmulatedCamera(CameraSource):
         self._closed = True
 
 
-class ToneMicrophone(MicrophoneSource):
-    """A sine tone, or the samples of a sound file played in a loop."""
+VOICE_LOOP_SECONDS = 4.0  # every modulation below repeats a whole number of times in it
+
+
+@functools.lru_cache(maxsize=1)
+def speech_like_voice() -> np.ndarray:
+    """Four seconds of a synthetic voice, looping without a click: a glottal buzz whose pitch wanders
+    around 140 Hz, through three formants that glide as vowels do, in syllables four times a second.
+
+    Not a tone, because what a call does with a microphone depends on it sounding like speech:
+    Opus' voice activity detector soon takes a steady tone for background noise and then codes no
+    in-band FEC for it, so a tone would hide how a lossy network sounds. Also the test signal for
+    the speech-quality figure (bench/network.py).
+    """
+    rate = AUDIO_SAMPLE_RATE
+    t = np.arange(int(rate * VOICE_LOOP_SECONDS)) / rate
+    coarse = np.arange(int(1000 * VOICE_LOOP_SECONDS)) / 1000  # the formants change slowly: per ms
+    pitch = 140 + 30 * np.sin(2 * math.pi * 0.75 * t) + 15 * np.sin(2 * math.pi * 2.25 * t)
+    pitch_coarse = 140 + 30 * np.sin(2 * math.pi * 0.75 * coarse) + 15 * np.sin(2 * math.pi * 2.25 * coarse)
+    phase = 2 * math.pi * np.cumsum(pitch) / rate
+    formants = ((700.0, 130.0), (1220.0, 70.0), (2600.0, 160.0))  # centre and width, Hz: an open vowel
+    voice = np.zeros_like(t)
+    for harmonic in range(1, 40):
+        frequency = harmonic * pitch_coarse
+        gain = sum(
+            1 / (1 + ((frequency - centre * (1 + 0.15 * np.sin(2 * math.pi * 4 * coarse + n))) / width) ** 2)
+            for n, (centre, width) in enumerate(formants)
+        )
+        voice += np.repeat(gain, rate // 1000) * np.sin(harmonic * phase) / math.sqrt(harmonic)
+    syllables = 0.2 + 0.8 * np.abs(np.sin(2 * math.pi * 2 * t))
+    voice = voice / np.max(np.abs(voice)) * syllables * 0.5 * 32767
+    return voice.astype(np.int16)
+
+
+class EmulatedMicrophone(MicrophoneSource):
+    """A synthetic voice (speech_like_voice), a sine tone, or a sound file, played in a loop."""
 
     def __init__(
         self, owner: EmulatedDevices, device: MediaDeviceInfo, frequency: float, sound_file: Path | None
@@ -124,6 +158,8 @@ class ToneMicrophone(MicrophoneSource):
     def _load(frequency: float, sound_file: Path | None) -> np.ndarray:
         if sound_file is not None:
             return _load_sound(sound_file)
+        if frequency <= 0:
+            return speech_like_voice()
         # One second of tone whose length is a whole number of periods, so it loops without a click.
         n = AUDIO_SAMPLE_RATE
         t = np.arange(n) / AUDIO_SAMPLE_RATE
@@ -279,7 +315,7 @@ class EmulatedDevices(MediaDevices):
         width: int = 640,
         height: int = 480,
         fps: float = 30.0,
-        tone_hz: float = 440.0,
+        tone_hz: float = 0.0,  # the microphone's tone; 0: a synthetic voice
         sound_file: Path | None = None,
         speaker_dir: Path | None = None,
         screen: bool = False,
@@ -296,7 +332,7 @@ class EmulatedDevices(MediaDevices):
         self._devices: list[MediaDeviceInfo] = [
             MediaDeviceInfo("emulated-camera-front", "Emulated camera (front)", "videoinput", facing="front"),
             MediaDeviceInfo("emulated-camera-back", "Emulated camera (back)", "videoinput", facing="back"),
-            MediaDeviceInfo("emulated-mic", "Emulated microphone (tone)", "audioinput"),
+            MediaDeviceInfo("emulated-mic", "Emulated microphone", "audioinput"),
             MediaDeviceInfo("emulated-speaker", "Emulated speaker", "audiooutput", audio_mode="SPEAKER"),
             MediaDeviceInfo("emulated-earpiece", "Emulated handset", "audiooutput", audio_mode="EARPIECE"),
             MediaDeviceInfo(
@@ -384,7 +420,7 @@ class EmulatedDevices(MediaDevices):
         return EmulatedCamera(self, device, self.width, self.height, self.fps, hue)
 
     def open_microphone(self, device_id: str) -> MicrophoneSource:
-        return ToneMicrophone(self, self.find(device_id, "audioinput"), self.tone_hz, self.sound_file)
+        return EmulatedMicrophone(self, self.find(device_id, "audioinput"), self.tone_hz, self.sound_file)
 
     def open_speaker(self, device_id: str) -> SpeakerSink:
         device = self.find(device_id, "audiooutput")

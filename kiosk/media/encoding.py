@@ -16,8 +16,8 @@ also saves aiortc's per-frame executor hop and its pure-Python audio-level loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import math
 import multiprocessing
 import threading
 import time
@@ -29,6 +29,7 @@ import av
 from aiortc.codecs import h264, vpx
 
 from kiosk.media.devices import AUDIO_FRAME_SAMPLES, AUDIO_SAMPLE_RATE
+from kiosk.media.opus import OpusEncoder, has_fec
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,35 @@ OPUS_BITRATE = 48000  # mono voice; aiortc sends 96 kbps stereo for the same mic
 # the estimate are not followed. Falls are followed at once: they mean congestion.
 BITRATE_STEP = 0.2
 BITRATE_RAISE_INTERVAL = 2.0
+# Below what a picture size can carry, fewer pixels, then fewer frames: (the least bitrate for the
+# step, the scale of each side, 1 frame in how many). A 640x480 VP8 picture at 30 fps wants about
+# 450 kbit/s; a quarter of the pixels about a third of that; then half the frames.
+PICTURE_LADDER: tuple[tuple[int, float, int], ...] = (
+    (450_000, 1.0, 1),
+    (250_000, 0.75, 1),
+    (140_000, 0.5, 1),
+    (0, 0.5, 2),
+)
+# Up a step once the bitrate has reached the better step's least for this long; down at once when it
+# falls 10 % under the current step's least (the margin keeps an estimate that wavers around a step
+# from switching the picture every second). The way up cannot ask for more than the least: the
+# receiver's estimate (REMB) never exceeds 1.5x what it receives, and a smaller picture sends less
+# than its target, so a higher bar could never be met.
+LADDER_UP_HOLD = 3.0
+LADDER_REFERENCE = 640 * 480 * 30  # the pixels a second the ladder's bitrates are for
+LADDER_DOWN_MARGIN = 0.9
 
-# mime type -> (bitrate range and default of aiortc's encoder for it)
+# The least bitrate the shared encoders run at. aiortc's own encoders stop at 250 kbit/s (VP8) and
+# 500 kbit/s (H.264), more than a thin uplink carries: sent anyway, it fills the bottleneck's queue
+# and every packet behind it, audio too, waits. Below the ladder's last step a small picture at half
+# the frame rate still looks like video at this rate.
+VIDEO_FLOOR_BITRATE = 60_000
+
+# mime type -> (bitrate range and default of the shared encoder for it); the ceiling and the start
+# are aiortc's
 _VIDEO_CODECS = {
-    "video/vp8": (vpx.MIN_BITRATE, vpx.MAX_BITRATE, vpx.DEFAULT_BITRATE),
-    "video/h264": (h264.MIN_BITRATE, h264.MAX_BITRATE, h264.DEFAULT_BITRATE),
+    "video/vp8": (VIDEO_FLOOR_BITRATE, vpx.MAX_BITRATE, vpx.DEFAULT_BITRATE),
+    "video/h264": (VIDEO_FLOOR_BITRATE, h264.MAX_BITRATE, h264.DEFAULT_BITRATE),
 }
 
 
@@ -119,7 +144,13 @@ class SharedVideoEncoder:
         self._changed_at = 0.0
         self.frames_encoded = 0
         self.frames_dropped = 0  # replaced while waiting: the encoder was busy
+        self.frames_skipped = 0  # left out on purpose: the ladder's lower frame rate
         self.restarts = 0
+        self.step = 0  # where on PICTURE_LADDER the picture is now
+        self.step_changes = 0
+        self.sent_size: tuple[int, int] | None = None  # the picture size sent now
+        self._better_since: float | None = None  # when the bitrate first allowed a better step
+        self._frame_count = 0
         self._thread = threading.Thread(target=self._run, name=f"{self.mime}-encoder", daemon=True)
         self._thread.start()
 
@@ -206,12 +237,45 @@ class SharedVideoEncoder:
                 except RuntimeError:  # the loop is closed: the call is over
                     return
 
+    def _choose_step(self, wanted: int, now: float, load: float = 1.0) -> int:
+        """The ladder's step for `wanted`: down at once, up only once it has lasted. `load`: the
+        source's pixels a second over 640x480 at 30 (a smaller picture needs less at every step)."""
+        if wanted < PICTURE_LADDER[self.step][0] * load * LADDER_DOWN_MARGIN:
+            self._better_since = None
+            return next(i for i, (least, _, _) in enumerate(PICTURE_LADDER) if wanted >= least * load)
+        if self.step == 0 or wanted < PICTURE_LADDER[self.step - 1][0] * load:
+            self._better_since = None
+            return self.step
+        if self._better_since is None:
+            self._better_since = now
+        return self.step - 1 if now - self._better_since >= LADDER_UP_HOLD else self.step
+
     def _encode(self, frame: av.VideoFrame, keyframe: bool, wanted: int) -> list[av.Packet]:
-        if frame.format.name != "yuv420p":
-            frame = frame.reformat(format="yuv420p")
-        ctx = self._ctx
         now = time.monotonic()
-        if ctx is not None and (frame.width, frame.height) != (ctx.width, ctx.height):
+        step = self._choose_step(wanted, now, frame.width * frame.height * self._fps / LADDER_REFERENCE)
+        if step != self.step:
+            self.step, self.step_changes, self._better_since = step, self.step_changes + 1, None
+            log.info("%s: %d bit/s: picture step %d %s", self.mime, wanted, step, PICTURE_LADDER[step][1:])
+        _, scale, divisor = PICTURE_LADDER[self.step]
+        self._frame_count += 1
+        if divisor > 1 and self._frame_count % divisor:
+            self.frames_skipped += 1
+            return []  # fewer frames: this one is not sent
+        width, height = frame.width, frame.height
+        if scale < 1.0:
+            width, height = max(16, round(width * scale / 2) * 2), max(16, round(height * scale / 2) * 2)
+        if frame.format.name != "yuv420p" or (width, height) != (frame.width, frame.height):
+            pts, time_base = frame.pts, frame.time_base
+            frame = frame.reformat(width=width, height=height, format="yuv420p")
+            frame.pts = pts
+            if time_base is not None:
+                frame.time_base = time_base
+        self.sent_size = (width, height)
+        ctx = self._ctx
+        fps = max(1, self._fps // divisor)
+        if ctx is not None and (
+            (frame.width, frame.height) != (ctx.width, ctx.height) or ctx.framerate != fps
+        ):
             ctx = None
         elif ctx is not None and abs(wanted - self._bitrate) > self._bitrate * BITRATE_STEP:
             if wanted < self._bitrate or now - self._changed_at >= BITRATE_RAISE_INTERVAL:
@@ -220,7 +284,7 @@ class SharedVideoEncoder:
             if self._ctx is not None:
                 self.restarts += 1
             self._bitrate, self._changed_at = wanted, now
-            ctx = self._ctx = _video_context(self.mime, frame.width, frame.height, wanted, self._fps)
+            ctx = self._ctx = _video_context(self.mime, frame.width, frame.height, wanted, fps)
             keyframe = True
         pts, time_base = frame.pts, frame.time_base
         frame.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
@@ -234,17 +298,28 @@ class SharedVideoEncoder:
         return packets
 
 
+LOSS_MEMORY_SECONDS = 10.0  # a reported loss fades with this time constant
+FEC_FROM_LOSS = 0.005  # Opus in-band FEC on while the held loss is at least this
+
+
 class SharedAudioEncoder:
-    """Opus for every track that sends it, encoded on the loop as each microphone frame arrives."""
+    """Opus for every track that sends it, encoded on the loop as each microphone frame arrives.
+
+    libopus directly (kiosk.media.opus), so that in-band FEC follows the loss the receivers report:
+    the worst of their reports (RTCP receiver reports' fraction lost) sets how much loss the encoder
+    protects against, and none turns FEC off again. A lost packet can then be rebuilt from the next
+    one at the receiver (kiosk.calls.playout, or any WebRTC endpoint)."""
 
     mime = "audio/opus"
 
-    def __init__(self, bitrate: int = OPUS_BITRATE) -> None:
-        self._sinks: set[PacketSink] = set()
+    def __init__(self, bitrate: int = OPUS_BITRATE, clock: Callable[[], float] = time.monotonic) -> None:
+        # sink -> (the loss its receiver reported, held and decaying; when it was last updated)
+        self._sinks: dict[PacketSink, tuple[float, float]] = {}
+        self._clock = clock
         self._bitrate = bitrate
-        self._ctx: av.AudioCodecContext | None = None
-        self._pts: collections.deque[int | None] = collections.deque()
+        self._encoder: OpusEncoder | None = None
         self.frames_encoded = 0
+        self.fec_packets = 0  # packets that carried FEC for the one before
 
     @property
     def sinks(self) -> int:
@@ -255,21 +330,53 @@ class SharedAudioEncoder:
         """What the encoder runs at now, bits per second."""
         return self._bitrate
 
+    @property
+    def packet_loss(self) -> int:
+        """The loss, in percent, the encoder protects against now (0: no FEC)."""
+        return self._encoder.packet_loss if self._encoder is not None else 0
+
     def add(self, sink: PacketSink) -> None:
-        self._sinks.add(sink)
+        self._sinks[sink] = (0.0, self._clock())
 
     def remove(self, sink: PacketSink) -> None:
-        self._sinks.discard(sink)
+        self._sinks.pop(sink, None)
+        self._apply_loss()
 
     def set_estimate(self, sink: PacketSink, bitrate: int) -> None:
         pass  # voice at a fixed bitrate
+
+    def set_loss(self, sink: PacketSink, fraction: float) -> None:
+        """A receiver's report of the share of our packets it lost since its last report.
+
+        A report covers about a second, 50 packets: at 1 % loss most say 0 and some 2 %. Followed
+        as they come, FEC would be off most of the time and rarely on when the next loss comes. So
+        a report's loss is held and decays (LOSS_MEMORY_SECONDS), and a higher report replaces it."""
+        if sink in self._sinks:
+            held, at = self._sinks[sink]
+            now = self._clock()
+            decayed = held * math.exp(-max(0.0, now - at) / LOSS_MEMORY_SECONDS)
+            self._sinks[sink] = (max(fraction, decayed), now)
+            self._apply_loss()
+
+    def _apply_loss(self) -> None:
+        worst = max((held for held, _ in self._sinks.values()), default=0.0)
+        # Protect against a little more than is lost (the loss comes in bursts); below 0.5 %, none.
+        wanted = 0 if worst < FEC_FROM_LOSS else min(30, round(worst * 100) + 5)
+        if (
+            self._encoder is not None
+            and abs(wanted - self._encoder.packet_loss) >= 3
+            or (self._encoder is not None and (wanted == 0) != (self._encoder.packet_loss == 0))
+        ):
+            self._encoder.set_packet_loss(wanted)
 
     def request_keyframe(self) -> None:
         pass
 
     def close(self) -> None:
         self._sinks.clear()
-        self._ctx = None
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
 
     def submit(self, frame: av.AudioFrame) -> None:
         if not self._sinks:
@@ -278,19 +385,18 @@ class SharedAudioEncoder:
             # The capture always publishes 20 ms of mono s16; anything else is a bug upstream.
             log.warning("dropping a %d-sample %s frame for Opus", frame.samples, frame.layout.name)
             return
-        if self._ctx is None:
-            self._ctx = opus_context(self._bitrate)
-        # One packet comes out per 20 ms frame, after libopus's look-ahead: they are matched in order
-        # with the capture's clock (the frame is shared with other readers, so it is not changed).
-        self._pts.append(frame.pts)
-        packets = self._ctx.encode(frame)
+        if self._encoder is None:
+            self._encoder = OpusEncoder(channels=1, bitrate=self._bitrate)
+            self._apply_loss()
+        data = self._encoder.encode(frame.to_ndarray().reshape(-1))
         self.frames_encoded += 1
-        for packet in packets:
-            packet.pts = self._pts.popleft() if self._pts else 0
-            packet.time_base = AUDIO_TIME_BASE
+        if self._encoder.packet_loss and has_fec(data):
+            self.fec_packets += 1
+        packet = av.Packet(data)
+        packet.pts = frame.pts if frame.pts is not None else self.frames_encoded * AUDIO_FRAME_SAMPLES
+        packet.time_base = AUDIO_TIME_BASE
         for sink in list(self._sinks):
-            for packet in packets:
-                sink._offer_packet(packet)
+            sink._offer_packet(packet)
 
 
 Encoder = SharedVideoEncoder | SharedAudioEncoder

@@ -77,17 +77,27 @@ def _plane(frame: av.VideoFrame, index: int, width: int, height: int) -> np.ndar
 
 
 def read_stamp(frame: av.VideoFrame) -> int | None:
-    """The capture time embedded by TestPattern, or None if the frame carries none."""
-    if frame.width < STAMP_BITS * 4 or frame.height < 64:
+    """The capture time embedded by TestPattern, or None if the frame carries none. The sender may
+    have scaled the picture down (a lower step of its resolution ladder): the blocks are then a half
+    or a quarter as tall, and are looked for at those heights too."""
+    if frame.width < STAMP_BITS * 4 or frame.height < 32:
         return None
     plane = frame.planes[0]
     luma = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(frame.height, plane.line_size)
-    bw = frame.width // STAMP_BITS
+    for divisor in (1, 2, 4):
+        stamp = _read_stamp_rows(luma, frame.width, BLOCK_HEIGHT // divisor)
+        if stamp is not None:
+            return stamp
+    return None
+
+
+def _read_stamp_rows(luma: np.ndarray, width: int, block_height: int) -> int | None:
+    bw = width // STAMP_BITS
     # The middle half of each block, both ways: codec ringing at the block edges stays out.
-    inset_x, inset_y = bw // 4, BLOCK_HEIGHT // 4
+    inset_x, inset_y = bw // 4, block_height // 4
     rows = []
     for row in range(STAMP_ROWS):
-        band = luma[row * BLOCK_HEIGHT + inset_y : (row + 1) * BLOCK_HEIGHT - inset_y, : bw * STAMP_BITS]
+        band = luma[row * block_height + inset_y : (row + 1) * block_height - inset_y, : bw * STAMP_BITS]
         cells = band.reshape(band.shape[0], STAMP_BITS, bw)[:, :, inset_x : bw - inset_x]
         rows.append(cells.sum(axis=(0, 2), dtype=np.uint32) > 128 * cells.shape[0] * cells.shape[2])
     if not np.all(rows[0] != rows[1]):

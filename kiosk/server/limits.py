@@ -10,9 +10,9 @@ authentication attempts per client address.
   for every authentication until its bucket refills, without the presented secret being checked.
 
 The limits are far above what a real client does: in one call the Calls SDK and the browser client
-send `auth`, `join`, one `offer` or `answer` per peer (aiortc and the browser client put every ICE
-candidate in the SDP, so no `candidate` messages), a `media.state` per mute toggle, and `leave`; a
-few kilobytes in all. WebSocket pings are control frames and are not counted.
+send `auth`, `join`, one `offer` or `answer` per peer (and from the browser client, which trickles,
+a handful of `candidate` messages per peer), a `media.state` per mute toggle, and `leave`; a few
+kilobytes in all. WebSocket pings are control frames and are not counted.
 """
 
 from __future__ import annotations

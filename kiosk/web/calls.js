@@ -7,7 +7,8 @@ export const CALL_TYPE = Object.freeze({ AUDIO: "audio", VIDEO: "video" });
 // Most of the constants below copy one of the Python side's (the Calls SDK's, kiosk/janus.py's,
 // kiosk/protocol.py's): tests/test_protocol_constants.py checks each against the one it copies.
 
-// How long to wait for ICE gathering: the Python side does not trickle, so candidates must be in the SDP.
+// How long to wait for ICE gathering before sending an offer or answer to the SFU (Janus is given
+// complete descriptions; peers in a mesh call get candidates trickled instead).
 const GATHER_TIMEOUT_MS = 5000;
 const REQUEST_TIMEOUT_MS = 10000;
 // Group calls through Janus's VideoRoom (docs/protocol.md, "Group calls through the SFU"; docs/sfu.md).
@@ -997,8 +998,15 @@ class Session {
   newPeer(uid) {
     this.closePeer(uid);
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
-    const peer = { pc, stream: new MediaStream(), createdAt: Date.now() };
+    // Candidates trickle: each one is sent as it is found, once the description it belongs to has
+    // gone (those found before wait here), so the call needs no wait for gathering to finish.
+    const peer = { pc, stream: new MediaStream(), createdAt: Date.now(), earlyCandidates: [], described: false };
     this.peers.set(uid, peer);
+    pc.onicecandidate = (event) => {
+      const candidate = event.candidate ? event.candidate.toJSON() : null;
+      if (peer.described) this.sendCandidate(uid, pc, candidate);
+      else peer.earlyCandidates.push(candidate);
+    };
     pc.ontrack = (event) => {
       peer.stream.addTrack(event.track);
       if (this.layout) this.layout.update();
@@ -1008,6 +1016,22 @@ class Session {
         this.error("PEER_CONNECTION_FAILED", `media connection to ${uid} failed`);
     };
     return peer;
+  }
+
+  // The description (offer or answer) of this connection went out: its candidates may follow.
+  described(uid, pc) {
+    const peer = this.peers.get(uid);
+    if (!peer || peer.pc !== pc) return;
+    peer.described = true;
+    for (const candidate of peer.earlyCandidates.splice(0)) this.sendCandidate(uid, pc, candidate);
+  }
+
+  sendCandidate(uid, pc, candidate) {
+    if (!this.active || this.peers.get(uid)?.pc !== pc || !state.signaling) return;
+    // A candidate that does not arrive costs one path, not the call: no error is shown for it.
+    state.signaling
+      .request("candidate", { sessionId: this.sessionId, to: uid, candidate })
+      .catch((err) => console.debug("candidate not sent", err));
   }
 
   closePeer(uid) {
@@ -1040,7 +1064,6 @@ class Session {
     });
     preferVideoCodec(video, this.settings.videoCodec);
     await pc.setLocalDescription(await pc.createOffer());
-    await waitForGathering(pc);
     const peer = this.peers.get(uid);
     if (this.active && peer?.pc === pc) {
       // The answer echoes it: an answer to an older offer is never applied to this connection.
@@ -1053,6 +1076,7 @@ class Session {
         sdp: pc.localDescription.sdp,
         negotiationId: peer.negotiationId,
       });
+      this.described(uid, pc);
     }
   }
 
@@ -1079,12 +1103,12 @@ class Session {
       }
     }
     await pc.setLocalDescription(await pc.createAnswer());
-    await waitForGathering(pc);
     if (this.active && this.peers.get(uid)?.pc === pc) {
       const answer = { sessionId: this.sessionId, to: uid, sdp: pc.localDescription.sdp };
       if (negotiationId) answer.negotiationId = negotiationId;
       if (!state.signaling) throw new CallsError("NETWORK", "not connected to the call server");
       await state.signaling.request("answer", answer);
+      this.described(uid, pc);
     }
   }
 
@@ -1304,8 +1328,12 @@ class Session {
         if (this.mediaMode !== "sfu") this.guard(this.acceptAnswer(message.from, message.sdp, message.negotiationId));
         break;
       case "candidate":
+        // One for a connection since replaced fails to apply: that costs nothing, so no error shows.
         if (this.mediaMode !== "sfu" && message.candidate && this.peers.has(message.from))
-          this.guard(this.peers.get(message.from).pc.addIceCandidate(message.candidate));
+          this.peers
+            .get(message.from)
+            .pc.addIceCandidate(message.candidate)
+            .catch((err) => console.debug("candidate not applied", err));
         break;
       case "media.state": {
         const p = this.participants.get(message.user.uid);
