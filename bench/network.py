@@ -91,23 +91,23 @@ def _quality_of(timeline: list[dict[str, Any]], uid: str, name: str, direction: 
 
 
 def _following_the_cap(timeline: list[dict[str, Any]], lab_profile: Profile) -> dict[str, float]:
-    """For a capped uplink, from the kiosk's stats a second: how long (from its first media) until
-    what it sends fits under the first cap, and how long after the cap is raised until it sends its
-    full picture again. Lab time and call time start within a second of each other."""
+    """For a capped uplink, from the kiosk's stats a second: how long from its first media until its
+    video encoder's bitrate is under the first cap (its audio is 32 kbit/s more), and how long after
+    the cap is raised until it sends its full picture again. Lab time and call time start within a
+    second of each other."""
     rates = lab_profile.up.rate
+    points = [
+        (line["t"], line["data"].get("videoSentBitrate"), line["data"].get("videoSentSize"))
+        for line in timeline
+    ]
+    points = [(t, rate, size) for t, rate, size in points if rate]
     found: dict[str, float] = {}
-    points = []
-    for line in timeline:
-        desk = line["data"]["participants"].get("desk") or {}
-        points.append((line["t"], desk.get("bytes_sent") or 0, line["data"].get("videoSentSize")))
-    started = next((t for t, sent, _ in points if sent), None)
-    if started is None:
+    if not points:
         return found
-    cap = rates[0].bits_per_second
-    for (t0, b0, _), (t1, b1, _) in zip(points, points[1:], strict=False):
-        if (b1 - b0) * 8 / (t1 - t0) < cap:
-            found["under_cap_after_s"] = t1 - started
-            break
+    started = points[0][0]
+    under = next((t for t, rate, _ in points if rate < rates[0].bits_per_second), None)
+    if under is not None:
+        found["under_cap_after_s"] = under - started
     if len(rates) > 1:
         lifted = started + rates[1].at
         full = max((tuple(size) for _, _, size in points if size), default=None)
@@ -134,12 +134,12 @@ def run_kiosk_pair(workdir: Path, lab_profile: Profile, seconds: float, seed: in
     def timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [e | {"data": e["data"]} for e in events if e.get("status") == "stats"]
 
-    return [
-        _quality_of(
-            timeline(report.desk_events), "door", lab_profile.name, "desk received from the kiosk (up)"
-        ),
-        _quality_of(timeline(report.kiosk_events), "desk", lab_profile.name, "kiosk received (down)"),
-    ]
+    up = _quality_of(
+        timeline(report.desk_events), "door", lab_profile.name, "desk received from the kiosk (up)"
+    )
+    if lab_profile.up.rate:
+        up.figures.update(_following_the_cap(timeline(report.kiosk_events), lab_profile))
+    return [up, _quality_of(timeline(report.kiosk_events), "desk", lab_profile.name, "kiosk received (down)")]
 
 
 def _runners() -> dict[str, PairRunner]:

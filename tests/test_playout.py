@@ -215,3 +215,20 @@ def test_under_jitter_the_buffer_grows_by_stretching_received_audio_not_by_conce
     playout, kinds = play(packets, arrivals, 500, clock)
     assert playout.stats.stretched > 0
     assert playout.stats.concealed == 0 and playout.stats.expanded <= 3, playout.stats
+
+
+def test_when_packets_stop_the_concealment_turns_to_silence_not_a_lasting_hiss() -> None:
+    clock = Clock()
+    packets = voice(100)
+    arrivals: list[float | None] = [100.0 + n * FRAME_SECONDS if n < 50 else None for n in range(100)]
+    playout = AudioPlayout(clock)
+    levels = []
+    for k in range(100):
+        clock.now = 100.0 + k * FRAME_SECONDS
+        if arrivals[k] is not None:
+            playout.push(k * FRAME_SAMPLES, packets[k], arrivals[k])
+        frame, _ = playout.tick()
+        samples = frame.to_ndarray().astype(np.float64)
+        levels.append(float(np.sqrt((samples * samples).mean())))
+    assert levels[52] > 0  # just after the last packet: concealment, for a packet that may be late
+    assert max(levels[70:]) == 0.0  # long after: silence

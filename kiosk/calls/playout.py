@@ -18,6 +18,8 @@ second of silence. This buffer (a much smaller cousin of WebRTC's NetEQ):
   repeated ("stretched", at most one every GROW_EVERY; real audio, as NetEQ's preemptive expand, so
   not counted as concealment), when it is over it drops a frame to shrink ("accelerates", at most one
   every ACCELERATE_EVERY);
+- when nothing at all has come for SILENCE_AFTER_SECONDS (the sender stopped, or the network is
+  gone), plays silence instead of concealment, whose hiss never fades;
 - after a long gap (a network blackout) starts over from the newest packet rather than play seconds
   of the past; a packet whose timestamp is a minute or more from the newest, either way, is a new
   stream (a rebuilt connection's new timestamp base): it starts over from that packet.
@@ -53,6 +55,7 @@ ACCELERATE_EVERY = 0.1  # at most one frame dropped per this many seconds to shr
 GROW_EVERY = 0.06  # at most one frame concealed in place per this many seconds to grow it
 LEVEL_SECONDS = 1.0  # the time constant of the buffer level the grow and shrink decisions use
 LEVEL_SMOOTHING = FRAME_SECONDS / LEVEL_SECONDS
+SILENCE_AFTER_SECONDS = 0.3  # nothing received for this long: play silence, not concealment
 RESET_AFTER_FRAMES = 50  # a second behind the newest packet: start over from it
 NEW_STREAM_FRAMES = 3000  # a packet a minute from the newest belongs to another stream
 _TIMESTAMP_WRAP = 1 << 32
@@ -158,6 +161,7 @@ class AudioPlayout:
         self._grown_at = 0.0
         self._level = 0.0  # the buffered seconds, smoothed over LEVEL_SECONDS
         self._stretched: np.ndarray | None = None  # the rest of a stretched packet, to play next
+        self._last_arrival = float("-inf")
         self._started = False
         self.stats = PlayoutStats()
 
@@ -165,6 +169,7 @@ class AudioPlayout:
 
     def push(self, timestamp: int, payload: bytes, arrival: float | None = None) -> None:
         now = self._clock() if arrival is None else arrival
+        self._last_arrival = now
         if (
             self._newest is not None
             and _distance(timestamp, self._newest) > NEW_STREAM_FRAMES * FRAME_SAMPLES
@@ -280,8 +285,14 @@ class AudioPlayout:
             if payload is not None:
                 pcm, kind = self._decoder.decode(payload), FrameKind.NORMAL
             elif not _newer(self._newest, due):
-                # Nothing after it has come: it is late, not lost. Conceal without moving on.
-                pcm, kind = self._decoder.conceal(FRAME_SAMPLES), FrameKind.EXPANDED
+                # Nothing after it has come: it is late, not lost. Conceal without moving on; once
+                # nothing at all has come for a while (the sender stopped, or the network is gone),
+                # silence: Opus' concealment never fades below a hiss of about -34 dBFS.
+                if self._clock() - self._last_arrival > SILENCE_AFTER_SECONDS:
+                    pcm = np.zeros(FRAME_SAMPLES * self._channels, np.int16)
+                else:
+                    pcm = self._decoder.conceal(FRAME_SAMPLES)
+                kind = FrameKind.EXPANDED
             else:
                 following = self._packets.get((due + FRAME_SAMPLES) % _TIMESTAMP_WRAP)
                 if following is not None and has_fec(following):
