@@ -403,7 +403,9 @@ async def test_call_plays_remote_audio_and_falls_back_when_the_speaker_goes(
 
         # Bob's 660 Hz tone, through Opus, lands in the SPEAKER PCM's file; Bob hears Alice's ALSA microphone.
         await wait_until(lambda: rms(recent(spk)) > AUDIBLE, 15, "bob's tone in spk.raw")
-        assert abs(spectrum_peaks(recent(spk), 1)[0] - 660) < 10
+        # (Within 15 Hz: in the half second read, the playout may have stretched or dropped a frame
+        # to follow the delay, which spreads the peak by a bin or two.)
+        assert abs(spectrum_peaks(recent(spk), 1)[0] - 660) < 15
         await wait_until(lambda: audio_level(b, "alice"), 10, "alice's microphone at bob")
         assert await audio_level(b, "alice") > 0.05
 

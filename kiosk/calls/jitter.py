@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 
 # aiortc 1.16's video buffer size (RTCRtpReceiver.__init__).
 VIDEO_CAPACITY = 512
-# Long enough for a NACK and its retransmission over a slow Wi-Fi round trip (and a second try when
-# the first is lost), short enough that a lost retransmission is a short freeze.
-GIVE_UP_SECONDS = 0.35
+# Long enough for a NACK and its retransmission over a slow Wi-Fi round trip, or through an SFU that
+# retransmits from its own buffer on a loaded machine; short enough that a lost retransmission is a
+# short freeze (aiortc's own wait is 512 packets: seconds).
+GIVE_UP_SECONDS = 1.0
 
 
 class MarkerJitterBuffer(JitterBuffer):
