@@ -239,6 +239,7 @@ MODULES = [
     "latency",
     "button",
     "audio_switch",
+    "udp_wakeup",
     "group_cost",
     "sfu_group",
     "memory",

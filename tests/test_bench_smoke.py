@@ -26,6 +26,7 @@ FIGURES = {
     "button_to_remote_muted_p99",
     "button_to_remote_silence_p50",
     "audio_switch_loop_stall",
+    "udp_delay_busy_loop",
     "group_cost_3_peers",
     "sfu_group_6_party_cpu",
     "memory_rss_in_call",

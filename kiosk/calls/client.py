@@ -33,6 +33,7 @@ from kiosk.calls.session import CallSession, SessionInfo
 from kiosk.calls.settings import CallSettings, CallSettingsBuilder
 from kiosk.calls.signaling import RestClient, SignalingClient
 from kiosk.calls.tls import client_ssl_context
+from kiosk.calls.udp import read_datagrams_dry
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, MediaDevices
 from kiosk.protocol import FINAL_CALL_STATUSES, IceServer, ServerMessage, UserJson, is_session_message
 
@@ -127,6 +128,7 @@ class Calls:
         ca_file: str | Path | None = None,
     ) -> None:
         check_aiortc()  # aiortc's private parts this SDK uses: IncompatibleLibrary now, not mid-call
+        read_datagrams_dry()  # before any ICE socket is made: media must not queue behind a busy loop
         if video_codec is not None and video_codec.upper() not in VIDEO_CODECS:
             raise ValueError("video_codec must be 'VP8' or 'H264'")
         # Several addresses: the same service (server processes sharing Redis, docs/scale-out.md). The
