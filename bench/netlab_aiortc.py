@@ -42,19 +42,23 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bench.bare import SourceTrack
 from kiosk.media.emulated import EmulatedDevices
 from kiosk.media.pattern import latency_ms, read_stamp
+from kiosk.media.sample_clock import SampleClock
 from kiosk.netlab.call import TURN_SECRET, TURN_TCP_PORT, start_coturn, wait_for_port
 from kiosk.netlab.lab import Lab, address
+from kiosk.netlab.mouth_to_ear import delays_between, percentiles
 from kiosk.netlab.profiles import Profile
 from kiosk.netlab.profiles import profile as named_profile
 from kiosk.netlab.quality import PairQuality, frames_per_second, freeze_share
@@ -88,6 +92,10 @@ class Recorder:
     def __post_init__(self) -> None:
         self._queue: collections.deque[av.AudioFrame] = collections.deque()
         self._audio_started = asyncio.Event()
+        # What the playout played (first channel) and when, for the mouth-to-ear figure.
+        self.played: list[np.ndarray] = []
+        self.played_clock = SampleClock(48000)
+        self._played_samples = 0
 
     def on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "video":
@@ -148,11 +156,27 @@ class Recorder:
                 return
             played = bool(self._queue)
             if played:
-                self._queue.popleft()
+                frame = self._queue.popleft()
+                samples = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
+                self.played_clock.rate = frame.sample_rate
+                self.played_clock.mark(time.monotonic(), self._played_samples)
+                self.played.append(samples.astype(np.int16))
+                self._played_samples += len(samples)
             self.ticks.append((due, played))
 
     def stop(self) -> None:
         self.stopped_at = time.monotonic()
+
+    def save_played(self, directory: Path) -> None:
+        """As the emulated speaker saves it: `<directory>/playout/peer.wav` and its clock."""
+        folder = directory / "playout"
+        folder.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(folder / "peer.wav"), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(self.played_clock.rate)
+            out.writeframes(np.concatenate(self.played).tobytes() if self.played else b"")
+        self.played_clock.save(folder / "peer.clock.json")
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -234,7 +258,8 @@ async def run_peer(
 ) -> dict[str, Any]:
     """One side of the call: `seconds` from connected, then its figures written to `out`."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))  # [] : no public STUN server
-    devices = EmulatedDevices(width=WIDTH, height=HEIGHT, fps=FPS)
+    # Its microphone (the synthetic voice) saves when it spoke beside what this side played.
+    devices = EmulatedDevices(width=WIDTH, height=HEIGHT, fps=FPS, speaker_dir=audio_dir(out))
     audio = SourceTrack("audio", devices.open_microphone("emulated-mic"))
     video = SourceTrack("video", devices.open_camera("emulated-camera-front"))
     recorder = Recorder()
@@ -259,6 +284,7 @@ async def run_peer(
         connected = time.monotonic()
         await asyncio.sleep(seconds)
         recorder.stop()
+        recorder.save_played(audio_dir(out))
         figures = recorder.figures()
         figures.update(role=role, connect_s=round(connected - started, 3))
         _write_atomic(out, json.dumps(figures))
@@ -293,6 +319,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _tail(path: Path, chars: int = 2000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def audio_dir(out: Path) -> Path:
+    """Where a peer writing its figures to `out` keeps its played audio and its microphone's clock."""
+    return out.with_name(f"{out.stem}-audio")
 
 
 def _quality(profile: Profile, figures: dict[str, Any], note: str) -> PairQuality:
@@ -369,10 +400,16 @@ def run_aiortc_pair(
         figures[side] = json.loads(outs[side].read_text())
         if "error" in figures[side]:
             raise RuntimeError(f"peer {side}: {figures[side]['error']}; its log:\n{_tail(logs[side])}")
-    return [
+    found = [
         _quality(profile, figures["b"], "received by b (the clean side) from a (the impaired side)"),
         _quality(profile, figures["a"], "received by a (the impaired side) from b (the clean side)"),
     ]
+    for quality, listener, talker in zip(found, ("b", "a"), ("a", "b"), strict=True):
+        heard = delays_between(audio_dir(outs[listener]), "peer", audio_dir(outs[talker]), WARMUP)
+        if heard:
+            quality.audio_delay_ms_p50, quality.audio_delay_ms_p95 = percentiles(heard)
+            quality.figures["mouth_to_ear_windows"] = float(len(heard))
+    return found
 
 
 # ----------------------------------------------------------------------------- command line

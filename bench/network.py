@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Benchmark, RunSettings, Samples
+from kiosk.netlab.mouth_to_ear import delays_between, percentiles
 from kiosk.netlab.profiles import Profile, profile
 from kiosk.netlab.quality import PairQuality
 
@@ -121,14 +122,21 @@ def run_kiosk_pair(workdir: Path, lab_profile: Profile, seconds: float, seed: in
     from kiosk.netlab.call import run_lab_call
 
     every_second = ["--stats-every", "1"]
+    # Each side's emulated speaker writes what it played, with when, and its microphone (the
+    # synthetic voice) when it spoke: the mouth-to-ear delay comes from the audio itself.
+    heard = {side: workdir / f"{side}-audio" for side in ("kiosk", "desk")}
+    configs = {}
+    for side, directory in heard.items():
+        configs[side] = workdir / f"{side}.toml"
+        configs[side].write_text(f'[audio]\nspeaker_dir = "{directory}"\n')
     report = run_lab_call(
         workdir,
         lab_profile,
         seconds=seconds,
         seed=seed,
         turn_tcp=lab_profile.needs_turn_over_tcp,
-        kiosk_args=every_second,
-        desk_args=every_second,
+        kiosk_args=[*every_second, "--config", str(configs["kiosk"])],
+        desk_args=[*every_second, "--config", str(configs["desk"])],
     )
 
     def timeline(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,7 +147,22 @@ def run_kiosk_pair(workdir: Path, lab_profile: Profile, seconds: float, seed: in
     )
     if lab_profile.up.rate:
         up.figures.update(_following_the_cap(timeline(report.kiosk_events), lab_profile))
-    return [up, _quality_of(timeline(report.kiosk_events), "desk", lab_profile.name, "kiosk received (down)")]
+    down = _quality_of(timeline(report.kiosk_events), "desk", lab_profile.name, "kiosk received (down)")
+    for quality, listener, talker, spoken in ((up, "desk", "door", "kiosk"), (down, "kiosk", "desk", "desk")):
+        _mouth_to_ear(quality, delays_between(heard[listener], talker, heard[spoken], WARMUP_SECONDS))
+    return [up, down]
+
+
+def _mouth_to_ear(quality: PairQuality, found: list[float]) -> None:
+    """The measured mouth-to-ear delay in place of the estimate (playout target + RTT/2), if any."""
+    if not found:
+        quality.note += "; no mouth-to-ear windows matched the voice: the estimate is kept"
+        return
+    quality.audio_delay_ms_p50, quality.audio_delay_ms_p95 = percentiles(found)
+    quality.figures["mouth_to_ear_windows"] = float(len(found))
+    quality.note = quality.note.replace(
+        "audio delay estimated: playout target + RTT/2", "audio delay measured"
+    )
 
 
 def _runners() -> dict[str, PairRunner]:
@@ -183,6 +206,7 @@ def _summary(results: list[dict[str, list[PairQuality]]]) -> dict[str, dict[str,
             "audio_concealed_pct": _median([_percent(q.audio_concealed_share) for q in rows]),
             "video_freeze_pct": _median([_percent(q.video_freeze_share) for q in rows]),
             "audio_delay_ms_p50": _median([q.audio_delay_ms_p50 for q in rows]),
+            "audio_delay_ms_p95": _median([q.audio_delay_ms_p95 for q in rows]),
             "video_delay_ms_p95": _median([q.video_delay_ms_p95 for q in rows]),
             "video_fps": _median([q.video_fps for q in rows]),
         }

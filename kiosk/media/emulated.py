@@ -44,6 +44,7 @@ from kiosk.media.devices import (
     SpeakerSink,
 )
 from kiosk.media.pattern import TestPattern
+from kiosk.media.sample_clock import SampleClock
 
 OPENED_SPEAKERS_KEPT = 64  # the newest speakers opened, for tests and the demo to inspect
 # Outputs that have a hardware volume control; the headphones (say, a plain USB DAC) have none.
@@ -147,6 +148,11 @@ class EmulatedMicrophone(MicrophoneSource):
         self._closed = False
         self._samples = np.zeros(0, dtype=np.int16)
         self._position = 0
+        # When each frame was produced: with the owner's speaker_dir, saved there on close as
+        # microphone.clock.json, for the mouth-to-ear figure (kiosk/netlab/mouth_to_ear.py).
+        # (Kept only then: a clock point a frame would grow without end in a kiosk left running.)
+        self.clock = SampleClock(AUDIO_SAMPLE_RATE) if owner.speaker_dir is not None else None
+        self._produced = 0
         owner._acquire(device.device_id, self)
         try:
             self._samples = self._load(frequency, sound_file)
@@ -170,6 +176,9 @@ class EmulatedMicrophone(MicrophoneSource):
         if self._closed or not self._owner.is_present(self.device.device_id):
             raise DeviceError(self.device.device_id, "microphone disconnected")
         n, start = AUDIO_FRAME_SAMPLES, self._position
+        if self.clock is not None:
+            self.clock.mark(time.monotonic(), self._produced)
+        self._produced += n
         end = start + n
         if end <= len(self._samples):
             chunk = self._samples[start:end]
@@ -185,6 +194,9 @@ class EmulatedMicrophone(MicrophoneSource):
             return
         self._closed = True
         self._owner._release(self.device.device_id, self)
+        if self._owner.speaker_dir is not None and self.clock is not None and self.clock.points:
+            self._owner.speaker_dir.mkdir(parents=True, exist_ok=True)
+            self.clock.save(self._owner.speaker_dir / "microphone.clock.json")
 
 
 def _load_sound(path: Path) -> np.ndarray:
@@ -215,6 +227,7 @@ class EmulatedSpeaker(SpeakerSink):
         self._owner = owner
         self._record_dir = record_dir
         self._files: dict[str, wave.Wave_write] = {}
+        self._clocks: dict[str, SampleClock] = {}  # when each file's samples were played
         self.frames_written = 0
         self.closed = False
         self._reference: ReferenceMixer | None = None
@@ -255,6 +268,8 @@ class EmulatedSpeaker(SpeakerSink):
             out.setsampwidth(2)
             out.setframerate(frame.sample_rate)
             self._files[participant_uid] = out
+            self._clocks[participant_uid] = SampleClock(frame.sample_rate)
+        self._clocks[participant_uid].mark(time.monotonic(), out.getnframes())
         out.writeframes(frame.to_ndarray().astype(np.int16).tobytes())
 
     def close(self) -> None:
@@ -264,6 +279,10 @@ class EmulatedSpeaker(SpeakerSink):
         for out in self._files.values():
             out.close()
         self._files.clear()
+        if self._record_dir is not None:
+            for uid, clock in self._clocks.items():
+                clock.save(self._record_dir / f"{uid}.clock.json")  # beside <uid>.wav
+        self._clocks.clear()
         if self._owner is not None:
             self._owner._release(self.device.device_id, self)
 
