@@ -53,7 +53,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bench.bare import SourceTrack
-from kiosk.media.emulated import EmulatedDevices
+from bench.netlab_chromium import write_voice_wav
+from kiosk.media.emulated import EmulatedDevices, second_voice, speech_like_voice
 from kiosk.media.pattern import latency_ms, read_stamp
 from kiosk.media.sample_clock import SampleClock
 from kiosk.netlab.call import TURN_SECRET, TURN_TCP_PORT, start_coturn, wait_for_port
@@ -62,6 +63,7 @@ from kiosk.netlab.mouth_to_ear import delays_between, percentiles
 from kiosk.netlab.profiles import Profile
 from kiosk.netlab.profiles import profile as named_profile
 from kiosk.netlab.quality import PairQuality, frames_per_second, freeze_share
+from kiosk.netlab.speech_quality import add_speech_quality
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT, FPS = 640, 480, 30
@@ -254,12 +256,20 @@ async def _wait_connected(pc: RTCPeerConnection, timeout: float) -> None:
 
 
 async def run_peer(
-    role: str, signal_dir: Path, seconds: float, out: Path, ice_servers: list[RTCIceServer]
+    role: str,
+    signal_dir: Path,
+    seconds: float,
+    out: Path,
+    ice_servers: list[RTCIceServer],
+    sound_file: Path | None = None,
 ) -> dict[str, Any]:
     """One side of the call: `seconds` from connected, then its figures written to `out`."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))  # [] : no public STUN server
-    # Its microphone (the synthetic voice) saves when it spoke beside what this side played.
-    devices = EmulatedDevices(width=WIDTH, height=HEIGHT, fps=FPS, speaker_dir=audio_dir(out))
+    # Its microphone (the synthetic voice, or `sound_file`) saves when it spoke beside what this side
+    # played.
+    devices = EmulatedDevices(
+        width=WIDTH, height=HEIGHT, fps=FPS, speaker_dir=audio_dir(out), sound_file=sound_file
+    )
     audio = SourceTrack("audio", devices.open_microphone("emulated-mic"))
     video = SourceTrack("video", devices.open_camera("emulated-camera-front"))
     recorder = Recorder()
@@ -358,6 +368,9 @@ def run_aiortc_pair(
     logs = {side: workdir / f"peer-{side}.log" for side in ("a", "b")}
     for path in outs.values():
         path.unlink(missing_ok=True)
+    # b speaks the second voice, so that each direction is told from the other.
+    voices = {"a": speech_like_voice(), "b": second_voice()}
+    second_voice_wav = write_voice_wav(workdir / "voice-b.wav", voices["b"])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs: list[subprocess.Popen[bytes]] = []
     with Lab(profile, workdir / "lab", seed=seed) as lab:
@@ -379,6 +392,8 @@ def run_aiortc_pair(
             for side, role in (("b", "answer"), ("a", "offer")):
                 argv = [sys.executable, "-m", "bench.netlab_aiortc", "peer", "--role", role]
                 argv += ["--dir", str(signal_dir), "--seconds", str(seconds), "--out", str(outs[side]), *turn]
+                if side == "b":
+                    argv += ["--sound-file", str(second_voice_wav)]
                 with open(logs[side], "wb") as log:
                     peers[side] = subprocess.Popen(
                         lab.command(side, argv), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env
@@ -405,10 +420,12 @@ def run_aiortc_pair(
         _quality(profile, figures["a"], "received by a (the impaired side) from b (the clean side)"),
     ]
     for quality, listener, talker in zip(found, ("b", "a"), ("a", "b"), strict=True):
-        heard = delays_between(audio_dir(outs[listener]), "peer", audio_dir(outs[talker]), WARMUP)
+        voice = voices[talker]
+        heard = delays_between(audio_dir(outs[listener]), "peer", audio_dir(outs[talker]), WARMUP, voice)
         if heard:
             quality.audio_delay_ms_p50, quality.audio_delay_ms_p95 = percentiles(heard)
             quality.figures["mouth_to_ear_windows"] = float(len(heard))
+        add_speech_quality(quality, next(audio_dir(outs[listener]).glob("*/peer.wav"), None), WARMUP, voice)
     return found
 
 
@@ -424,13 +441,14 @@ def _peer_main(argv: list[str]) -> int:
     parser.add_argument("--turn-url")
     parser.add_argument("--turn-username")
     parser.add_argument("--turn-password")
+    parser.add_argument("--sound-file", type=Path, help="what the microphone loops (default: the voice)")
     args = parser.parse_args(argv)
     servers = []
     if args.turn_url:
         servers.append(
             RTCIceServer(urls=args.turn_url, username=args.turn_username, credential=args.turn_password)
         )
-    asyncio.run(run_peer(args.role, args.dir, args.seconds, args.out, servers))
+    asyncio.run(run_peer(args.role, args.dir, args.seconds, args.out, servers, args.sound_file))
     return 0
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import statistics
@@ -49,11 +50,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kiosk.calls.freezes import FreezeMeter
+from kiosk.media.emulated import second_voice, speech_like_voice
+from kiosk.media.sample_clock import SampleClock
 from kiosk.netlab.call import TURN_SECRET, TURN_TCP_PORT, add_user, start_coturn, wait_for_port
 from kiosk.netlab.lab import Lab, address
+from kiosk.netlab.mouth_to_ear import delays, percentiles, production_clock
 from kiosk.netlab.profiles import PROFILES, Profile, profile
 from kiosk.netlab.quality import PairQuality
+from kiosk.netlab.speech_quality import add_speech_quality
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/lib/chromium/chromium"
@@ -116,7 +123,13 @@ _HOOK_PEER_CONNECTIONS = """
       let presented = null;
       const onFrame = (now, metadata) => {
         const count = metadata.presentedFrames ?? (presented ?? 0) + 1;
-        frames.push([(metadata.presentationTime ?? now) / 1000, presented === null ? 1 : Math.max(1, count - presented)]);
+        const shownAt = metadata.presentationTime ?? now;
+        // A remote frame's captureTime is the sender's capture, put on this page's clock from the
+        // RTCP sender reports: from it to the frame shown is the glass-to-glass delay (less the screen's
+        // own scan-out).
+        const captured = metadata.captureTime ?? null;
+        frames.push([shownAt / 1000, presented === null ? 1 : Math.max(1, count - presented),
+                     captured === null ? null : (shownAt - captured) / 1000]);
         presented = count;
         if (frames.length > MAX_FRAMES) frames.splice(0, frames.length - MAX_FRAMES);
         video.requestVideoFrameCallback(onFrame);
@@ -135,12 +148,114 @@ _HOOK_PEER_CONNECTIONS = """
       window.__netlabPcs.push(this);
       this.addEventListener("track", (event) => {
         if (event.track.kind === "video") watch(event.track);
+        if (event.track.kind === "audio" && window.__netlabTapRemote) window.__netlabTapRemote(event.track);
       });
     }
   }
   Hooked.__netlabHooked = true;
   window.RTCPeerConnection = Hooked;
 })();
+"""
+
+# Records, for the mouth-to-ear figure, what the page's microphone track gave ("local") and what its remote
+# audio tracks played ("remote"), each with when: an AudioWorklet tap on each track in one AudioContext
+# at 48 kHz sends chunks with the context time of their first sample; the context time is put on
+# performance's clock (and from there the epoch, which the lab's namespaces share) with
+# getOutputTimestamp. Both ends are tapped the same way, so the tap's own latency cancels out.
+_TAP_AUDIO = """
+(() => {
+  if (window.__netlabTaps) return;
+  const taps = (window.__netlabTaps = { local: [], remote: [], errors: [], offsets: [] });
+  const WORKLET = `
+    class NetlabTap extends AudioWorkletProcessor {
+      constructor() { super(); this.parts = []; this.size = 0; this.start = 0; }
+      process(inputs) {
+        const channel = inputs[0] && inputs[0][0];
+        if (!channel) return true;
+        if (!this.size) this.start = currentTime;
+        this.parts.push(channel.slice());
+        this.size += channel.length;
+        if (this.size >= 2400) {
+          const out = new Int16Array(this.size);
+          let at = 0;
+          for (const part of this.parts) {
+            for (let i = 0; i < part.length; i++) out[at + i] = Math.max(-32768, Math.min(32767, part[i] * 32768));
+            at += part.length;
+          }
+          this.port.postMessage({ start: this.start, samples: out }, [out.buffer]);
+          this.parts = []; this.size = 0;
+        }
+        return true;
+      }
+    }
+    registerProcessor("netlab-tap", NetlabTap);`;
+  let context = null;
+  let ready = null;
+  const start = () => {
+    if (ready) return ready;
+    context = new AudioContext({ sampleRate: 48000 });
+    taps.rate = context.sampleRate;
+    const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
+    ready = context.audioWorklet.addModule(url).then(() => context.resume());
+    // Context time to epoch milliseconds (the median of the offsets seen).
+    setInterval(() => {
+      const stamp = context.getOutputTimestamp();
+      if (stamp.contextTime > 0) {
+        taps.offsets.push(performance.timeOrigin + stamp.performanceTime - stamp.contextTime * 1000);
+        if (taps.offsets.length > 600) taps.offsets.shift();
+      }
+    }, 100);
+    return ready;
+  };
+  const tap = (track, into) => {
+    start().then(() => {
+      const source = context.createMediaStreamSource(new MediaStream([track]));
+      const node = new AudioWorkletNode(context, "netlab-tap");
+      const mute = context.createGain();
+      mute.gain.value = 0;
+      node.port.onmessage = (event) => into.push([event.data.start, event.data.samples]);
+      source.connect(node);
+      node.connect(mute);
+      mute.connect(context.destination);
+      track.addEventListener("ended", () => { source.disconnect(); node.disconnect(); });
+    }).catch((error) => taps.errors.push(`audio tap: ${error}`));
+  };
+  window.__netlabTapRemote = (track) => tap(track, taps.remote);
+  const devices = navigator.mediaDevices;
+  if (devices && devices.getUserMedia) {
+    const native = devices.getUserMedia.bind(devices);
+    devices.getUserMedia = async (constraints) => {
+      // No audio processing, as on the kiosks of the bench: the fake microphone hears no room.
+      if (constraints && constraints.audio) {
+        const audio = typeof constraints.audio === "object" ? constraints.audio : {};
+        constraints = { ...constraints, audio: { ...audio, echoCancellation: false, noiseSuppression: false,
+                                                 autoGainControl: false } };
+      }
+      const stream = await native(constraints);
+      for (const track of stream.getAudioTracks()) tap(track, taps.local);
+      return stream;
+    };
+  }
+})();
+"""
+
+# What the audio taps recorded: per tap, [context time of the chunk's first sample, base64 of its
+# little-endian int16 samples] lists; the epoch offset (ms) of the context's clock; the rate.
+_TAKE_AUDIO = """
+() => {
+  const taps = window.__netlabTaps;
+  if (!taps) return null;
+  const encode = (chunks) => chunks.map(([start, samples]) => {
+    const bytes = new Uint8Array(samples.buffer, samples.byteOffset, samples.byteLength);
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+    return [start, btoa(text)];
+  });
+  const offsets = [...taps.offsets].sort((a, b) => a - b);
+  const median = offsets.length ? offsets[Math.floor(offsets.length / 2)] : null;
+  return { rate: taps.rate || 48000, offset: median, errors: taps.errors,
+           local: encode(taps.local), remote: encode(taps.remote) };
+}
 """
 
 # Joins a session by id, as tests/test_web_sfu.py does (no ringing: both pages join the same id).
@@ -235,15 +350,19 @@ class _Received:
     delays_ms: list[float] = field(default_factory=list)
     # Presented video frames in the window: [time, frames it stands for (callbacks skipped)].
     frame_times: list[tuple[float, int]] = field(default_factory=list)
+    # Capture (the sender's camera) to presentation of each frame, where Chromium knows the capture time.
+    glass_delays_ms: list[float] = field(default_factory=list)
     started_at: float = 0.0
     ended_at: float = 0.0
 
     def add(self, snapshot: dict[str, Any]) -> None:
         first_snapshot = not self.ended_at
         self.ended_at = float(snapshot["at"])
-        self.frame_times += [
-            (float(t), int(n)) for t, n in snapshot.get("frames", ()) if self.started_at <= t <= self.ended_at
-        ]
+        for at, count, *delay in snapshot.get("frames", ()):
+            if self.started_at <= at <= self.ended_at:
+                self.frame_times.append((float(at), int(count)))
+                if delay and delay[0] is not None:
+                    self.glass_delays_ms.append(float(delay[0]) * 1000)
         for pc in snapshot["pcs"]:
             window = self.windows.get(pc["id"])
             if window is None:
@@ -290,6 +409,9 @@ class _Received:
             "audio_delay_ms_p50": _percentile(self.delays_ms, 50),
             "audio_delay_ms_p95": _percentile(self.delays_ms, 95),
             "video_freeze_share": frames.freeze_share if frames.frames >= 2 else None,
+            "video_delay_ms_p50": _percentile(self.glass_delays_ms, 50),
+            "video_delay_ms_p95": _percentile(self.glass_delays_ms, 95),
+            "video_delays_known": len(self.glass_delays_ms),
             "video_freezes": frames.freeze_count,
             "video_freeze_seconds": frames.freeze_seconds,
             "video_fps": frames.frames_per_second if frames.frames >= 2 else None,
@@ -331,7 +453,13 @@ def _media_flowing(snapshot: dict[str, Any]) -> bool:
 
 
 async def drive_page(
-    server: str, token: str, session_id: str, seconds: float, wav: Path | None, lab_zero: float | None = None
+    server: str,
+    token: str,
+    session_id: str,
+    seconds: float,
+    wav: Path | None,
+    lab_zero: float | None = None,
+    audio_dir: Path | None = None,
 ) -> dict[str, Any]:
     """One page: open the app, join `session_id`, measure `seconds` of media; the result as a dict.
     Stays in the call afterwards until stdin closes. `lab_zero`: time.monotonic() when the lab's clock
@@ -352,6 +480,8 @@ async def drive_page(
             page.set_default_timeout(30_000)
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
             await page.add_init_script(_HOOK_PEER_CONNECTIONS)
+            if audio_dir is not None:
+                await page.add_init_script(_TAP_AUDIO)
             await page.goto(f"{server}/app/?token={token}")
             await page.locator("#lobby").wait_for()
             await page.evaluate(_JOIN, session_id)
@@ -373,6 +503,9 @@ async def drive_page(
                 snapshot = await page.evaluate(_SNAPSHOT)
                 received.add(snapshot)
             result = received.figures()
+            if audio_dir is not None:
+                taken = await page.evaluate(_TAKE_AUDIO)
+                result["audio_tap_errors"] = save_taps(taken, audio_dir)
             if lab_zero is not None:
                 result["window_lab"] = [window_from - lab_zero, time.monotonic() - lab_zero]
             result["errors"] = [*snapshot["errors"], *page_errors]
@@ -383,6 +516,54 @@ async def drive_page(
         finally:
             await browser.close()
     return result
+
+
+def save_taps(taken: dict[str, Any] | None, directory: Path) -> list[str]:
+    """What the page's audio taps recorded, as the emulated devices save theirs: `<tap>.wav` (mono int16)
+    and `<tap>.clock.json` (epoch seconds: the lab's namespaces share the clock). Returns the taps'
+    errors."""
+    if not taken or taken.get("offset") is None:
+        return ["the audio taps recorded nothing" + (f": {taken['errors']}" if taken else "")]
+    directory.mkdir(parents=True, exist_ok=True)
+    rate = int(taken["rate"])
+    for name in ("local", "remote"):
+        clock = SampleClock(rate)
+        parts: list[bytes] = []
+        count = 0
+        for start, encoded in taken[name]:
+            samples = base64.b64decode(encoded)
+            clock.mark((float(taken["offset"]) + float(start) * 1000) / 1000, count)
+            parts.append(samples)
+            count += len(samples) // 2
+        with wave.open(str(directory / f"{name}.wav"), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(rate)
+            out.writeframes(b"".join(parts))
+        clock.save(directory / f"{name}.clock.json")
+    return list(taken.get("errors") or [])
+
+
+def tapped_delays(
+    listener_dir: Path, talker_dir: Path, skip_seconds: float, voice: np.ndarray
+) -> list[float]:
+    """Mouth-to-ear delays (s) of the talker's voice (the loop `voice`) at the listener, from the pages'
+    saved taps: the talker's microphone recording gives its production clock (`production_clock`),
+    the listener's remote recording what it played and when; the first `skip_seconds` played are
+    left out."""
+
+    def read(path: Path) -> tuple[np.ndarray, SampleClock]:
+        with wave.open(str(path)) as recorded:
+            samples = np.frombuffer(recorded.readframes(recorded.getnframes()), np.int16)
+        return samples, SampleClock.load(path.with_suffix(".clock.json"))
+
+    if not (listener_dir / "remote.wav").exists() or not (talker_dir / "local.wav").exists():
+        return []
+    spoken, spoken_clock = read(talker_dir / "local.wav")
+    played, played_clock = read(listener_dir / "remote.wav")
+    skip = int(skip_seconds * played_clock.rate)
+    kept = SampleClock(played_clock.rate, [(t, n - skip) for t, n in played_clock.points if n >= skip])
+    return delays(played[skip:], kept, voice, production_clock(spoken, spoken_clock, voice))
 
 
 async def _stdin_closed() -> None:
@@ -401,9 +582,9 @@ async def _stdin_closed() -> None:
 # --------------------------------------------------------------------------- the orchestrator
 
 
-def write_voice_wav(path: Path) -> Path:
-    """The kiosk's emulated voice (kiosk.media.emulated.speech_like_voice) as a WAV for Chromium's fake
-    microphone, which loops it."""
+def write_voice_wav(path: Path, voice: np.ndarray | None = None) -> Path:
+    """A synthetic voice (kiosk.media.emulated.speech_like_voice unless given) as a WAV, for Chromium's
+    fake microphone or an emulated one, which loop it."""
     from kiosk.media.devices import AUDIO_SAMPLE_RATE
     from kiosk.media.emulated import speech_like_voice
 
@@ -411,7 +592,7 @@ def write_voice_wav(path: Path) -> Path:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(AUDIO_SAMPLE_RATE)
-        out.writeframes(speech_like_voice().tobytes())
+        out.writeframes((speech_like_voice() if voice is None else voice).tobytes())
     return path
 
 
@@ -442,7 +623,10 @@ def run_chromium_pair(
     workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "server-data"
     tokens = {side: add_user(data, uid) for side, uid in USERS.items()}
-    wav = write_voice_wav(workdir / "voice.wav")
+    # Side b speaks the second voice: each direction is told from the other, and neither page's echo
+    # canceller takes the other's voice for its own echo.
+    voices = {"a": speech_like_voice(), "b": second_voice()}
+    wavs = {side: write_voice_wav(workdir / f"voice-{side}.wav", voice) for side, voice in voices.items()}
     server_url = f"http://{address('s')}:{SERVER_PORT}"
     session_id = "netlab-" + uuid.uuid4().hex[:12]
     procs: list[subprocess.Popen[Any]] = []
@@ -474,7 +658,8 @@ def run_chromium_pair(
             for side in ("b", "a"):
                 driver = [sys.executable, "-m", "bench.netlab_chromium", "page", "--server", server_url]
                 driver += ["--token", tokens[side], "--session", session_id, "--seconds", str(seconds)]
-                driver += ["--wav", str(wav), "--lab-zero", repr(time.monotonic() - lab.seconds())]
+                driver += ["--wav", str(wavs[side]), "--lab-zero", repr(time.monotonic() - lab.seconds())]
+                driver += ["--audio-dir", str(workdir / "audio" / side)]
                 with open(workdir / f"page-{side}.log", "w") as log:
                     drivers[side] = subprocess.Popen(
                         lab.command(side, driver),
@@ -510,17 +695,36 @@ def run_chromium_pair(
         if not got:
             log_text = (workdir / f"page-{side}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"the page in {side} gave no result; its log:\n{log_text}")
-    return [
+    qualities = [
         _quality(profile, results["b"], results["a"], "b (other side) received from a (kiosk's side)"),
         _quality(profile, results["a"], results["b"], "a (kiosk's side) received from b (other side)"),
     ]
+    audio = workdir / "audio"
+    for quality, listener, talker in ((qualities[0], "b", "a"), (qualities[1], "a", "b")):
+        found = tapped_delays(audio / listener, audio / talker, WARMUP_SECONDS, voices[talker])
+        if found:
+            quality.audio_delay_ms_p50, quality.audio_delay_ms_p95 = percentiles(found)
+            quality.figures["mouth_to_ear_windows"] = float(len(found))
+            quality.note = quality.note.replace(ESTIMATED, MEASURED)
+        else:
+            quality.note += "; no mouth-to-ear windows matched the voice: the estimate is kept"
+        remote = audio / listener / "remote.wav"
+        add_speech_quality(quality, remote if remote.exists() else None, WARMUP_SECONDS, voices[talker])
+        errors = results[listener].get("audio_tap_errors")
+        if errors:
+            quality.note += f"; audio taps: {'; '.join(errors)[:200]}"
+    return qualities
+
+
+ESTIMATED = "delay estimated from getStats (jitter buffer + RTT/2)"
+MEASURED = "delay measured from the audio (microphone track to played remote track, both tapped in the page)"
 
 
 def _quality(profile: Profile, got: dict[str, Any], sender: dict[str, Any], direction: str) -> PairQuality:
     lab = got.get("window_lab")
     window_lab = f" (lab clock {lab[0]:.1f}-{lab[1]:.1f} s)" if lab else ""
     note = (
-        f"{direction}; delay estimated from getStats (jitter buffer + RTT/2); "
+        f"{direction}; {ESTIMATED}; "
         f"sender's video at the end: {sender.get('sent_video')}; "
         f"window {got['span']:.1f} s{window_lab}; audio packets {got['audio_packets_received']:.0f} "
         f"received, {got['audio_packets_lost']:.0f} lost; video: {got['video_frames_presented']} frames "
@@ -540,6 +744,7 @@ def _quality(profile: Profile, got: dict[str, Any], sender: dict[str, Any], dire
         audio_delay_ms_p50=got.get("audio_delay_ms_p50"),
         audio_delay_ms_p95=got.get("audio_delay_ms_p95"),
         video_freeze_share=got.get("video_freeze_share"),
+        video_delay_ms_p95=got.get("video_delay_ms_p95"),
         video_fps=got.get("video_fps"),
         video_width=int(width) if width else None,
         note=note,
@@ -565,10 +770,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     page.add_argument("--seconds", type=float, required=True)
     page.add_argument("--wav", type=Path, default=None)
     page.add_argument("--lab-zero", type=float, default=None, help="time.monotonic() at the lab clock's 0")
+    page.add_argument("--audio-dir", type=Path, default=None, help="where to save the audio taps' recordings")
     args = parser.parse_args(argv)
 
     if args.command == "page":
-        asyncio.run(drive_page(args.server, args.token, args.session, args.seconds, args.wav, args.lab_zero))
+        asyncio.run(
+            drive_page(
+                args.server, args.token, args.session, args.seconds, args.wav, args.lab_zero, args.audio_dir
+            )
+        )
         return 0
 
     workdir = args.workdir

@@ -7,7 +7,7 @@ import pytest
 
 from kiosk.media.emulated import speech_like_voice
 from kiosk.media.sample_clock import SampleClock
-from kiosk.netlab.mouth_to_ear import delays, delays_between, locate, percentiles
+from kiosk.netlab.mouth_to_ear import delays, delays_between, locate, percentiles, production_clock
 
 RATE = 48000
 
@@ -55,6 +55,32 @@ def test_a_delay_longer_than_a_second_is_not_folded():
         heard.mark(2.5 + n / RATE, n)
     found = delays(np.tile(voice, 3)[:total], heard, voice, mic)
     assert found and all(d == pytest.approx(2.5, abs=0.001) for d in found)
+
+
+def test_a_talker_heard_from_mid_loop_gets_its_production_clock_from_a_recording():
+    # A browser's fake microphone loops the voice from wherever it was when the page began to listen;
+    # a recording of it (with a gap where the tap was idle) gives back when each loop position was
+    # produced, and with it the delay at the far end.
+    voice = speech_like_voice()
+    first = 7 * RATE + 1234  # the loop position the recording starts at
+    total = 14 * RATE
+    positions = (first + np.arange(total)) % len(voice)
+    recorded = voice[positions].copy()
+    recorded[5 * RATE : 6 * RATE] = 0  # the tap saw silence for a second
+    tap = SampleClock(RATE, [(50.0 + n / RATE, n) for n in range(0, total, 4800)])
+    mic = production_clock(recorded, tap, voice)
+    assert len(mic.points) == 13
+    # Recorded sample k is loop position first + k, produced at 50 + k / RATE; the clock says so for
+    # positions past the loop's end too.
+    for k in (0, 3 * RATE + 17, 12 * RATE):
+        produced = mic.time_of(mic.points[0][1] + k)
+        assert produced == pytest.approx(50.0 + k / RATE, abs=1e-6)
+        assert (mic.points[0][1] + k) % len(voice) == positions[k]
+
+    delay = 0.250
+    heard = SampleClock(RATE, [(50.0 + delay + n / RATE, n) for n in range(0, total, 960)])
+    found = delays(voice[positions], heard, voice, mic)
+    assert len(found) >= 12 and all(d == pytest.approx(delay, abs=0.001) for d in found)
 
 
 def test_clocks_round_trip_through_a_file(tmp_path):

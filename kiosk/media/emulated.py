@@ -107,9 +107,10 @@ VOICE_LOOP_SECONDS = 4.0  # every modulation below repeats a whole number of tim
 
 
 @functools.lru_cache(maxsize=1)
-def speech_like_voice() -> np.ndarray:
+def speech_like_voice(pitch_hz: float = 140.0, formant_scale: float = 1.0) -> np.ndarray:
     """Four seconds of a synthetic voice, looping without a click: a glottal buzz whose pitch wanders
-    around 140 Hz, through three formants that glide as vowels do, in syllables four times a second.
+    around `pitch_hz` (a whole number of cycles in the loop), through three formants that glide as
+    vowels do, in syllables four times a second.
 
     Not a tone, because what a call does with a microphone depends on it sounding like speech:
     Opus' voice activity detector soon takes a steady tone for background noise and then codes no
@@ -119,10 +120,13 @@ def speech_like_voice() -> np.ndarray:
     rate = AUDIO_SAMPLE_RATE
     t = np.arange(int(rate * VOICE_LOOP_SECONDS)) / rate
     coarse = np.arange(int(1000 * VOICE_LOOP_SECONDS)) / 1000  # the formants change slowly: per ms
-    pitch = 140 + 30 * np.sin(2 * math.pi * 0.75 * t) + 15 * np.sin(2 * math.pi * 2.25 * t)
-    pitch_coarse = 140 + 30 * np.sin(2 * math.pi * 0.75 * coarse) + 15 * np.sin(2 * math.pi * 2.25 * coarse)
+    pitch = pitch_hz + 30 * np.sin(2 * math.pi * 0.75 * t) + 15 * np.sin(2 * math.pi * 2.25 * t)
+    pitch_coarse = (
+        pitch_hz + 30 * np.sin(2 * math.pi * 0.75 * coarse) + 15 * np.sin(2 * math.pi * 2.25 * coarse)
+    )
     phase = 2 * math.pi * np.cumsum(pitch) / rate
-    formants = ((700.0, 130.0), (1220.0, 70.0), (2600.0, 160.0))  # centre and width, Hz: an open vowel
+    # Centre and width, Hz: an open vowel (a higher voice's formants sit higher).
+    formants = tuple((c * formant_scale, w) for c, w in ((700.0, 130.0), (1220.0, 70.0), (2600.0, 160.0)))
     voice = np.zeros_like(t)
     for harmonic in range(1, 40):
         frequency = harmonic * pitch_coarse
@@ -134,6 +138,14 @@ def speech_like_voice() -> np.ndarray:
     syllables = 0.2 + 0.8 * np.abs(np.sin(2 * math.pi * 2 * t))
     voice = voice / np.max(np.abs(voice)) * syllables * 0.5 * 32767
     return voice.astype(np.int16)
+
+
+def second_voice() -> np.ndarray:
+    """Another synthetic voice, higher (about 215 Hz, formants 18 % up): the other side of a measured
+    call speaks it, so that each direction is told from the other (the mouth-to-ear and speech-quality
+    figures) and an echo canceller does not take one talker for the other's echo, as it would with
+    the same waveform coming both ways."""
+    return speech_like_voice(pitch_hz=215.0, formant_scale=1.18)
 
 
 class EmulatedMicrophone(MicrophoneSource):

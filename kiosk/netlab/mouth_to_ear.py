@@ -84,6 +84,35 @@ def _last_production(offset: int, loop_length: int, before: float, clock: Sample
     return best
 
 
+def production_clock(recorded: np.ndarray, clock: SampleClock, loop: np.ndarray) -> SampleClock:
+    """A microphone's production clock, in the loop's numbering (sample n is loop position n mod its
+    length), from a recording of what the microphone gave and when (`clock`): for a talker whose
+    production times are not known, such as a browser's fake microphone looping a file from wherever
+    it was when the page started listening. Each well-matched window says which loop position was
+    produced at its time; positions count on from one window to the next, so a loop that wraps or a
+    recording with gaps keeps one numbering."""
+    size = int(WINDOW_SECONDS * clock.rate)
+    length = len(loop)
+    out = SampleClock(clock.rate)
+    previous: tuple[int, int] | None = None  # (recorded sample, loop numbering) of the last anchor
+    for start in range(0, len(recorded) - size + 1, size):
+        window = recorded[start : start + size]
+        if not np.any(window):
+            continue
+        offset, match = locate(window, loop)
+        at = clock.time_of(start)
+        if match < MIN_MATCH or at is None:
+            continue
+        if previous is None:
+            number = offset
+        else:
+            expected = previous[1] + (start - previous[0])
+            number = expected + (offset - expected + length // 2) % length - length // 2
+        out.mark(at, number)
+        previous = (start, number)
+    return out
+
+
 def percentiles(values: Sequence[float]) -> tuple[float | None, float | None]:
     """p50 and p95 in milliseconds, or None without values."""
     if not values:
@@ -92,10 +121,17 @@ def percentiles(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(np.percentile(ordered, 50)), float(np.percentile(ordered, 95))
 
 
-def delays_between(heard_dir: Path, talker: str, spoken_dir: Path, skip_seconds: float = 0.0) -> list[float]:
+def delays_between(
+    heard_dir: Path,
+    talker: str,
+    spoken_dir: Path,
+    skip_seconds: float = 0.0,
+    loop: np.ndarray | None = None,
+) -> list[float]:
     """Mouth-to-ear delays of `talker`'s voice at a listener, from the emulated devices' files: the
     listener's speaker_dir (`<device>/<talker>.wav` and its clock) and the talker's (its
-    microphone.clock.json). The first `skip_seconds` of what was played are left out."""
+    microphone.clock.json). The first `skip_seconds` of what was played are left out. `loop`: what
+    the talker's microphone looped (speech_like_voice() unless given)."""
     played_files = sorted(heard_dir.glob(f"*/{talker}.wav"))
     mic_file = spoken_dir / "microphone.clock.json"
     if not played_files or not mic_file.exists():
@@ -108,4 +144,5 @@ def delays_between(heard_dir: Path, talker: str, spoken_dir: Path, skip_seconds:
     clock = SampleClock.load(played_file.with_suffix(".clock.json"))
     skip = int(skip_seconds * clock.rate)
     kept = SampleClock(clock.rate, [(t, n - skip) for t, n in clock.points if n >= skip])
-    return delays(played[skip:], kept, speech_like_voice(), SampleClock.load(mic_file))
+    voice = speech_like_voice() if loop is None else loop
+    return delays(played[skip:], kept, voice, SampleClock.load(mic_file))
