@@ -274,6 +274,9 @@ class ParticipantJson(UserJson):
     audioMuted: bool
     videoMuted: bool
     joinedAt: int
+    # When (ms since the epoch) this participant started recording, while it records: how a
+    # late joiner learns of a recording already going on.
+    recordingSince: NotRequired[int]
 
 
 class IceServer(TypedDict):

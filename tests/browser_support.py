@@ -30,13 +30,17 @@ CHROMIUM_ARGS = [
 
 
 @asynccontextmanager
-async def chromium() -> AsyncIterator[object]:
-    """A fresh headless Chromium; yields a Playwright Browser."""
+async def chromium(extra_args: list[str] | None = None) -> AsyncIterator[object]:
+    """A fresh headless Chromium (with `extra_args` after the usual flags, which they may override);
+    yields a Playwright Browser."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=20_000
+            executable_path=CHROMIUM,
+            args=[*CHROMIUM_ARGS, *(extra_args or [])],
+            headless=True,
+            timeout=20_000,
         )
         try:
             yield browser

@@ -60,9 +60,16 @@ async def test_two_endpoints_media_both_ways_and_events(tmp_path):
         assert bob.latency_ms_p50 is not None and 0 <= bob.latency_ms_p50 < 2000
 
         await b.calls.end_session()
-        await a.events.wait_for("on_call_ended")
-        assert b.events.of("on_call_ended"), "the side that ended a 1:1 call gets on_call_ended too"
-        assert a.calls.session is None and b.calls.session is None
+        assert b.events.of("on_call_ended"), "the side that leaves its one other participant: call ended"
+        assert b.calls.session is None
+        # A session joined by id is not a rung 1:1 call: alice stays, alone, under the idle rule.
+        left = await a.events.wait_for("on_user_left")
+        assert left[0].uid == "bob" and not a.events.of("on_call_ended")
+        assert a.calls.session is not None
+        await a.calls.end_session()
+        # the final figures still report bob, who left before the end
+        assert a.calls.last_session_stats is not None
+        assert a.calls.last_session_stats.participants["bob"].bytes_received > 0
 
 
 async def test_mute_and_pause_reach_the_other_side(tmp_path):
@@ -185,6 +192,34 @@ async def test_idle_timer_stops_when_someone_joins(tmp_path):
         await b.join(session)
         await asyncio.sleep(2.5)
         assert not a.events.of("on_session_timeout") and a.calls.session is not None
+
+
+async def test_a_group_that_shrinks_to_one_ends_by_the_idle_timeout_not_at_once(tmp_path):
+    # The documents: a session ends by itself when its user has been alone for the idle period (with
+    # the warning first); on_call_ended is for a 1:1 call only. Three join by id, two leave: the last
+    # one stays, is warned, can stay(), and is timed out.
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob", "carol") as (a, b, c),
+    ):
+        session = new_session_id()
+        await a.join(session, CallSettingsBuilder().set_idle_timeout_period(3).build())
+        await b.join(session)
+        await c.join(session)
+        await wait_until(lambda: len(a.calls.session.participants) == 2, 10, "three in the session")
+        await c.calls.end_session()
+        await b.calls.end_session()
+        await wait_until(lambda: not a.calls.session.participants, 10, "alice alone")
+        assert a.calls.session is not None and a.calls.session.active
+        assert not a.events.of("on_call_ended") and not a.events.of("on_session_timeout")
+
+        await a.events.wait_for("on_session_timeout_warning", timeout=3)
+        await asyncio.sleep(2.0)
+        a.calls.session.stay()  # 1 s before the end: a new full period from now
+        await asyncio.sleep(1.5)
+        assert not a.events.of("on_session_timeout") and a.calls.session is not None
+        await a.events.wait_for("on_session_timeout", timeout=5)
+        assert a.calls.session is None and not a.events.of("on_call_ended")
 
 
 async def test_in_call_methods_need_an_active_session(tmp_path):
@@ -342,6 +377,25 @@ async def test_recording_mixes_everyone_into_one_playable_file_and_the_log_says_
         entry = (await b.calls.get_call_logs()).calls[0]
         assert entry.session_id == call.session_id and entry.has_recording
         assert (await b.calls.get_call_logs(has_recording=True)).total == 1
+
+
+async def test_who_joins_while_another_records_is_told_it_is_recording(tmp_path):
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "alice", "bob", "carol") as (a, b, c),
+    ):
+        session = new_session_id()
+        await a.join(session)
+        await b.join(session)
+        a.calls.start_recording()
+        started = (await b.events.wait_for("on_recording_toggled"))[0]
+        await c.join(session)
+        told = (await c.events.wait_for("on_recording_toggled"))[0]
+        assert told.recording_started and told.user.uid == "alice"
+        assert told.at_ms == started.at_ms  # when it started, not when carol came
+        a.calls.stop_recording()
+        stopped = (await c.events.wait_for("on_recording_toggled", count=2))[0]
+        assert not stopped.recording_started
 
 
 async def test_screen_share_when_the_device_has_a_screen(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kiosk.calls.idle import IdleTimer
+from kiosk.calls.idle import IDLE_WARNING_SECONDS, IdleTimer
 
 
 class Recorder:
@@ -69,3 +69,20 @@ async def test_stay_while_not_counting_does_not_start_it() -> None:
     assert not timer.counting
     await asyncio.sleep(0.15)
     assert seen.expired == 0
+
+
+async def test_a_period_over_the_warning_is_split_into_period_less_warning_then_the_warning() -> None:
+    # The documents: 180 s by default, the warning 60 s before: waits of 120 s and 60 s, and the
+    # warning says 60. The waits are recorded, not waited.
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    seen = Recorder()
+    timer = IdleTimer(180, warn=seen.warnings.append, expire=seen.expire, sleep=record)
+    timer.update(alone=True)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert IDLE_WARNING_SECONDS == 60
+    assert waits == [120, 60] and seen.warnings == [60] and seen.expired == 1

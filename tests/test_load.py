@@ -4,7 +4,8 @@ The server runs in its own process (loopback, a temporary data directory; starte
 bench/server_capacity.py's helpers). 200 pairs of clients each loop over rounds until the time is
 up: connect and `auth` both, get call tokens over REST, `join` (the joiner sends the `offer`, the
 other `answer`s), exchange `media.state` changes and a `ping` for a few seconds, then one side
-`leave`s (the other gets `session.ended`) and both disconnect. All 200 sessions are live at once at
+`leave`s (the other gets `participant.left`: a session joined by id is not a rung 1:1 call), the other
+leaves too, and both disconnect. All 200 sessions are live at once at
 the start (a barrier) and most of the time after.
 
 Asserted: no error reply and no missing or unexpected message anywhere; the server stays responsive
@@ -174,11 +175,12 @@ class Load:
                 await listener.request("ping", reply="pong")
                 self.messages += 3
             await a.request("leave", sessionId=sid)
-            ended = await b.expect("session.ended", sessionId=sid, reason="hangup")
-            assert ended["by"]["uid"] == first.uid
+            left = await b.expect("participant.left", sessionId=sid, reason="left")
+            assert left["participant"]["uid"] == first.uid
+            await b.request("leave", sessionId=sid)
             self.live -= 1
             self.sessions += 1
-            self.messages += 9
+            self.messages += 11
         finally:
             await asyncio.gather(a.close(), b.close())
 

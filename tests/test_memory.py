@@ -50,8 +50,10 @@ async def _cycle(host: Calls, measured: Calls) -> None:
         "decoded remote video",
     )
     await measured.end_session()
-    # A 1:1 session is over for the host too when the other side leaves.
-    await wait_until(lambda: host.session is None, 10.0, "the end of the host's session")
+    # A session joined by id goes on for the host, alone, until it leaves too.
+    await wait_until(
+        lambda: host.session is not None and not host.session.participants, 10.0, "the other side's leaving"
+    )
     await host.end_session()
 
 

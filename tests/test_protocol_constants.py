@@ -52,6 +52,7 @@ COPIES: dict[str, tuple[str, float]] = {
     # The protocol's and the documents' defaults, until the server or the application says otherwise.
     "REJOIN_GRACE_MS": ("kiosk.protocol:DEFAULT_REJOIN_GRACE", MS),
     "IDLE_TIMEOUT_SECONDS": ("kiosk.calls.settings:CallSettings.idle_timeout_period", ONE),
+    "IDLE_WARNING_SECONDS": ("kiosk.calls.idle:IDLE_WARNING_SECONDS", ONE),
     # Group calls through Janus (docs/protocol.md, "Group calls through the SFU").
     "SFU_RETRY_MS": ("kiosk.calls.sfu_media:SFU_RETRY_SECONDS", MS),
     "SFU_RESUBSCRIBE_MS": ("kiosk.calls.media:REBUILD_INTERVAL_SECONDS", MS),

@@ -107,12 +107,17 @@ def participant(conn_id: str, uid: str, joined_at: int = 1) -> Participant:
 
 
 async def join(
-    state: LiveState, session_id: str, p: Participant, max_participants: int = 4, max_sessions: int = 3
+    state: LiveState,
+    session_id: str,
+    p: Participant,
+    max_participants: int = 4,
+    max_sessions: int = 3,
+    session_type: SessionType = SessionType.DIRECT,
 ) -> Session:
     return await state.join(
         session_id,
         p,
-        session_type=SessionType.DIRECT,
+        session_type=session_type,
         audio_only=False,
         max_participants=max_participants,
         max_sessions_per_connection=max_sessions,
@@ -177,15 +182,33 @@ async def test_rejoin_takes_the_place_over(state: LiveState) -> None:
     assert same is not None and same.participants["c2"].video_muted is True
 
 
-async def test_leave_one_to_one_ends_the_session(state: LiveState) -> None:
-    await join(state, "s1", participant("c1", "alice"))
-    await join(state, "s1", participant("c2", "bob"))
+async def test_leaving_a_rung_one_to_one_call_ends_it_for_both(state: LiveState) -> None:
+    await join(state, "s1", participant("c1", "alice"), session_type=SessionType.DEFAULT)
+    await join(state, "s1", participant("c2", "bob"), session_type=SessionType.DEFAULT)
     outcome = await state.leave("s1", "c1")
     assert outcome.participant.uid == "alice" and [p.uid for p in outcome.others] == ["bob"]
     assert outcome.session_over and outcome.session_empty
     assert await state.get_session("s1") is None
     assert await state.sessions_of_connection("c2") == []
     await expect_error(ErrorCode.NOT_IN_SESSION, state.leave("s1", "c2"))
+
+
+async def test_the_last_one_stays_in_a_direct_session_or_one_that_was_a_group(state: LiveState) -> None:
+    # A session joined by id, and a rung call that a third person joined, are not one to one: the
+    # last one left stays in it (and its idle timeout ends it), whatever the store.
+    await join(state, "direct", participant("c1", "alice"))
+    await join(state, "direct", participant("c2", "bob"))
+    outcome = await state.leave("direct", "c1")
+    assert not outcome.session_over and not outcome.session_empty
+    assert await state.sessions_of_connection("c2") == ["direct"]
+
+    for i, uid in enumerate(["carol", "dave", "erin"]):
+        await join(state, "rung", participant(f"r{i}", uid), session_type=SessionType.DEFAULT)
+    assert not (await state.leave("rung", "r2")).session_over  # three to two: still a group
+    outcome = await state.leave("rung", "r1")
+    assert not outcome.session_over and [p.uid for p in outcome.others] == ["carol"]
+    left = await state.get_session("rung")
+    assert left is not None and left.was_group and list(left.participants) == ["r0"]
 
 
 async def test_leave_a_group_and_end(state: LiveState) -> None:

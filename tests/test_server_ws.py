@@ -28,6 +28,22 @@ async def count(
         return body["count"]
 
 
+async def rung_call(
+    http: aiohttp.ClientSession, server: RunningServer, caller: TestUser, receiver: TestUser
+) -> str:
+    """Ring `receiver` from `caller` and accept: the session id of a 1:1 call (session type default)."""
+    async with http.post(
+        f"{server.url}/v1/calls",
+        json={"receiverUid": receiver.uid, "callType": "audio"},
+        headers=caller.headers,
+    ) as r:
+        assert r.status in (200, 201), await r.text()
+        session_id = str((await r.json())["sessionId"])
+    async with http.post(f"{server.url}/v1/calls/{session_id}/accept", headers=receiver.headers) as r:
+        assert r.status == 200, await r.text()
+    return session_id
+
+
 def forge(data_dir: Path, **claims: Any) -> str:
     """A call token signed with the server's real key, with chosen claims."""
     now = int(time.time())
@@ -176,14 +192,37 @@ async def test_join_leave_among_three(
         )
     assert await count(http, call_server, amy.user, "room", "direct") == 2
 
-    # Two left: one leaving ends the 1:1 session for the other.
+    # Two left of a session joined by id: not a 1:1 call, the last stays (its idle timer runs).
     await amy.ok("leave", sessionId="room")
-    ended = await bob.wait_for("session.ended")
-    assert ended == {"type": "session.ended", "sessionId": "room", "reason": "hangup", "by": amy.user.public}
+    left = await bob.wait_for("participant.left")
+    assert (left["reason"], left["participant"]["uid"]) == ("left", "amy")
+    assert await count(http, call_server, amy.user, "room", "direct") == 1
+    await bob.ok("leave", sessionId="room")
     assert await count(http, call_server, amy.user, "room", "direct") == 0
-    assert await bob.error("leave", sessionId="room") == "NOT_IN_SESSION"
     for ws in trio:
         await ws.assert_silent(0.1)
+
+
+async def test_leaving_a_rung_one_to_one_call_ends_it_for_the_other(
+    call_server: RunningServer,
+    http: aiohttp.ClientSession,
+    trio: tuple[SignalingClient, SignalingClient, SignalingClient],
+) -> None:
+    amy, bob, _ = trio
+    assert amy.user is not None and bob.user is not None
+    session_id = await rung_call(http, call_server, amy.user, bob.user)
+    await amy.join(session_id)
+    await bob.join(session_id)
+    await amy.ok("leave", sessionId=session_id)
+    ended = await bob.wait_for("session.ended")
+    assert ended == {
+        "type": "session.ended",
+        "sessionId": session_id,
+        "reason": "hangup",
+        "by": amy.user.public,
+    }
+    assert await count(http, call_server, amy.user, session_id, "default") == 0
+    assert await bob.error("leave", sessionId=session_id) == "NOT_IN_SESSION"
 
 
 async def test_end_ends_the_session_for_everyone(
@@ -212,14 +251,17 @@ async def test_end_ends_the_session_for_everyone(
 
 @pytest.mark.parametrize("call_server", [{"rejoin_grace": 0.5}], indirect=True)
 async def test_a_closed_connection_leaves_its_sessions_after_the_grace(
-    call_server: RunningServer, trio: tuple[SignalingClient, SignalingClient, SignalingClient]
+    call_server: RunningServer,
+    http: aiohttp.ClientSession,
+    trio: tuple[SignalingClient, SignalingClient, SignalingClient],
 ) -> None:
     amy, bob, cat = trio
+    assert amy.user is not None and bob.user is not None
+    pair = await rung_call(http, call_server, amy.user, bob.user)  # before "room": busy users cannot be rung
+    await amy.join(pair)
+    await bob.join(pair)
     for ws in trio:
         await ws.join("room")
-    await amy.join("pair")
-    await bob.join("pair")
-    assert amy.user is not None
     await amy.close()
     await asyncio.sleep(0.2)  # within the grace: amy may still come back, nobody is told she left
     assert not [m for m in bob.inbox + cat.inbox if m["type"] in ("participant.left", "session.ended")]
@@ -231,16 +273,20 @@ async def test_a_closed_connection_leaves_its_sessions_after_the_grace(
             "amy",
         )
     ended = await bob.wait_for("session.ended")
-    assert ended == {"type": "session.ended", "sessionId": "pair", "reason": "hangup", "by": amy.user.public}
+    assert ended == {"type": "session.ended", "sessionId": pair, "reason": "hangup", "by": amy.user.public}
 
 
 @pytest.mark.parametrize("call_server", [{"rejoin_grace": 0.0}], indirect=True)
 async def test_with_no_grace_a_closed_connection_leaves_at_once(
-    call_server: RunningServer, trio: tuple[SignalingClient, SignalingClient, SignalingClient]
+    call_server: RunningServer,
+    http: aiohttp.ClientSession,
+    trio: tuple[SignalingClient, SignalingClient, SignalingClient],
 ) -> None:
     amy, bob, _ = trio
-    await amy.join("pair")
-    await bob.join("pair")
+    assert amy.user is not None and bob.user is not None
+    pair = await rung_call(http, call_server, amy.user, bob.user)
+    await amy.join(pair)
+    await bob.join(pair)
     await amy.close()
     ended = await bob.wait_for("session.ended", timeout=0.5)
     assert ended["reason"] == "hangup"
@@ -413,6 +459,29 @@ async def test_media_state_switch_video_and_recording_go_to_the_others(
         ("end", {}),
     ]:
         assert await b.error(message_type, sessionId="room", **fields) == "NOT_IN_SESSION"
+
+
+async def test_a_late_joiner_learns_of_a_recording_going_on(
+    call_server: RunningServer, create_user: CreateUser, ws_connect: WsConnect
+) -> None:
+    amy, bob, cat = [await create_user(uid) for uid in ("amy", "bob", "cat")]
+    a, b = [await ws_connect(u) for u in (amy, bob)]
+    for ws in (a, b):
+        await ws.join("room")
+    await a.ok("recording", sessionId="room", recording=True)
+    started = (await b.wait_for("recording"))["at"]
+    c = await ws_connect(cat)
+    joined = await c.join("room")
+    assert {p["uid"]: p.get("recordingSince") for p in joined["participants"]} == {
+        "amy": started,
+        "bob": None,
+    }
+
+    await a.ok("recording", sessionId="room", recording=False)
+    await c.wait_for("recording")
+    await c.ok("leave", sessionId="room")
+    joined = await c.join("room")
+    assert all("recordingSince" not in p for p in joined["participants"])  # stopped: nothing to learn
 
 
 # --- bad frames ---

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 IDLE_WARNING_SECONDS = 60
 
@@ -23,7 +23,9 @@ class IdleTimer:
         warn: Callable[[int], None],
         expire: Callable[[], None],
         warning_seconds: float = IDLE_WARNING_SECONDS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,  # tests give a recording one
     ) -> None:
+        self._sleep = sleep
         self.period = period
         self.warning_seconds = warning_seconds
         self._warn = warn
@@ -54,9 +56,9 @@ class IdleTimer:
 
     async def _countdown(self) -> None:
         warn_after = max(0.0, self.period - self.warning_seconds)
-        await asyncio.sleep(warn_after)
+        await self._sleep(warn_after)
         self._warn(int(round(self.period - warn_after)))
-        await asyncio.sleep(self.period - warn_after)
+        await self._sleep(self.period - warn_after)
         self._expire()
 
 

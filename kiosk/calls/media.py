@@ -118,3 +118,13 @@ class SessionMedia(Protocol):
     async def stats(self) -> dict[str, ParticipantStats]: ...
 
     async def close(self) -> None: ...
+
+
+async def retire(uid: str, link: MediaLink, departed: dict[str, ParticipantStats]) -> None:
+    """Close the link of a participant who left, keeping its last figures: the session's final stats
+    report everyone who was in it, not only those still there at the end."""
+    try:
+        departed[uid] = await link.collect_stats()
+    except Exception:  # figures are a report, never a reason not to close
+        pass
+    await link.close()

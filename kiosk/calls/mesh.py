@@ -33,6 +33,7 @@ from kiosk.calls.media import (
     REBUILD_INTERVAL_SECONDS,
     MediaContext,
     MediaLink,
+    retire,
 )
 from kiosk.calls.peer import ParticipantStats, RemoteParticipant, RemotePeer
 from kiosk.protocol import IceCandidate, Negotiation, SdpRequest
@@ -73,7 +74,10 @@ class MeshMedia:
         self._new_peer_connection: PeerFactory = new_peer or self._remote_peer
         self._peers: dict[str, MeshPeer] = {}
         self._offers_seen: dict[str, int] = {}  # uid -> offers received from it
-        self._rebuilt_at: dict[str, float] = {}  # uid -> when we last rebuilt its peer connection
+        self._rebuilt_at: dict[str, float] = {}
+        self._departed: dict[
+            str, ParticipantStats
+        ] = {}  # the last figures of those who left  # uid -> when we last rebuilt its peer connection
         self._handed_over = False
 
     def _remote_peer(self, participant: RemoteParticipant) -> RemotePeer:
@@ -118,7 +122,7 @@ class MeshMedia:
         self._offers_seen.pop(uid, None)
         self._rebuilt_at.pop(uid, None)
         if peer is not None:
-            self._context.spawn(peer.close())
+            self._context.spawn(retire(uid, peer, self._departed))
 
     def handle(self, message: Negotiation) -> None:
         if self._handed_over:
@@ -257,7 +261,10 @@ class MeshMedia:
         return peers
 
     async def stats(self) -> dict[str, ParticipantStats]:
-        return {uid: await peer.collect_stats() for uid, peer in list(self._peers.items())}
+        return {
+            **self._departed,
+            **{uid: await peer.collect_stats() for uid, peer in list(self._peers.items())},
+        }
 
     async def close(self) -> None:
         peers, self._peers = list(self._peers.values()), {}

@@ -205,6 +205,13 @@ class CallSession:
         for participant in self._participants.values():
             if participant.audio_muted or participant.video_muted:
                 self._emit_muted(participant)
+        # A recording already going on when we joined: as if we had seen it start.
+        for data in reply.get("participants", []):
+            since = data.get("recordingSince")
+            if since is not None:
+                self._host.listeners.emit(
+                    "on_recording_toggled", RTCRecordingInfo(True, RTCUser.from_json(data), int(since))
+                )
         room = _sfu_room(reply.get("media"))
         if room is not None:
             self._use_sfu(room)

@@ -38,6 +38,7 @@ from kiosk.calls.media import (
     MediaContext,
     MediaLink,
     PeerStateCallback,
+    retire,
 )
 from kiosk.calls.peer import AudioSink, FrameSink, ParticipantStats, RemoteParticipant
 from kiosk.calls.playout import ParticipantAudio
@@ -126,6 +127,7 @@ class SfuMedia:
         self._peers: dict[str, MediaLink] = dict(handover or {})
         self._subscribing: set[int] = set()  # feeds whose subscription is under way
         self._rebuilt_at: dict[str, float] = {}
+        self._departed: dict[str, ParticipantStats] = {}  # the last figures of those who left
         self._fruitless: dict[str, int] = {}  # uid -> subscriptions in a row that brought no media
         self._level = AudioLevelMeter()  # our audio level, for the room's talking events
         self.talking: set[str] = set()  # uids the room says are talking (its active speakers)
@@ -163,7 +165,7 @@ class SfuMedia:
         self._fruitless.pop(uid, None)
         self.talking.discard(uid)
         if peer is not None:
-            self._context.spawn(peer.close())
+            self._context.spawn(retire(uid, peer, self._departed))
 
     def handle(self, message: Negotiation) -> None:
         pass  # a mesh negotiation overtaken by the switch to the SFU
@@ -344,7 +346,10 @@ class SfuMedia:
     # ----------------------------------------------------------------- the end
 
     async def stats(self) -> dict[str, ParticipantStats]:
-        return {uid: await link.collect_stats() for uid, link in list(self._peers.items())}
+        return {
+            **self._departed,
+            **{uid: await link.collect_stats() for uid, link in list(self._peers.items())},
+        }
 
     async def close(self) -> None:
         self._closed = True

@@ -142,6 +142,7 @@ def _session_to_json(session: Session) -> str:
             "type": str(session.type),
             "audioOnly": session.audio_only,
             "sfu": session.sfu,
+            "wasGroup": session.was_group,
             "participants": [
                 {
                     "conn": p.conn_id,
@@ -149,6 +150,7 @@ def _session_to_json(session: Session) -> str:
                     "audioMuted": p.audio_muted,
                     "videoMuted": p.video_muted,
                     "joinedAt": p.joined_at,
+                    "recordingSince": p.recording_since,
                 }
                 for p in session.participants.values()
             ],
@@ -160,7 +162,11 @@ def _session_to_json(session: Session) -> str:
 def _session_from_json(session_id: str, text: str) -> Session:
     data = json.loads(text)
     session = Session(
-        id=session_id, type=SessionType(data["type"]), audio_only=data["audioOnly"], sfu=data.get("sfu")
+        id=session_id,
+        type=SessionType(data["type"]),
+        audio_only=data["audioOnly"],
+        sfu=data.get("sfu"),
+        was_group=bool(data.get("wasGroup", False)),
     )
     for p in data["participants"]:
         user = p["user"]
@@ -170,6 +176,7 @@ def _session_from_json(session_id: str, text: str) -> Session:
             audio_muted=p["audioMuted"],
             video_muted=p["videoMuted"],
             joined_at=p["joinedAt"],
+            recording_since=p.get("recordingSince"),
         )
     return session
 
@@ -482,7 +489,7 @@ class RedisState(LiveState):
                 )
             if session is None:
                 session = Session(id=session_id, type=session_type, audio_only=audio_only)
-            session.participants[participant.conn_id] = copy.copy(participant)
+            session.add(copy.copy(participant))
             pipe.multi()
             self._store(pipe, session)
             pipe.rpush(joined_key, session_id)
@@ -526,7 +533,7 @@ class RedisState(LiveState):
             session = await self._load(pipe, session_id)
             if session is None or conn_id not in session.participants:
                 raise _not_in_session(session_id)
-            one_to_one = len(session.participants) == 2
+            one_to_one = session.one_to_one
             participant = session.participants.pop(conn_id)
             others = list(session.participants.values())
             pipe.multi()
@@ -576,6 +583,19 @@ class RedisState(LiveState):
                 raise _not_in_session(session_id)
             participant = session.participants[conn_id]
             participant.audio_muted, participant.video_muted = audio_muted, video_muted
+            pipe.multi()
+            self._store(pipe, session)
+            return session
+
+        result: Session = await self._transact([self._k("session", session_id)], body)
+        return result
+
+    async def set_recording(self, session_id: str, conn_id: str, since: int | None) -> Session:
+        async def body(pipe: Pipeline) -> Session:
+            session = await self._load(pipe, session_id)
+            if session is None or conn_id not in session.participants:
+                raise _not_in_session(session_id)
+            session.participants[conn_id].recording_since = since
             pipe.multi()
             self._store(pipe, session)
             return session

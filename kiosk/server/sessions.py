@@ -411,7 +411,9 @@ class Sessions:
             )
 
     async def recording(self, conn_id: str, user: User, session_id: str, recording: bool) -> None:
-        session, _ = await self._state.member(session_id, conn_id)
+        at = now_ms()
+        # Kept on the participant, so that whoever joins later learns it (recordingSince).
+        session = await self._state.set_recording(session_id, conn_id, at if recording else None)
         self._hub.send_many(
             _others(session, conn_id),
             {
@@ -419,7 +421,7 @@ class Sessions:
                 "sessionId": session_id,
                 "user": user.to_json(),
                 "recording": recording,
-                "at": now_ms(),
+                "at": at,
             },
         )
         if recording and session.type == SessionType.DEFAULT:

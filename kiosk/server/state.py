@@ -25,18 +25,22 @@ class Participant:
     audio_muted: bool
     video_muted: bool
     joined_at: int
+    recording_since: int | None = None  # ms since the epoch, while it records
 
     @property
     def uid(self) -> str:
         return self.user.uid
 
     def to_json(self) -> ParticipantJson:
-        return {
+        found: ParticipantJson = {
             **self.user.to_json(),
             "audioMuted": self.audio_muted,
             "videoMuted": self.video_muted,
             "joinedAt": self.joined_at,
         }
+        if self.recording_since is not None:
+            found["recordingSince"] = self.recording_since
+        return found
 
 
 @dataclass
@@ -49,16 +53,31 @@ class Session:
     # The SFU room the session's media goes through once it outgrew the mesh (kiosk.server.sfu
     # SfuRoom.to_state()), or None while it is a mesh. It stays for the rest of the session.
     sfu: dict[str, Any] | None = None
+    # Whether three or more were ever in it at once: a group call stays one when it shrinks to two.
+    was_group: bool = False
 
     def by_uid(self, uid: str) -> Participant | None:
         return next((p for p in self.participants.values() if p.uid == uid), None)
+
+    def add(self, participant: Participant) -> None:
+        self.participants[participant.conn_id] = participant
+        if len(self.participants) >= 3:
+            self.was_group = True
+
+    @property
+    def one_to_one(self) -> bool:
+        """A rung call between two that never was a group: when one leaves, it is over for both (the
+        documents' on_call_ended). Any other session ends for its last one by the idle timeout."""
+        return self.type == SessionType.DEFAULT and not self.was_group and len(self.participants) == 2
 
 
 @dataclass
 class LeaveOutcome:
     participant: Participant  # who left
     others: list[Participant]  # everyone else who was in the session
-    session_over: bool  # the 1:1 rule applied: the others were removed too and the session is gone
+    session_over: (
+        bool  # the 1:1 rule (Session.one_to_one) applied: the others were removed too and the session is gone
+    )
     session_empty: bool  # nobody is left (also true when session_over)
 
 
@@ -126,6 +145,11 @@ class LiveState(ABC):
     @abstractmethod
     async def set_media(self, session_id: str, conn_id: str, audio_muted: bool, video_muted: bool) -> Session:
         """Record a participant's mute state; returns the session. ProtocolError NOT_IN_SESSION."""
+
+    @abstractmethod
+    async def set_recording(self, session_id: str, conn_id: str, since: int | None) -> Session:
+        """Record that a participant records (since when, ms) or not (None); returns the session.
+        ProtocolError NOT_IN_SESSION."""
 
     @abstractmethod
     async def set_audio_only(self, session_id: str, audio_only: bool) -> None: ...
@@ -208,7 +232,7 @@ class MemoryState(LiveState):
         if session is None:
             session = Session(id=session_id, type=session_type, audio_only=audio_only)
             self._sessions[session_id] = session
-        session.participants[participant.conn_id] = copy.copy(participant)
+        session.add(copy.copy(participant))
         self._joined.setdefault(participant.conn_id, []).append(session_id)
         return copy.deepcopy(session)
 
@@ -243,7 +267,7 @@ class MemoryState(LiveState):
         session = self._sessions.get(session_id)
         if session is None or conn_id not in session.participants:
             raise ProtocolError(ErrorCode.NOT_IN_SESSION, f"not in session {session_id}")
-        one_to_one = len(session.participants) == 2
+        one_to_one = session.one_to_one
         participant = self._remove(session, conn_id)
         others = list(session.participants.values())
         if one_to_one:
@@ -282,6 +306,13 @@ class MemoryState(LiveState):
         participant = session.participants[conn_id]
         participant.audio_muted = audio_muted
         participant.video_muted = video_muted
+        return copy.deepcopy(session)
+
+    async def set_recording(self, session_id: str, conn_id: str, since: int | None) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None or conn_id not in session.participants:
+            raise ProtocolError(ErrorCode.NOT_IN_SESSION, f"not in session {session_id}")
+        session.participants[conn_id].recording_since = since
         return copy.deepcopy(session)
 
     async def set_audio_only(self, session_id: str, audio_only: bool) -> None:

@@ -283,9 +283,21 @@ async function startCall(call) {
   show("call");
   say("Connecting…");
   const listener = new Calls.OngoingCallListener({
-    onUserJoined: (user) => say(`${user.name} joined.`, false, true),
-    onUserLeft: (user) => say(`${user.name} left.`, false, true),
+    onUserJoined: (user) => {
+      $("call-idle").hidden = true;
+      say(`${user.name} joined.`, false, true);
+    },
+    onUserLeft: (user) => {
+      say(`${user.name} left.`, false, true);
+      // A group call ended for everyone is no 1:1 onCallEnded: the others left, and the session is gone.
+      if (current === call && !Calls.inSession()) callOver("The call has ended.");
+    },
     onCallEnded: () => callOver("The call has ended."),
+    onSessionTimeoutWarning: (secondsLeft) => {
+      $("call-idle-text").textContent = `Nobody else is in the call: it ends in ${secondsLeft} s.`;
+      $("call-idle").hidden = false;
+    },
+    onSessionTimeout: () => callOver("The call ended: nobody else was in it."),
     onCallEndButtonPressed: () => hangUp(),
     onRecordingToggled: (info) => showRecording(!!info.recording),
     onMediaDeviceListUpdated: () => refreshDevices(),
@@ -326,6 +338,7 @@ async function hangUp() {
 
 function callOver(text, isError = false) {
   current = null;
+  $("call-idle").hidden = true;
   showRecording(false);
   Calls.clearActiveCall();
   say(text, isError);
@@ -374,6 +387,10 @@ $("signout").addEventListener("click", signOut);
 $("accept").addEventListener("click", acceptIncoming);
 $("reject").addEventListener("click", rejectIncoming);
 $("cancel").addEventListener("click", cancelCall);
+$("call-stay").addEventListener("click", () => {
+  $("call-idle").hidden = true;
+  if (Calls.inSession()) Calls.stay();
+});
 $("audio-only").addEventListener("change", refreshUsers);
 
 // A link may carry the token (?token=...): take it, then drop it from the address bar and history.

@@ -38,6 +38,7 @@ const SIGNALING_REFRESH_AFTER_MS = 3000; // no media from anyone this long: rene
 const SIGNALING_REFRESH_INTERVAL_MS = 4000;
 const REJOIN_GRACE_MS = 20000; // the server's default rejoin grace, until its `joined` reply says
 const IDLE_TIMEOUT_SECONDS = 180; // the documents' default idle timeout (setIdleTimeoutPeriod)
+const IDLE_WARNING_SECONDS = 60; // "Warning appears 60 seconds before auto-termination"
 
 export class CallsError extends Error {
   constructor(code, message) {
@@ -734,12 +735,16 @@ class Session {
     this.lastMediaFrom = new Map(); // uid -> newest media from it (ms), across rebuilt connections
     this.rebuiltAt = new Map(); // uid -> when we last rebuilt its peer connection
     this.refreshedAt = 0;
+    this.screenTrack = null; // the shared screen, sent in place of the camera (startScreenShare)
+    this.cameraTrack = null; // the camera put aside meanwhile
     this.layout = settings.defaultLayout && element ? new DefaultLayout(this, element) : null;
   }
 
   emit(name, ...args) {
-    safeCall(this.settings.listener, name, args);
-    for (const listener of state.sessionListeners.values()) safeCall(listener, name, args);
+    // Each listener once, even when it is both the settings' and registered by id (as in Python).
+    for (const listener of new Set([this.settings.listener, ...state.sessionListeners.values()])) {
+      safeCall(listener, name, args);
+    }
   }
 
   error(code, message) {
@@ -799,6 +804,13 @@ class Session {
     if (this.layout) this.layout.update();
     if (this.participants.size) this.emit("onUserListUpdated", this.userList());
     for (const p of this.participants.values()) if (p.audioMuted || p.videoMuted) this.emitMuted(p);
+    // A recording already going on when we joined: as if we had seen it start.
+    for (const p of this.participants.values()) {
+      if (p.recordingSince != null) {
+        this.emit("onRecordingToggled", { recording: true, user: { uid: p.uid, name: p.name, avatar: p.avatar },
+                                          at: p.recordingSince });
+      }
+    }
     if (reply.media?.mode === "sfu") this.useSfu(reply.media.sfu);
     // The joiner offers to everyone already in the session; they answer (docs/protocol.md, "mesh").
     else for (const uid of this.participants.keys()) this.guard(this.offerTo(uid));
@@ -1393,16 +1405,26 @@ class Session {
       .catch((err) => this.error(err.code, err.message));
   }
 
-  // The documents' idle timeout: alone in the call for this long ends the session.
+  // The documents' idle timeout: alone in the call for this long ends the session, with a warning
+  // IDLE_WARNING_SECONDS before (onSessionTimeoutWarning(secondsLeft), as the Python SDK's
+  // on_session_timeout_warning; a period no longer than the warning warns at once). stay() starts over.
   resetIdleTimer() {
     clearTimeout(this.idleTimer);
     this.idleTimer = null;
     const seconds = this.settings.idleTimeoutSeconds;
     if (!this.active || this.participants.size || !(seconds > 0)) return;
+    const warnAfter = Math.max(0, seconds - IDLE_WARNING_SECONDS);
     this.idleTimer = setTimeout(() => {
-      this.emit("onSessionTimeout");
-      endSession();
-    }, seconds * 1000);
+      this.emit("onSessionTimeoutWarning", Math.round(seconds - warnAfter));
+      this.idleTimer = setTimeout(() => {
+        this.emit("onSessionTimeout");
+        endSession();
+      }, (seconds - warnAfter) * 1000);
+    }, warnAfter * 1000);
+  }
+
+  stay() {
+    if (this.idleTimer !== null) this.resetIdleTimer();
   }
 
   async leave() {
@@ -1428,10 +1450,17 @@ class Session {
     this.dropSfu();
     for (const uid of [...this.peers.keys()]) this.closePeer(uid);
     for (const track of this.localStream.getTracks()) track.stop();
+    if (this.cameraTrack) this.cameraTrack.stop(); // put aside by a screen share
     if (this.layout) this.layout.destroy();
     if (state.session === this) state.session = null;
-    // Ended by the other side or the server (not by our own endSession): tell the app.
-    if (reason !== null) this.emit("onCallEnded");
+    if (reason === null) return; // our own endSession
+    // Ended by the other side or the server. onCallEnded is for a 1:1 call (the documents): a hangup
+    // (the server sends it only for one), a session we could not get back into, or an end for all
+    // with one other in it. In a group, or at logout, the others are gone: each is a user who left.
+    const others = [...this.participants.values()];
+    const oneToOne = reason === "hangup" || reason === "lost" || (reason === "ended" && others.length === 1);
+    if (oneToOne) this.emit("onCallEnded");
+    else for (const participant of others) this.emit("onUserLeft", participant);
   }
 }
 
@@ -1469,6 +1498,14 @@ export async function endSession() {
   const session = state.session;
   if (session) await session.leave();
 }
+
+/** Starts the idle countdown over: the "stay" answer to onSessionTimeoutWarning (as Python's stay()). */
+export function stay() {
+  activeSession("stay").stay();
+}
+
+/** Whether a call session is running (kiosk addition, as Python's `calls.session is not None`). */
+export const inSession = () => !!state.session && state.session.active;
 
 function activeSession(method) {
   if (!state.session) throw new CallsError("NO_ACTIVE_SESSION", `${method}() needs an active call session`);
@@ -1508,11 +1545,68 @@ export function isAudioMuted() {
 export function isVideoPaused() {
   return !!state.session?.videoMuted;
 }
-export function switchCamera() {} // mobile only in the documents; desktop browsers: no effect
-export function startScreenShare() {
-  throw new CallsError("NOT_SUPPORTED", "screen sharing is not supported by this client");
+/** The next camera of the browser's video inputs, round the list (none or one: nothing changes). */
+export async function switchCamera() {
+  const s = activeSession("switchCamera");
+  if (s.audioOnly || s.screenTrack) return;
+  const cameras = await getVideoInputDevices();
+  if (cameras.length < 2) return;
+  const current = s.track("video")?.getSettings().deviceId ?? state.videoInputId;
+  const at = cameras.findIndex((d) => d.deviceId === current);
+  await setVideoInputDevice(cameras[(at + 1) % cameras.length].deviceId);
 }
-export function stopScreenShare() {}
+
+/** Send the screen (getDisplayMedia) in place of the camera, until stopScreenShare() or the browser's
+ * own "stop sharing"; onScreenShareStarted / onScreenShareStopped. */
+export async function startScreenShare() {
+  const s = activeSession("startScreenShare");
+  if (s.screenTrack) return;
+  if (!navigator.mediaDevices?.getDisplayMedia) {
+    throw new CallsError("NOT_SUPPORTED", "this browser cannot share its screen");
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+  } catch (err) {
+    const [code, message] = mediaErrorMessage(err);
+    s.error(code, message);
+    throw new CallsError(code, message);
+  }
+  const screen = stream.getVideoTracks()[0];
+  if (s.ended || !screen) {
+    for (const track of stream.getTracks()) track.stop();
+    return;
+  }
+  const camera = s.track("video");
+  if (camera) s.localStream.removeTrack(camera);
+  s.cameraTrack = camera; // kept live, to come back to
+  s.screenTrack = screen;
+  s.localStream.addTrack(screen);
+  screen.addEventListener("ended", () => stopScreenShare()); // the browser's own "Stop sharing"
+  s.applyMute();
+  await s.replaceTrack("video", screen);
+  if (s.layout) s.layout.update();
+  s.emit("onScreenShareStarted");
+}
+
+export async function stopScreenShare() {
+  const s = state.session;
+  if (!s || !s.screenTrack) return;
+  const screen = s.screenTrack;
+  const camera = s.cameraTrack;
+  s.screenTrack = s.cameraTrack = null;
+  s.localStream.removeTrack(screen);
+  screen.stop();
+  if (camera && camera.readyState === "live" && !s.ended) {
+    s.localStream.addTrack(camera);
+    s.applyMute();
+    await s.replaceTrack("video", camera);
+  } else {
+    await s.replaceTrack("video", null);
+  }
+  if (s.layout) s.layout.update();
+  s.emit("onScreenShareStopped");
+}
 
 // ------------------------------------------------------------------ devices
 
@@ -1664,6 +1758,8 @@ class DefaultLayout {
     add("mode", "Spotlight", settings.showModeButton, () =>
       setMode(session.mode === CALL_MODE.DEFAULT ? CALL_MODE.SPOTLIGHT : CALL_MODE.DEFAULT));
     add("switch", "Switch to video", settings.showSwitchToVideoCallButton, () => switchToVideoCall());
+    add("share", "Share screen", settings.showScreenShareButton && !!navigator.mediaDevices?.getDisplayMedia, () =>
+      (session.screenTrack ? stopScreenShare() : startScreenShare()).catch(() => {}));
     add("end", "End", settings.showEndCallButton, () => {
       const wants = [settings.listener, ...state.sessionListeners.values()].some(
         (l) => l && typeof l.onCallEndButtonPressed === "function");
@@ -1723,6 +1819,7 @@ class DefaultLayout {
     this.root.dataset.mode = s.mode;
     if (this.buttons.mute) this.buttons.mute.textContent = s.audioMuted ? "Unmute" : "Mute";
     if (this.buttons.video) this.buttons.video.textContent = s.videoMuted ? "Start video" : "Stop video";
+    if (this.buttons.share) this.buttons.share.textContent = s.screenTrack ? "Stop sharing" : "Share screen";
     if (this.buttons.mode) this.buttons.mode.textContent = s.mode === CALL_MODE.DEFAULT ? "Spotlight" : "Grid";
     if (this.buttons.switch) this.buttons.switch.hidden = !s.audioOnly;
   }
