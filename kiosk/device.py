@@ -81,6 +81,14 @@ class KioskDevices(MediaDevices):
     def open_camera(self, device_id: str) -> CameraSource:
         return self.cameras.open_camera(device_id)
 
+    def has_screen(self) -> bool:
+        return isinstance(self.cameras, MediaDevices) and self.cameras.has_screen()
+
+    def open_screen(self) -> CameraSource:
+        if isinstance(self.cameras, MediaDevices):
+            return self.cameras.open_screen()
+        return super().open_screen()
+
     def open_microphone(self, device_id: str) -> MicrophoneSource:
         source = self.audio.open_microphone(device_id)
         if self.processor is None:

@@ -23,6 +23,8 @@ async def test_accept_then_end_call_both_sides_and_logs(tmp_path):
         call = await door.calls.initiate_call("desk", CallType.VIDEO)
         assert call.status == CallStatus.INITIATED and call.receiver.uid == "desk"
         assert door.calls.get_active_call() == call
+        door.calls.clear_active_call()
+        assert door.calls.get_active_call() is None
 
         incoming = (await desk.events.wait_for("on_incoming_call_received"))[0]
         assert incoming.session_id == call.session_id and incoming.initiator.name == "Door"

@@ -429,6 +429,12 @@ async def test_default_audio_mode_and_output_device_selection(tmp_path):
         outputs = {d.audio_mode: d.device_id for d in a.calls.get_audio_output_devices()}
         a.calls.set_audio_output_device(outputs["EARPIECE"])
         assert a.calls.session.audio_mode == "EARPIECE"
+        microphones = a.calls.get_audio_input_devices()
+        assert microphones and {d.kind for d in microphones} == {"audioinput"}
+        a.calls.set_audio_input_device(microphones[-1].device_id)
+        with pytest.raises(CallsError) as refused:
+            a.calls.set_audio_input_device("no-such-microphone")
+        assert refused.value.code == "DEVICE_NOT_FOUND"
         modes = a.events.of("on_audio_mode_changed")[-1][0]
         assert [m.mode for m in modes if m.selected] == ["EARPIECE"]
         # a headset appears: the mode list grows and it can be chosen

@@ -329,8 +329,14 @@ async def test_audio_call_switched_to_video_from_either_side(tmp_path, monkeypat
         # the kiosk switches: the page shows the kiosk's video (frames decoded in getStats)
         await _audio_call_from_page(page, kiosk)
         assert await frames_in_browser() == 0
+        await page.evaluate(
+            """() => { window.switched = []; const Calls = window.kioskCalls;
+                Calls.addCallEventListener("switch-probe", new Calls.OngoingCallListener({
+                  onCallSwitchedToVideo: (info) => window.switched.push(info.sessionId) })); }"""
+        )
         kiosk.calls.switch_to_video_call()
         await _poll("kiosk video in the browser", lambda: _more_than(frames_in_browser, 5), 20)
+        assert await page.evaluate("() => window.switched") == [kiosk.calls.session.session_id]
         await switch.wait_for(state="hidden")
         await page.locator(".calls-controls button[data-action=end]").click()
         await kiosk.events.wait_for("on_call_ended", count=2)

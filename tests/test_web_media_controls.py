@@ -107,4 +107,15 @@ async def test_the_page_switches_cameras_and_shares_its_screen_and_the_kiosk_see
         await wait_until(
             lambda: view.latest.get("visitor") == (640, 480), 15, "the camera again at the kiosk"
         )
+        # The SDK's own calls, as a page's script makes them.
+        await page.evaluate("() => window.kioskCalls.startScreenShare()")
+        await wait_until(lambda: _at_least(page, "onScreenShareStarted", 2), 10, "startScreenShare")
+        assert (await page.evaluate(_SENDING)).startswith("screen:")
+        await page.evaluate("() => window.kioskCalls.stopScreenShare()")
+        await wait_until(lambda: _at_least(page, "onScreenShareStopped", 2), 10, "stopScreenShare")
+        assert await page.evaluate(_SENDING) == "fake_device_0"
         assert await _events(page, "onError") == 0
+
+
+async def _at_least(page: Any, name: str, count: int) -> bool:
+    return await _events(page, name) >= count

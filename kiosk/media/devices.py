@@ -166,6 +166,10 @@ class MediaDevices(ABC):
     def open_speaker(self, device_id: str) -> SpeakerSink:
         """Open an output; raises DeviceBusyError if it is held. May block: call it off the loop."""
 
+    def has_screen(self) -> bool:
+        """Whether `open_screen` can give a source (the UI offers screen sharing only then)."""
+        return False
+
     def open_screen(self) -> CameraSource:
         """A source of the device's own screen, for screen sharing; most kiosks have none."""
         raise DeviceError("screen", "this device has no screen source to share")

@@ -460,6 +460,9 @@ class EmulatedDevices(MediaDevices):
         del self.opened_speakers[:-OPENED_SPEAKERS_KEPT]  # a long-running emulated device stays bounded
         return speaker
 
+    def has_screen(self) -> bool:
+        return self.screen
+
     def open_screen(self) -> CameraSource:
         if not self.screen:
             return super().open_screen()

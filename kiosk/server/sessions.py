@@ -32,7 +32,7 @@ from kiosk.server.connections import Hub
 from kiosk.server.models import User
 from kiosk.server.sfu import JanusRooms, SfuRoom
 from kiosk.server.state import LiveState, Participant, Session
-from kiosk.server.storage import Storage
+from kiosk.server.storage import Storage, StorageClosedError
 from kiosk.server.tokens import CallTokens
 from kiosk.server.turn import ice_servers_for
 
@@ -358,6 +358,9 @@ class Sessions:
             return
         try:
             await self.on_session_over(session_id, by)
+        except StorageClosedError:
+            # Shutting down: the call stays open in the log, and is closed as abandoned at the next start.
+            log.info("session %s ended as the server stopped", session_id)
         except Exception:
             # The session is gone either way; a failure to update its call must not undo that.
             log.exception("updating the call of session %s failed", session_id)

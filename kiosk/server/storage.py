@@ -323,6 +323,10 @@ class SqliteDatabase:
         return [_call_from_row(row) for row in rows]
 
 
+class StorageClosedError(RuntimeError):
+    """A query after the storage was closed (a connection's last work at server shutdown)."""
+
+
 class SqliteStorage(Storage):
     """`Storage` on SQLite. Every query runs on one dedicated thread, so the event loop never waits on
     disk and the sqlite connection is only ever used from the thread that opened it."""
@@ -334,7 +338,7 @@ class SqliteStorage(Storage):
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._closed:
-            raise RuntimeError("storage is closed")
+            raise StorageClosedError("storage is closed")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def create_user(self, user: User, token_hash: str) -> None:

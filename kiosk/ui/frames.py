@@ -64,6 +64,7 @@ class FrameStore:
 
     def close(self) -> None:
         self.slots.clear()
+        self.pip = False  # the next call starts full size
         self._layout_changed()
 
     # ----------------------------------------------------------------- for the screen

@@ -248,12 +248,26 @@ class InCallScreen(Screen):
         self.avatar_mode = app.avatar_mode  # the call's settings replace it when a call starts
         self.label_visible = True
         self.label_colour: tuple[float, ...] = (0.2, 0.2, 0.2, 1)
+        self.label_position = "bottom-left"
+        # The main video container's own buttons (zoom, user list, full screen), grouped per corner.
+        self.corner_buttons: dict[str, BigButton] = {}
+        self.corners: dict[str, BoxLayout] = {}
+        self.layout_shown = True  # enable_default_layout: the button layout at all
+        self.zoomed = False  # the zoom button: the other fit than the settings' one
+        self.full_screen = False  # the full-screen button: video only, no bar, no preview
+        self.user_list: BoxLayout | None = None
+        self.videos.bind(pos=self._place_corners, size=self._place_corners)
 
     def apply_settings(self, settings: CallSettings) -> None:
         """The main video container settings: picture fit and the name label."""
         container = settings.main_video_container_setting
         self.fit = str(container.aspect_ratio.value)
         self.label_visible = container.name_label.visible
+        self.label_position = str(container.name_label.position.value)
+        self.layout_shown = settings.default_layout
+        # The status line (who, how long) makes way for a name label in the top-left corner.
+        top_left = self.label_position == "top-left"
+        self.status.pos_hint = {"center_x": 0.5, "top": 0.99} if top_left else {"x": 0.01, "top": 0.99}
         self.preview.draggable = settings.enable_video_tile_drag
         self.avatar_mode = str(getattr(settings.avatar_mode, "value", settings.avatar_mode))
         try:
@@ -264,9 +278,14 @@ class InCallScreen(Screen):
     # ----------------------------------------------------------------- control bar
 
     def build_bar(self, settings: CallSettings, video_inputs: int) -> None:
-        """The buttons the call settings ask for, in the order a thumb expects (end at the right)."""
+        """The buttons the call settings ask for, in the order a thumb expects (end at the right).
+        With the default layout off there are none: the video has the whole screen."""
         self.bar.clear_widgets()
         self.buttons = {}
+        self._build_corners(settings)
+        self._show_chrome()
+        if not settings.default_layout:
+            return
         app, controller = self.app, self.app.controller
         wanted: list[tuple[str, bool, str, Callable[[], object], tuple[float, ...]]] = [
             ("mute", settings.show_mute_audio_button, "Mute", controller.toggle_mute, GREY),
@@ -285,6 +304,13 @@ class InCallScreen(Screen):
                 "Video call",
                 lambda: app.sdk("switch to video", app.calls.switch_to_video_call),
                 BLUE,
+            ),
+            (
+                "share",
+                settings.show_screen_share_button and app.calls.devices.has_screen(),
+                "Share screen",
+                app.toggle_screen_share,
+                GREY,
             ),
             ("record", settings.show_recording_button, "Record", app.toggle_recording, GREY),
             ("mode", settings.show_mode_button, "Grid", app.next_mode, GREY),
@@ -337,6 +363,10 @@ class InCallScreen(Screen):
             buttons["record"].set_colour(RED if recording else GREY)
         if "mode" in buttons:
             buttons["mode"].text = MODE_WORDS.get(self.app.store.mode, self.app.store.mode.title())
+        if "share" in buttons:
+            sharing = bool(session is not None and session.active and session.sharing_screen)
+            buttons["share"].text = "Stop sharing" if sharing else "Share screen"
+            buttons["share"].set_colour(AMBER if sharing else GREY)
         self.preview.set_muted(state.muted, state.video_paused)
         self.volume.show(state.volume)
 
@@ -364,8 +394,8 @@ class InCallScreen(Screen):
                 tile.bind(on_release=lambda t: self.tile_touched(t.person))
                 self.tiles[uid] = tile
             tile.name, tile.name_label.text = name, name
-            tile.fit = self.fit
-            tile.set_name_label(self.label_visible, self.label_colour)
+            tile.set_fit(self.current_fit())
+            tile.set_name_label(self.label_visible, self.label_colour, self.label_position)
             tile.set_muted(*self.muted.get(uid, (False, False)))
         uids = list(self.tiles)
         mode = self.app.store.mode
@@ -398,8 +428,128 @@ class InCallScreen(Screen):
         if self.volume.parent is not None:
             self.volume.parent.remove_widget(self.volume)
         self.videos.add_widget(self.volume)
+        for group in self.corners.values():
+            self.videos.add_widget(group)  # over the video, where the settings put them
+        if self.user_list is not None:
+            self._fill_user_list()
         if "mode" in self.buttons:
             self.buttons["mode"].text = MODE_WORDS.get(mode, mode.title())
+
+    # ----------------------------------------------------------------- the main video container
+
+    def current_fit(self) -> str:
+        if not self.zoomed:
+            return self.fit
+        return "cover" if self.fit == "contain" else "contain"
+
+    def _build_corners(self, settings: CallSettings) -> None:
+        for group in self.corners.values():
+            if group.parent is not None:
+                group.parent.remove_widget(group)
+        self.corners, self.corner_buttons = {}, {}
+        if not settings.default_layout:
+            return
+        container = settings.main_video_container_setting
+        wanted = (
+            ("zoom", container.zoom_button, "Zoom", self.toggle_zoom),
+            ("users", container.user_list_button, "People", self.toggle_user_list),
+            ("full_screen", container.full_screen_button, "Full screen", self.toggle_full_screen),
+        )
+        for key, params, text, action in wanted:
+            if not params.visible:
+                continue
+            corner = str(params.position.value)
+            group = self.corners.get(corner)
+            if group is None:
+                group = self.corners[corner] = BoxLayout(
+                    size_hint=(None, None), height=56, width=0, spacing=6
+                )
+            button = BigButton(
+                text, action=action, font_size=18, size_hint=(None, 1), width=128, size_hint_min_y=56
+            )
+            self.corner_buttons[key] = button
+            group.add_widget(button)
+            group.width += button.width + (group.spacing if len(group.children) > 1 else 0)
+        self._place_corners()
+
+    def _place_corners(self, *_: Any) -> None:
+        """Each corner's buttons clear of what already sits there: the status line top left, the
+        preview top right, the volume keys bottom right, the name label bottom left."""
+        area, gap = self.videos, 8
+        for corner, group in self.corners.items():
+            left = corner.endswith("left")
+            if corner.startswith("top"):
+                below = self.status.height if left else self.preview.height
+                y = area.top - gap - below - gap - group.height
+            else:
+                y = area.y + gap + (64 if left else 0)
+            x = area.x + gap if left else area.right - gap - self.volume.width - gap - group.width
+            group.pos = (x, y)
+
+    def toggle_zoom(self) -> None:
+        """Zoom: fill the tiles (cropping) when the settings letterbox, or the other way round."""
+        self.zoomed = not self.zoomed
+        for tile in self.tiles.values():
+            tile.set_fit(self.current_fit())
+        if "zoom" in self.corner_buttons:
+            self.corner_buttons["zoom"].text = "Fit" if self.zoomed else "Zoom"
+
+    def toggle_user_list(self) -> None:
+        if self.user_list is not None:
+            self.remove_widget(self.user_list)
+            self.user_list = None
+            return
+        box = BoxLayout(
+            orientation="vertical",
+            size_hint=(0.45, None),
+            pos_hint={"center_x": 0.5, "center_y": 0.55},
+            padding=16,
+            spacing=6,
+        )
+        paint_background(box, (0.12, 0.12, 0.16, 0.92))
+        self.user_list = box
+        self._fill_user_list()
+        self.add_widget(box)
+
+    def _fill_user_list(self) -> None:
+        box = self.user_list
+        if box is None:
+            return
+        box.clear_widgets()
+        box.add_widget(Text("In this call", font_size=24, bold=True, size_hint_y=None, height=36))
+        for name in self._everyone():
+            box.add_widget(Text(name, font_size=22, size_hint_y=None, height=32))
+        box.height = 32 + 36 + 38 * len(box.children)
+
+    def _everyone(self) -> list[str]:
+        session = self.app.calls.session
+        if session is not None and session.active:
+            return [user.name or user.uid for user in session.user_list()]
+        return [self.app.device_name, *self.participant_names().values()]
+
+    def user_list_names(self) -> list[str]:
+        """The names the user list shows now ([] when it is closed)."""
+        if self.user_list is None:
+            return []
+        return [str(w.text) for w in reversed(self.user_list.children)][1:]
+
+    def toggle_full_screen(self) -> None:
+        """Video only: the bar, the preview and the volume keys go; the corner buttons stay, to come back."""
+        self.full_screen = not self.full_screen
+        if "full_screen" in self.corner_buttons:
+            self.corner_buttons["full_screen"].text = (
+                "Exit full screen" if self.full_screen else "Full screen"
+            )
+        self._show_chrome()
+
+    def _show_chrome(self) -> None:
+        bar = self.layout_shown and not self.full_screen
+        self.bar.height = TOUCH_TARGET + 16 if bar else 0
+        self.bar.opacity = 1 if bar else 0
+        self.bar.disabled = not bar
+        self.volume.opacity = 0 if self.full_screen else 1
+        self.volume.disabled = self.full_screen
+        self.preview.opacity = 0 if self.full_screen or self.audio_only() else 1
 
     def tile_touched(self, uid: str) -> None:
         session = self.app.calls.session
@@ -427,7 +577,7 @@ class InCallScreen(Screen):
         # moving while no remote video comes.
         if time.monotonic() - self.remote_shown_at > PREVIEW_ALONE_AFTER:
             self.show_frames()
-        self.preview.opacity = 0 if self.audio_only() else 1  # no camera in an audio call
+        self.preview.opacity = 0 if self.audio_only() or self.full_screen else 1  # no camera in an audio call
         state = self.app.controller.state
         elapsed = format_duration(time.monotonic() - self.started) if self.started else ""
         self.status.text = f"{state.peer_name}  {elapsed}".strip()
@@ -464,6 +614,9 @@ class InCallScreen(Screen):
 
     def reset(self) -> None:
         self.hide_timeout_warning()
+        if self.user_list is not None:
+            self.toggle_user_list()
+        self.zoomed = self.full_screen = False
         self.muted.clear()
         self.spotlight = self.speaker = None
         self.preview.pos_hint = {"right": 0.99, "top": 0.99}
@@ -569,11 +722,12 @@ class KioskApp(App):
         self._last_message = ""
         self._login_task: asyncio.Task[None] | None = None
         self._next_login = 0.0
+        self.pip_tile: VideoTile | None = None  # the call, small over the home screen (enter_pip_mode)
 
     # ----------------------------------------------------------------- building
 
     def build(self) -> Widget:
-        root = FloatLayout()
+        root = self.layers = FloatLayout()
         self.manager = ScreenManager(transition=NoTransition())
         self.home = HomeScreen(self)
         self.incoming = RingingScreen(self, incoming=True)
@@ -697,6 +851,45 @@ class KioskApp(App):
     def _layout_changed(self) -> None:
         if self.controller.state.phase == Phase.IN_CALL:
             self.in_call.relayout()
+        self._show_pip()
+
+    def _show_pip(self) -> None:
+        """Picture-in-picture: the call's main video in a small tile over the home screen while the call
+        goes on; a tap on it brings the call screen back (exit_pip_mode)."""
+        in_call = self.controller.state.phase == Phase.IN_CALL
+        remote = self.store.remote_uids()
+        wanted = self.store.pip and in_call
+        tile = self.pip_tile
+        if tile is not None and (not wanted or (remote and tile.person not in remote)):
+            self.layers.remove_widget(tile)
+            self.pip_tile = tile = None
+        if wanted and tile is None:
+            uid = remote[0] if remote else LOCAL
+            name = self.in_call.participant_names().get(uid, self.controller.state.peer_name or "")
+            tile = VideoTile(
+                self.store,
+                uid,
+                name,
+                self.in_call.avatar_mode,
+                fit="cover",
+                size_hint=(None, None),
+                size=(240, 180),
+                pos_hint={"right": 0.98, "top": 0.86},
+            )
+            tile.bind(on_release=lambda t: self.sdk("return to the call", self.calls.exit_pip_mode))
+            self.layers.add_widget(tile)
+            self.pip_tile = tile
+        if wanted:
+            self._show("home")
+        elif in_call and self.manager.current == "home":
+            self._show("in_call")
+
+    def toggle_screen_share(self) -> None:
+        session = self.calls.session
+        if session is not None and session.active and session.sharing_screen:
+            self.sdk("stop sharing the screen", self.calls.stop_screen_share)
+        else:
+            self.sdk("share the screen", self.calls.start_screen_share)
 
     def _tick(self) -> None:
         if self.manager.current == "in_call":
@@ -706,6 +899,8 @@ class KioskApp(App):
     def _show_frames(self) -> None:
         if self.manager.current == "in_call":
             self.in_call.show_frames()
+        elif self.pip_tile is not None:
+            self.pip_tile.refresh()
 
     def _slow_tick(self) -> None:
         try:

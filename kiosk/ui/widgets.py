@@ -177,6 +177,15 @@ class Avatar(FloatLayout):
         self.label.font_size = max(18, side * 0.35)
 
 
+# Where a tile's name label sits, per the settings' position (Kivy's pos_hint: y runs up).
+LABEL_CORNERS: dict[str, dict[str, float]] = {
+    "top-left": {"x": 0.02, "top": 0.98},
+    "top-right": {"right": 0.98, "top": 0.98},
+    "bottom-left": {"x": 0.02, "y": 0.02},
+    "bottom-right": {"right": 0.98, "y": 0.02},
+}
+
+
 class VideoTile(ButtonBehavior, FloatLayout):
     """One participant: the newest frame from the store (uploaded at display rate), the name, muted and
     video-off badges, and the avatar while there is no video."""
@@ -274,14 +283,31 @@ class VideoTile(ButtonBehavior, FloatLayout):
     def _fit_badges(self, *_: Any) -> None:
         w, h = self.badges.texture_size
         self.badges.size = (w + 16, h + 8)
-        self.badges.pos = (self.name_label.x, self.name_label.top + 4)
+        label = self.name_label
+        # Beside the label, on the tile's side of it: above a label at the bottom, below one at the top.
+        x = label.right - self.badges.width if "right" in label.pos_hint else label.x
+        y = label.y - 4 - self.badges.height if "top" in label.pos_hint else label.top + 4
+        self.badges.pos = (x, y)
         self._badge_back.pos, self._badge_back.size = self.badges.pos, self.badges.size
         self._badge_colour.a = 0.65 if self.badges.text else 0
 
-    def set_name_label(self, visible: bool, background: tuple[float, ...]) -> None:
-        """The settings' name label: shown or not, on its background colour."""
+    def set_name_label(
+        self, visible: bool, background: tuple[float, ...], position: str = "bottom-left"
+    ) -> None:
+        """The settings' name label: shown or not, in which corner, on its background colour."""
         self.name_label.opacity = 1 if visible else 0
         self._label_colour.rgba = (*background[:3], 0.75)
+        hint = LABEL_CORNERS.get(position, LABEL_CORNERS["bottom-left"])
+        if self.name_label.pos_hint != hint:
+            self.name_label.pos_hint = dict(hint)
+            self.do_layout()
+            self._fit_badges()
+
+    def set_fit(self, fit: str) -> None:
+        """Letterbox ("contain") or fill and crop ("cover"), redrawn at once."""
+        if fit != self.fit:
+            self.fit = fit
+            self._place()
 
     def set_muted(self, audio_muted: bool, video_muted: bool) -> None:
         self.audio_muted, self.video_muted = audio_muted, video_muted

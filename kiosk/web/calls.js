@@ -383,6 +383,55 @@ export class OngoingCallListener {
   }
 }
 
+export const ASPECT_RATIO = Object.freeze({ CONTAIN: "contain", COVER: "cover" });
+export const POSITION = Object.freeze({
+  TOP_LEFT: "top-left", TOP_RIGHT: "top-right", BOTTOM_LEFT: "bottom-left", BOTTOM_RIGHT: "bottom-right",
+});
+
+function checkChoice(choices, value, what) {
+  const found = Object.values(choices).find((v) => v === String(value).toLowerCase().replace(/_/g, "-"));
+  if (!found) throw new CallsError("INVALID_SETTING", `${what} must be one of ${Object.values(choices).join(", ")}, not ${value}`);
+  return found;
+}
+
+function checkVisible(visible) {
+  if (typeof visible !== "boolean") throw new CallsError("INVALID_SETTING", `visible must be true or false, not ${visible}`);
+  return visible;
+}
+
+// The main video container of the default layout (the documents' Video View Customisation): the
+// picture's fit, the name label, and the zoom, user-list and full-screen buttons, each in a corner.
+export class MainVideoContainerSetting {
+  constructor() {
+    this.aspectRatio = ASPECT_RATIO.CONTAIN;
+    this.fullScreenButton = { position: POSITION.BOTTOM_RIGHT, visible: true };
+    this.nameLabel = { position: POSITION.BOTTOM_LEFT, visible: true, backgroundColor: "#333333" };
+    this.zoomButton = { position: POSITION.BOTTOM_RIGHT, visible: true };
+    this.userListButton = { position: POSITION.BOTTOM_RIGHT, visible: true };
+  }
+  setMainVideoAspectRatio(ratio) {
+    this.aspectRatio = checkChoice(ASPECT_RATIO, ratio, "aspect ratio");
+    return this;
+  }
+  setFullScreenButtonParams(position, visible) {
+    this.fullScreenButton = { position: checkChoice(POSITION, position, "position"), visible: checkVisible(visible) };
+    return this;
+  }
+  setNameLabelParams(position, visible, backgroundColor = "#333333") {
+    this.nameLabel = { position: checkChoice(POSITION, position, "position"), visible: checkVisible(visible),
+                       backgroundColor: String(backgroundColor) };
+    return this;
+  }
+  setZoomButtonParams(position, visible) {
+    this.zoomButton = { position: checkChoice(POSITION, position, "position"), visible: checkVisible(visible) };
+    return this;
+  }
+  setUserListButtonParams(position, visible) {
+    this.userListButton = { position: checkChoice(POSITION, position, "position"), visible: checkVisible(visible) };
+    return this;
+  }
+}
+
 export class CallSettings {
   constructor(values) {
     Object.assign(this, values);
@@ -406,6 +455,7 @@ export class CallSettingsBuilder {
       showModeButton: true,
       showSwitchToVideoCallButton: true,
       idleTimeoutSeconds: IDLE_TIMEOUT_SECONDS,
+      mainVideoContainer: new MainVideoContainerSetting(),
       videoCodec: null, // "H264" or "VP8": put first in the offer/answer (setCodecPreferences), like the Python SDK
     };
   }
@@ -426,6 +476,12 @@ export class CallSettingsBuilder {
   showModeButton(on) { return this.set("showModeButton", !!on); }
   showSwitchToVideoCallButton(on) { return this.set("showSwitchToVideoCallButton", !!on); }
   setIdleTimeoutPeriod(seconds) { return this.set("idleTimeoutSeconds", Number(seconds)); }
+  setMainVideoContainerSetting(setting) {
+    if (!(setting instanceof MainVideoContainerSetting))
+      throw new CallsError("INVALID_SETTING", "setMainVideoContainerSetting takes a MainVideoContainerSetting");
+    // A copy: changing the object afterwards does not change settings already built.
+    return this.set("mainVideoContainer", Object.assign(new MainVideoContainerSetting(), structuredClone({ ...setting })));
+  }
   setVideoCodec(codec) { return this.set("videoCodec", checkCodec(codec)); }
   build() { return new CallSettings({ ...this.values }); }
 }
@@ -1767,6 +1823,68 @@ class DefaultLayout {
       // With nobody to handle the button, it ends the session (the documents' session-only flow).
       if (!wants) endSession();
     });
+    this.container = settings.mainVideoContainer || new MainVideoContainerSetting();
+    this.zoomed = false;
+    this.userList = null;
+    this.root.style.position = "relative";
+    this.corners = {};
+    const corner = (name, label, params, action) => {
+      if (!params.visible) return;
+      let group = this.corners[params.position];
+      if (!group) {
+        group = this.corners[params.position] = el("div", "calls-corner");
+        group.dataset.corner = params.position;
+        const [vertical, horizontal] = params.position.split("-");
+        Object.assign(group.style, { position: "absolute", display: "flex", gap: ".3rem", zIndex: "2",
+                                     [vertical]: vertical === "top" ? ".5rem" : "4rem", [horizontal]: ".5rem" });
+        this.root.append(group);
+      }
+      const button = el("button", `calls-${name}`, label);
+      button.type = "button";
+      button.dataset.action = name;
+      button.addEventListener("click", action);
+      group.append(button);
+      this.buttons[name] = button;
+    };
+    corner("zoom", "Zoom", this.container.zoomButton, () => this.toggleZoom());
+    corner("users", "People", this.container.userListButton, () => this.toggleUserList());
+    corner("fullscreen", "Full screen", this.container.fullScreenButton, () => this.toggleFullScreen());
+  }
+
+  fit() {
+    const fit = this.container.aspectRatio;
+    return this.zoomed ? (fit === ASPECT_RATIO.CONTAIN ? ASPECT_RATIO.COVER : ASPECT_RATIO.CONTAIN) : fit;
+  }
+
+  toggleZoom() {
+    this.zoomed = !this.zoomed;
+    this.buttons.zoom.textContent = this.zoomed ? "Fit" : "Zoom";
+    this.update();
+  }
+
+  toggleUserList() {
+    if (this.userList) {
+      this.userList.remove();
+      this.userList = null;
+      return;
+    }
+    this.userList = el("ul", "calls-userlist");
+    Object.assign(this.userList.style, { position: "absolute", left: "50%", top: "30%", transform: "translateX(-50%)",
+                                         zIndex: "3", background: "#222e", color: "#fff", padding: ".8rem 1.5rem",
+                                         listStyle: "none", borderRadius: "6px" });
+    this.root.append(this.userList);
+    this.update();
+  }
+
+  // Full screen: the browser's, where it allows it (a click is a user gesture), and the controls
+  // hidden either way; the corner buttons stay, to come back.
+  toggleFullScreen() {
+    const on = !this.root.classList.contains("calls-full");
+    this.root.classList.toggle("calls-full", on);
+    this.controls.style.display = on ? "none" : "";
+    this.buttons.fullscreen.textContent = on ? "Exit full screen" : "Full screen";
+    if (on && this.root.requestFullscreen) this.root.requestFullscreen().catch(() => {});
+    else if (!on && document.fullscreenElement) document.exitFullscreen().catch(() => {});
   }
 
   tile(uid, name, isLocal) {
@@ -1798,6 +1916,7 @@ class DefaultLayout {
       seen.add(uid);
       const tile = this.tile(uid, name, isLocal);
       if (tile.video.srcObject !== stream) tile.video.srcObject = stream;
+      if (!isLocal) this.placeLabel(tile);
       const badges = [];
       if (audioMuted) badges.push("MUTED");
       if (videoMuted || s.audioOnly) badges.push("VIDEO OFF");
@@ -1817,6 +1936,10 @@ class DefaultLayout {
       }
     }
     this.root.dataset.mode = s.mode;
+    if (this.userList) {
+      this.userList.replaceChildren(...s.userList().map((u) =>
+        el("li", "", u.uid === self.uid ? `${u.name || u.uid} (you)` : u.name || u.uid)));
+    }
     if (this.buttons.mute) this.buttons.mute.textContent = s.audioMuted ? "Unmute" : "Mute";
     if (this.buttons.video) this.buttons.video.textContent = s.videoMuted ? "Start video" : "Stop video";
     if (this.buttons.share) this.buttons.share.textContent = s.screenTrack ? "Stop sharing" : "Share screen";
@@ -1824,8 +1947,21 @@ class DefaultLayout {
     if (this.buttons.switch) this.buttons.switch.hidden = !s.audioOnly;
   }
 
+  // The settings' fit and name label on a remote tile.
+  placeLabel(tile) {
+    tile.video.style.objectFit = this.fit();
+    const { position, visible, backgroundColor } = this.container.nameLabel;
+    const [vertical, horizontal] = position.split("-");
+    Object.assign(tile.label.style, { top: "auto", bottom: "auto", left: "auto", right: "auto",
+                                      [vertical]: ".5rem", [horizontal]: ".5rem", background: backgroundColor });
+    tile.label.hidden = !visible;
+    // The mute badges sit top right; a label there pushes them to the left.
+    Object.assign(tile.badges.style, position === POSITION.TOP_RIGHT ? { left: ".5rem", right: "auto" } : { left: "", right: "" });
+  }
+
   destroy() {
     for (const tile of this.tiles.values()) tile.video.srcObject = null;
+    if (document.fullscreenElement === this.root) document.exitFullscreen().catch(() => {});
     this.root.remove();
   }
 }
