@@ -12,7 +12,7 @@ if (($#)); then
 fi
 
 status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider || status=$?
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=20 || status=$?  # the slowest 20 listed: the suite must stay under 20 min
 
 # numpy 1: constraints.txt's numpy 1 pin in a directory of its own, put before the venv's numpy 2 on
 # PYTHONPATH (numpy only: PyAV, livekit and the rest are the venv's, as on a Pi).

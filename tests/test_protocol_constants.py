@@ -19,7 +19,7 @@ import pytest
 
 import kiosk
 from kiosk.calls import client
-from kiosk.calls.constants import Mode
+from kiosk.calls.constants import AspectRatio, Mode, Position
 from kiosk.protocol import CallType
 
 WEB = Path(kiosk.__file__).parent / "web"
@@ -68,7 +68,7 @@ COPIES: dict[str, tuple[str, float]] = {
 }
 
 # Copies that are not numbers, each checked by a test of its own below.
-LISTS = {"CALL_TYPE", "CALL_MODE", "VIDEO_CODECS"}
+LISTS = {"CALL_TYPE", "CALL_MODE", "VIDEO_CODECS", "ASPECT_RATIO", "POSITION"}
 
 # The browser's own constants, with why each is not a copy.
 OWN: dict[str, dict[str, str]] = {
@@ -166,4 +166,15 @@ def test_video_codecs_are_the_sdks() -> None:
     js = json.loads(values("calls.js")["VIDEO_CODECS"])
     assert js == list(client.VIDEO_CODECS), (
         f"kiosk/web/calls.js VIDEO_CODECS = {js} but kiosk.calls.client.VIDEO_CODECS = {client.VIDEO_CODECS}"
+    )
+
+
+@pytest.mark.parametrize("name, enum", [("ASPECT_RATIO", AspectRatio), ("POSITION", Position)])
+def test_the_video_container_choices_are_the_sdks(
+    name: str, enum: type[AspectRatio] | type[Position]
+) -> None:
+    js = js_object(values("calls.js")[name])
+    python_values = {member.name: member.value for member in enum}
+    assert js == python_values, (
+        f"kiosk/web/calls.js {name} = {js} but kiosk.calls.constants.{enum.__name__} is {python_values}"
     )

@@ -384,9 +384,7 @@ export class OngoingCallListener {
 }
 
 export const ASPECT_RATIO = Object.freeze({ CONTAIN: "contain", COVER: "cover" });
-export const POSITION = Object.freeze({
-  TOP_LEFT: "top-left", TOP_RIGHT: "top-right", BOTTOM_LEFT: "bottom-left", BOTTOM_RIGHT: "bottom-right",
-});
+export const POSITION = Object.freeze({ TOP_LEFT: "top-left", TOP_RIGHT: "top-right", BOTTOM_LEFT: "bottom-left", BOTTOM_RIGHT: "bottom-right" });
 
 function checkChoice(choices, value, what) {
   const found = Object.values(choices).find((v) => v === String(value).toLowerCase().replace(/_/g, "-"));
