@@ -252,7 +252,7 @@ async def test_page_that_cannot_reach_janus_reports_it_and_stays_in_the_call(tmp
 
 
 async def test_page_moves_to_the_new_room_after_a_janus_restart(tmp_path, janus):
-    async with asyncio.timeout(70), web_group_call(tmp_path, janus) as call:
+    async with asyncio.timeout(85), web_group_call(tmp_path, janus) as call:
         eps, page, page_errors = call.eps, call.page, call.page_errors
         session = new_session_id()
         for ep in eps:
@@ -274,9 +274,11 @@ async def test_page_moves_to_the_new_room_after_a_janus_restart(tmp_path, janus)
             "the four kiosks in the page through the new room", lambda: page_media(before["room"]), 30
         )
         assert after["room"] == eps[0].calls.session.sfu_room["room"]
+        # A subscription to the page's new feed that brings nothing is made again after 3, then 6, then
+        # 12 s (kiosk/calls/sfu_media.py, start_allowance): on a loaded machine the third comes at 21 s.
         for ep in eps:
             await wait_until(
-                lambda e=ep: _grew(video_frames(e, "visitor"), 5), 20, f"page video at {ep.uid} again"
+                lambda e=ep: _grew(video_frames(e, "visitor"), 5), 30, f"page video at {ep.uid} again"
             )
         assert page_errors == []
         for ep in eps:
