@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import math
@@ -129,3 +130,23 @@ def test_targets_by_ratio_value_or_margin(harness: ModuleType) -> None:
     assert harness.summarise(higher, samples)["passed"] is False
     with pytest.raises(ValueError):
         harness.Benchmark("x", "ms", 1.5, "s", "b", run, target_value=3.0)
+
+
+def test_a_run_that_fails_is_tried_once_more_and_the_failure_kept(harness: ModuleType) -> None:
+    attempts: list[str] = []
+
+    def flaky(name: str, failures: int) -> Any:
+        async def run(settings: Any) -> Any:
+            attempts.append(name)
+            if attempts.count(name) <= failures:
+                raise TimeoutError("no echo within 5 s")
+            return harness.Samples([10.0], [10.0])
+
+        return harness.Benchmark(name, "ms", 1.5, "subject", "baseline", run)
+
+    settings = harness.RunSettings(quick=True)
+    once, twice = asyncio.run(harness.run_all([flaky("once", 1), flaky("twice", 2)], settings))
+    assert attempts == ["once", "once", "twice", "twice"]
+    assert once["value"] == 10.0 and "error" not in once
+    assert once["notes"]["failed_first"] == "TimeoutError: no echo within 5 s"
+    assert twice["value"] is None and twice["error"] == "TimeoutError: no echo within 5 s"
