@@ -74,10 +74,8 @@ class MeshMedia:
         self._new_peer_connection: PeerFactory = new_peer or self._remote_peer
         self._peers: dict[str, MeshPeer] = {}
         self._offers_seen: dict[str, int] = {}  # uid -> offers received from it
-        self._rebuilt_at: dict[str, float] = {}
-        self._departed: dict[
-            str, ParticipantStats
-        ] = {}  # the last figures of those who left  # uid -> when we last rebuilt its peer connection
+        self._rebuilt_at: dict[str, float] = {}  # uid -> when we last rebuilt its peer connection
+        self._departed: dict[str, ParticipantStats] = {}  # the last figures of those who left
         self._handed_over = False
 
     def _remote_peer(self, participant: RemoteParticipant) -> RemotePeer:

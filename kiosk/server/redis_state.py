@@ -577,25 +577,25 @@ class RedisState(LiveState):
         return session, session.participants[conn_id]
 
     async def set_media(self, session_id: str, conn_id: str, audio_muted: bool, video_muted: bool) -> Session:
-        async def body(pipe: Pipeline) -> Session:
-            session = await self._load(pipe, session_id)
-            if session is None or conn_id not in session.participants:
-                raise _not_in_session(session_id)
-            participant = session.participants[conn_id]
+        def change(participant: Participant) -> None:
             participant.audio_muted, participant.video_muted = audio_muted, video_muted
-            pipe.multi()
-            self._store(pipe, session)
-            return session
 
-        result: Session = await self._transact([self._k("session", session_id)], body)
-        return result
+        return await self._change_participant(session_id, conn_id, change)
 
     async def set_recording(self, session_id: str, conn_id: str, since: int | None) -> Session:
+        def change(participant: Participant) -> None:
+            participant.recording_since = since
+
+        return await self._change_participant(session_id, conn_id, change)
+
+    async def _change_participant(
+        self, session_id: str, conn_id: str, change: Callable[[Participant], None]
+    ) -> Session:
         async def body(pipe: Pipeline) -> Session:
             session = await self._load(pipe, session_id)
             if session is None or conn_id not in session.participants:
                 raise _not_in_session(session_id)
-            session.participants[conn_id].recording_since = since
+            change(session.participants[conn_id])
             pipe.multi()
             self._store(pipe, session)
             return session

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,9 +76,8 @@ class Session:
 class LeaveOutcome:
     participant: Participant  # who left
     others: list[Participant]  # everyone else who was in the session
-    session_over: (
-        bool  # the 1:1 rule (Session.one_to_one) applied: the others were removed too and the session is gone
-    )
+    # The 1:1 rule (Session.one_to_one) applied: the others were removed too and the session is gone.
+    session_over: bool
     session_empty: bool  # nobody is left (also true when session_over)
 
 
@@ -300,19 +300,24 @@ class MemoryState(LiveState):
         return snapshot, snapshot.participants[conn_id]
 
     async def set_media(self, session_id: str, conn_id: str, audio_muted: bool, video_muted: bool) -> Session:
-        session = self._sessions.get(session_id)
-        if session is None or conn_id not in session.participants:
-            raise ProtocolError(ErrorCode.NOT_IN_SESSION, f"not in session {session_id}")
-        participant = session.participants[conn_id]
-        participant.audio_muted = audio_muted
-        participant.video_muted = video_muted
-        return copy.deepcopy(session)
+        def change(participant: Participant) -> None:
+            participant.audio_muted, participant.video_muted = audio_muted, video_muted
+
+        return self._change_participant(session_id, conn_id, change)
 
     async def set_recording(self, session_id: str, conn_id: str, since: int | None) -> Session:
+        def change(participant: Participant) -> None:
+            participant.recording_since = since
+
+        return self._change_participant(session_id, conn_id, change)
+
+    def _change_participant(
+        self, session_id: str, conn_id: str, change: Callable[[Participant], None]
+    ) -> Session:
         session = self._sessions.get(session_id)
         if session is None or conn_id not in session.participants:
             raise ProtocolError(ErrorCode.NOT_IN_SESSION, f"not in session {session_id}")
-        session.participants[conn_id].recording_since = since
+        change(session.participants[conn_id])
         return copy.deepcopy(session)
 
     async def set_audio_only(self, session_id: str, audio_only: bool) -> None:
