@@ -15,7 +15,10 @@ On screen: the receiver is the real kiosk UI (`kiosk run`'s code: `run_kiosk_asy
 kiosk.toml, Kivy offscreen via SDL_VIDEODRIVER=offscreen) in a child process, bench/_ui_probe.py; it
 answers by itself a call from a Calls endpoint in the harness process (same emulated devices). The
 stamp is read from the frame when a VideoTile uploads it to its texture (the `VideoTile.on_upload`
-hook). The same child also reads the stamps at decode, so the notes show what the UI adds.
+hook) and the frame counts as on screen at the next buffer swap, once the GPU has finished drawing
+it (glFinish in Window.on_flip; notes: ui_uploaded_p50 is the upload moment alone). The same child
+also reads the stamps at decode, so the notes show what the UI adds. Offscreen, the GPU is Mesa's
+llvmpipe, software on the same CPU cores as the codec; a Pi draws on its V3D.
 
 Each run: a warm-up after the first frame, then p50 and p95 over the frames of a window. In full
 mode the decoded runs also measure the same stamps between two bare aiortc peer connections in the
@@ -390,6 +393,9 @@ async def _on_screen_once(env: BenchServer, timing: Timing, run: int) -> Reading
                 "kivy_loop_fps": p50(loop)
                 if (loop := _in_window(data.get("loop_fps", []), start, end))
                 else None,
+                "ui_uploaded_p50": p50(uploaded)
+                if (uploaded := _in_window(data.get("uploaded", []), start, end))
+                else None,
                 "ui_decoded_p50": p50(decoded) if decoded else None,
                 "ui_decoded_p95": p95(decoded) if decoded else None,
             },
@@ -493,8 +499,8 @@ _DECODED = (
 )
 _SHOWN = (
     "stamp in the emulated camera's picture (640x480@30, VP8) to the same stamp read from the frame when "
-    "the real kiosk UI (kiosk run's code, Kivy offscreen, child process) uploads it to the video tile's "
-    "texture (VideoTile.on_upload); the caller is a Calls endpoint in the harness; {p} per run"
+    "the real kiosk UI (kiosk run's code, Kivy offscreen, child process) has drawn it (the buffer swap "
+    "after the tile's texture upload, GPU finished); the caller is a Calls endpoint in the harness; {p} per run"
 )
 _BASELINE = (
     "PyAV VP8 encode + decode CPU time of one 640x480 test-pattern frame (mean over a short sequence, "

@@ -216,6 +216,7 @@ def test_run_kiosk_config_error_is_one_line(tmp_path: Path, capsys: Any) -> None
 async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
     from calls_support import endpoints, make_user, running_server, wait_until
     from gpiozero.pins.mock import MockFactory
+    from kivy.clock import Clock
 
     from kiosk.calls import Calls, CallSettingsBuilder, CallType
     from kiosk.calls.events import CallError
@@ -226,6 +227,8 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
     from kiosk.media.emulated import EmulatedDevices
     from kiosk.media.pattern import latency_ms, read_stamp
     from kiosk.media.volume import OutputVolume, VolumeLevels
+    from kiosk.ui import kivy_app
+    from kiosk.ui.frames import FrameStore
     from kiosk.ui.kivy_app import KioskApp
     from kiosk.ui.widgets import VideoTile
 
@@ -268,10 +271,33 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
         )
         # The upload hook sees every frame a tile puts on its texture, stamp and all.
         uploads: list[tuple[str, int | None]] = []
+        # Kivy's frame count when each remote frame was decoded, by stamp, and whether its upload
+        # (and the redraw that follows it) came in that same Kivy frame rather than at the next one.
+        decoded_in_frame: dict[int, int] = {}
+        same_frame: list[bool] = []
+        original_render = FrameStore.render_frame
+
+        def render_frame(store: FrameStore, uid: str, frame: av.VideoFrame) -> None:
+            stamp = read_stamp(frame)
+            if uid == "visitor" and stamp is not None:
+                decoded_in_frame[stamp] = Clock.frames
+            original_render(store, uid, frame)
 
         def uploaded(tile: VideoTile, frame: av.VideoFrame) -> None:
             stamp = read_stamp(frame)
             uploads.append((tile.person, None if stamp is None else latency_ms(stamp)))
+            if tile.person == "visitor" and stamp in decoded_in_frame:
+                same_frame.append(decoded_in_frame[stamp] == Clock.frames)
+
+        FrameStore.render_frame = render_frame  # type: ignore[method-assign]
+        finishes: list[float] = []
+        real_finish = kivy_app.glFinish
+
+        def counted_finish() -> None:
+            finishes.append(time.monotonic())
+            real_finish()
+
+        kivy_app.glFinish = counted_finish
 
         VideoTile.on_upload = uploaded
         runner = asyncio.ensure_future(app.async_run(async_lib="asyncio"))
@@ -311,6 +337,14 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             assert small.upload_size(640, 480) == (160, 120)
             remote = [lag for uid, lag in uploads if uid == "visitor"]
             assert len(remote) == tile.frames_shown, (len(remote), tile.frames_shown)
+            # A decoded remote frame is drawn at once, not at Kivy's next frame (which sleeps out up to
+            # 1/60 s): all but the ones that come within 1/60 s of the last redraw.
+            assert same_frame and sum(same_frame) >= len(same_frame) / 2, same_frame
+            # Every buffer swap waits for the drawing (glFinish), so the next upload does not.
+            assert finishes, "no glFinish at a buffer swap"
+            from kivy.config import Config
+
+            assert Config.getint("graphics", "multisamples") == 0  # no resolve pass per frame
             assert all(lag is not None and lag < 5000 for lag in remote), remote  # the camera's stamps
             await wait_until(
                 lambda: (

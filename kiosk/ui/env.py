@@ -38,6 +38,10 @@ def prepare_kivy(
     Config.set("graphics", "height", str(height))
     Config.set("graphics", "fullscreen", "auto" if fullscreen else "0")
     Config.set("graphics", "resizable", "0")
+    # Kivy asks for 2x multisampling by default: an extra resolve pass over the whole window every
+    # frame, for a screen of axis-aligned rectangles, video and text that gain nothing from it (and
+    # with a software GL, as offscreen, a large share of each frame's drawing time).
+    Config.set("graphics", "multisamples", "0")
     Config.set("kivy", "exit_on_escape", "0")  # a kiosk is not closed by a key
     # One source of touches (kivy/kivy#8494): SDL2 makes a mouse press of a touch on the screen and
     # Kivy's `mouse` provider a touch of that, so a provider reading the touchscreen as well (Kivy's

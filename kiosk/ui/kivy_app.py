@@ -21,8 +21,10 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamError
 from kivy.app import App
+from kivy.base import EventLoop
 from kivy.clock import Clock
 from kivy.core.window import Window
+from kivy.graphics.opengl import glFinish
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.floatlayout import FloatLayout
 from kivy.uix.label import Label
@@ -112,6 +114,18 @@ def describe_call(call: Call, me: str) -> str:
 
 
 # ----------------------------------------------------------------------------- screens
+
+
+def finish_drawing(*_: Any) -> None:
+    """Wait, before the buffers swap, until the GPU has drawn the frame (bound to Window.on_flip).
+
+    Otherwise the drawing runs on while the loop goes on, and the next video frame's texture upload
+    stalls until it is done (the driver must not change a texture a queued draw still reads: Mesa's
+    llvmpipe and the Pi's v3d both flush and wait there), so a new frame waited for the previous one's
+    drawing. Waiting here, just after the draw, costs the loop the same time once, when no frame is
+    waiting, and a frame is on the glass when the swap says so. bench latency_on_screen measures it.
+    """
+    glFinish()
 
 
 class HomeScreen(Screen):
@@ -749,14 +763,16 @@ class KioskApp(App):
         paint_background(self.toast, (0.55, 0.10, 0.10, 0.92))
         root.add_widget(self.toast)
         self.store.on_layout = self._layout_changed
-        # A new remote frame is uploaded at the screen's next frame (one trigger for any number of
-        # frames), not at the next tick of a clock of its own, which added up to a tick of latency.
-        # The local preview goes along with it: one redraw per remote frame, not one for each.
+        # A new remote frame is drawn as soon as it is decoded (see _present_frames); the local
+        # preview goes along with it: one redraw per remote frame, not one for each.
         self._frames_trigger = Clock.create_trigger(lambda dt: self._show_frames(), 0)
-        self.store.on_frame = lambda uid: None if uid == LOCAL else self._frames_trigger()
+        self._present_pending = False
+        self._presented_at = 0.0
+        self.store.on_frame = lambda uid: None if uid == LOCAL else self._frame_arrived()
         self.calls.add_call_event_listener("kiosk-ui", _UiListener(self))
         self.controller.add_observer(self._on_state)
         Window.bind(on_key_down=self._on_key)
+        Window.bind(on_flip=finish_drawing)
         self._ticks = [
             Clock.schedule_interval(lambda dt: self._tick(), 1 / DISPLAY_FPS),
             Clock.schedule_interval(lambda dt: self._slow_tick(), 1.0),
@@ -775,6 +791,7 @@ class KioskApp(App):
         self.controller.remove_observer(self._on_state)
         self.calls.remove_call_event_listener("kiosk-ui")
         Window.unbind(on_key_down=self._on_key)
+        Window.unbind(on_flip=finish_drawing)
         self._stop_preview()
         self._cancel_back_home()
         for task in list(self._tasks):
@@ -895,6 +912,34 @@ class KioskApp(App):
         if self.manager.current == "in_call":
             self._ensure_preview()
             self.in_call.tick()
+
+    def _frame_arrived(self) -> None:
+        if self._present_pending:
+            return  # frames of one loop pass (several tiles) share one redraw
+        self._present_pending = True
+        asyncio.get_running_loop().call_soon(self._present_frames)
+
+    def _present_frames(self) -> None:
+        """Upload the new frames and draw the window now, not at Kivy's next frame.
+
+        Kivy's clock sleeps out the rest of its 1/60 s frame and cannot be woken under asyncio (its
+        interrupt clock fails there), so a frame decoded just after a frame began waited up to 17 ms
+        for its upload and as long again for the drawing. Drawing here does what Kivy's own loop does
+        before a draw (tick_draw runs the pending layout and graphics updates). At most one such
+        redraw per 1/60 s: frames that come faster (many tiles) wait for Kivy's next frame.
+        """
+        self._present_pending = False
+        now = time.monotonic()
+        window = EventLoop.window
+        if window is None or now - self._presented_at < 1 / 60:
+            self._frames_trigger()
+            return
+        self._presented_at = now
+        self._show_frames()
+        Clock.tick_draw()
+        if window.canvas.needs_redraw:
+            window.dispatch("on_draw")
+            window.dispatch("on_flip")
 
     def _show_frames(self) -> None:
         if self.manager.current == "in_call":
