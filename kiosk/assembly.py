@@ -45,7 +45,7 @@ from kiosk.calls import (
     RTCUser,
     SettingsError,
 )
-from kiosk.config import ConfigError, KioskConfig
+from kiosk.config import NO_TOKEN, ConfigError, KioskConfig, check_runnable
 from kiosk.controller import KioskController, SettingsFactory
 from kiosk.device import KioskDevices, build_devices
 from kiosk.hardware import Controls, start_controls
@@ -149,8 +149,11 @@ def settings_from_config(
 def plan_kiosk(config: KioskConfig | None, options: KioskOptions | None = None) -> KioskPlan:
     """Everything the config and the options decide. Raises ConfigError naming the key for what would
     only fail later: a bad `[ui] mode`, `avatar_mode` or `idle_timeout` (at the first call otherwise), no
-    token for a server that is not embedded."""
+    token for a server that is not embedded. The config's own part is `check_runnable`, which
+    `kiosk check-config` runs too."""
     options = options or KioskOptions()
+    if config is not None:
+        check_runnable(config, auth_token=options.auth_token)
     factory = settings_from_config(config, audio_only=options.audio_only, auto_record=options.auto_record)
     try:
         factory(None)
@@ -176,7 +179,7 @@ def plan_kiosk(config: KioskConfig | None, options: KioskOptions | None = None) 
     servers = options.servers or ((server.url,) if embedded else tuple(server.addresses()))
     token = options.auth_token or ("" if embedded else config.auth_token())
     if not token and not embedded:
-        raise ConfigError("server.auth_token: this kiosk needs its user's token (or auth_token_file)")
+        raise ConfigError(NO_TOKEN)  # an embedded config's, when the options name other servers
     ice = options.ice_addresses
     if ice is None and _is_loopback(servers[0]):
         ice = LOOPBACK

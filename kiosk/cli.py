@@ -15,9 +15,16 @@ def _endpoint(args: argparse.Namespace) -> int:
     from kiosk.config import ConfigError
     from kiosk.endpoint import EndpointOptions, run_endpoint
     from kiosk.hardware import HardwareError
+    from kiosk.urls import ServerUrlError, server_base_url
 
     if args.config is None and not (args.server and args.auth_token):
         print("kiosk endpoint: give --server and --auth-token, or --config", file=sys.stderr)
+        return 2
+    try:  # before anything starts: the SDK would refuse it too, but as a ValueError mid-start
+        for url in args.server or []:
+            server_base_url(url, "--server")
+    except ServerUrlError as exc:
+        print(f"kiosk: {exc}", file=sys.stderr)
         return 2
     options = EndpointOptions(
         server=list(args.server or []),
@@ -59,10 +66,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from kiosk.config import ConfigError, load_config
+    from kiosk.config import ConfigError, check_runnable, load_config
 
     try:
         config = load_config(args.config)
+        check_runnable(config)  # what `kiosk run` would refuse, in the same words
     except ConfigError as exc:
         print(f"kiosk: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,9 @@ message names the offending key (`buttons.mute.pin: pin 17 is also used by butto
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -17,9 +19,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kiosk.audio_modes import AUDIO_MODES, AudioMode
+from kiosk.protocol import ID_PATTERN, is_valid_id
+from kiosk.urls import ServerUrlError, server_base_url
 
 DEFAULT_PATH = Path("/etc/kiosk/kiosk.toml")
 BUTTON_NAMES = ("mute", "end", "audio_mode", "call", "volume_up", "volume_down")
+V4L2_MAJOR = 81  # the character-device major number of every video4linux node (/dev/videoN)
+MAX_SCREEN_SIDE = 16384
+# The SDK's call settings (kiosk.calls.constants Mode and AvatarMode, kiosk.calls.settings'
+# MAX_IDLE_TIMEOUT_SECONDS), spelled out so that checking a config does not import the SDK and its media
+# stack; tests/test_inputs.py keeps them the same.
+UI_MODES = ("DEFAULT", "SPOTLIGHT", "SINGLE")
+AVATAR_MODES = ("circle", "square", "fullscreen")
+MAX_IDLE_TIMEOUT = 24 * 3600
+_CHOICE_PREFIXES = ("AUDIO_MODE_", "AVATAR_MODE_", "MODE_")  # the documents' spellings, as the SDK reads them
+NO_TOKEN = "server.auth_token: this kiosk needs its user's token (or auth_token_file)"
 
 
 class ConfigError(Exception):
@@ -28,6 +42,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ServerSection:
+    # Written http, https, ws or wss; kept as its http(s) form (kiosk.urls), which the REST API is on.
     url: str = "http://127.0.0.1:8080"
     # More addresses of the same service (server processes sharing Redis, docs/scale-out.md): when
     # the one in use cannot be reached, the endpoint tries the next, in turn.
@@ -262,14 +277,22 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a whole number, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        return _finite(value, key)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp!r}")  # a bug in this module, not in the file
+
+
+def _finite(value: Any, key: str) -> float:
+    """Every number of the config: TOML allows nan and inf, which no duration or frequency is (a nan
+    compares false with everything, so a range check would let it through)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def _build(cls: Any, table: Any, prefix: str) -> Any:
@@ -314,8 +337,10 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
         if camera.backend == "v4l2":
             if not camera.device:
                 raise ConfigError(f"{key}.device: a v4l2 camera needs its device, e.g. /dev/video0")
-            if check_devices and not Path(camera.device).exists():
-                raise ConfigError(f"{key}.device: {camera.device} does not exist (is the camera plugged in?)")
+            if check_devices:
+                _check_video_device(camera.device, f"{key}.device")
+        if camera.camera_num < 0:
+            raise ConfigError(f"{key}.camera_num: {camera.camera_num} is not a camera number (0 or more)")
         if camera.h264_passthrough and camera.backend != "picamera2":
             raise ConfigError(f"{key}.h264_passthrough: only the picamera2 backend has its own H.264 encoder")
         if camera.keyframe_interval < 1:
@@ -358,15 +383,44 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
 
     if config.ui.auto_answer_after < 0:
         raise ConfigError("ui.auto_answer_after: must be 0 (off) or more")
-    if not config.server.url.startswith(("http://", "https://")):
-        raise ConfigError(f"server.url: {config.server.url!r} must start with http:// or https://")
-    for url in config.server.urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"server.urls: {url!r} must start with http:// or https://")
+    for side in ("width", "height"):
+        if not 1 <= getattr(config.ui, side) <= MAX_SCREEN_SIDE:
+            raise ConfigError(f"ui.{side}: {getattr(config.ui, side)} is not between 1 and {MAX_SCREEN_SIDE}")
+    # A uid the server would refuse (kiosk.protocol's rule) could never log in, ring or be rung.
+    uids = [("identity.uid", config.identity.uid)] if config.identity.uid else []
+    uids += [(f"ui.contacts[{i}].uid", contact.uid) for i, contact in enumerate(config.ui.contacts)]
+    if config.buttons.call is not None:
+        uids.append(("buttons.call.contact", config.buttons.call.contact))
+    for key, uid in uids:
+        if not is_valid_id(uid):
+            raise ConfigError(f"{key}: {uid!r} is not a uid (the server's rule: {ID_PATTERN.pattern})")
     if config.server.ca_file and check_devices:
         ca_file = Path(config.server.ca_file)
         if not ca_file.is_file():
             raise ConfigError(f"server.ca_file: {ca_file} does not exist or is not a file")
+
+
+def _check_video_device(device: str, key: str) -> None:
+    """`device` (a node or a udev link to one, /dev/v4l/by-id/...) is a video4linux device now."""
+    try:
+        st = os.stat(device)
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: {device} does not exist (is the camera plugged in?)") from None
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot look at {device}: {exc.strerror}") from None
+    if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != V4L2_MAJOR:
+        raise ConfigError(f"{key}: {device} is not a video device (a camera is a node like /dev/video0)")
+
+
+def _server_urls(server: ServerSection) -> ServerSection:
+    """`server` with url and urls checked and in their http(s) form (the one rule of kiosk.urls, which
+    the SDK and the command line use too)."""
+    try:
+        url = server_base_url(server.url, "server.url")
+        urls = [server_base_url(u, f"server.urls[{i}]") for i, u in enumerate(server.urls)]
+    except ServerUrlError as exc:
+        raise ConfigError(str(exc)) from None
+    return dataclasses.replace(server, url=url, urls=urls)
 
 
 def _claim_pin(pins: dict[int, str], pin: int, key: str) -> None:
@@ -383,7 +437,7 @@ def parse_config(text: str, source: str = "<text>", check_devices: bool = True) 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     config = _build(KioskConfig, data, "")
-    config = dataclasses.replace(config, source=source)
+    config = dataclasses.replace(config, server=_server_urls(config.server), source=source)
     _check(config, check_devices)
     return config
 
@@ -395,4 +449,42 @@ def load_config(path: str | Path | None = None, check_devices: bool = True) -> K
         text = chosen.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{chosen}: cannot read the config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; an editor may have saved Latin-1
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{chosen}: not UTF-8 text (line {line}): save the file as UTF-8") from None
     return parse_config(text, str(chosen), check_devices)
+
+
+def check_runnable(config: KioskConfig, *, auth_token: str = "") -> None:
+    """What a kiosk made from `config` needs beyond the file's own checks, which `kiosk run` (every entry
+    point, through kiosk.assembly.plan_kiosk) would refuse: call settings the SDK accepts, this kiosk's
+    token, and a directory for its control socket. `kiosk check-config` runs it too, so both give the same
+    line. Apart from load_config because a command line can stand in for the config (`auth_token`: a
+    token given there), and a config is also loaded to be looked at (`kiosk doctor`)."""
+    ui = config.ui
+    if not _is_choice(ui.mode, UI_MODES):
+        raise ConfigError(f"ui: mode must be one of {', '.join(UI_MODES)}, not {ui.mode!r}")
+    if not _is_choice(ui.avatar_mode, AVATAR_MODES):
+        raise ConfigError(f"ui: avatar_mode must be one of {', '.join(AVATAR_MODES)}, not {ui.avatar_mode!r}")
+    if not 1 <= ui.idle_timeout <= MAX_IDLE_TIMEOUT:
+        raise ConfigError(
+            f"ui: idle_timeout must be whole seconds from 1 to {MAX_IDLE_TIMEOUT}, not {ui.idle_timeout!r}"
+        )
+    # config.auth_token() reads auth_token_file: a file that cannot be read is refused here.
+    token = auth_token or config.auth_token()
+    if not token and not config.server.embedded:
+        raise ConfigError(NO_TOKEN)
+    socket = config.emulation.control_socket
+    if socket and not Path(socket).parent.is_dir():
+        raise ConfigError(f"emulation.control_socket: the directory of {socket} does not exist")
+
+
+def _is_choice(value: str, choices: tuple[str, ...]) -> bool:
+    """`value` names one of `choices` as the SDK reads it (kiosk.calls.constants.parse_enum): any case,
+    with or without the documents' prefix (MODE_SPOTLIGHT)."""
+    text = value.strip().upper()
+    for prefix in _CHOICE_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    return text in (choice.upper() for choice in choices)

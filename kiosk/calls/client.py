@@ -36,6 +36,7 @@ from kiosk.calls.tls import client_ssl_context
 from kiosk.calls.udp import read_datagrams_dry
 from kiosk.media.devices import DeviceError, MediaDeviceInfo, MediaDevices
 from kiosk.protocol import FINAL_CALL_STATUSES, IceServer, ServerMessage, UserJson, is_session_message
+from kiosk.urls import server_base_url
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ class Calls:
         urls = [server_url] if isinstance(server_url, str) else list(server_url)
         if not urls:
             raise ValueError("give at least one server URL")
-        self.server_urls = [url.rstrip("/") for url in urls]
+        # Checked now (a ValueError naming the URL), and in the http(s) form REST and signaling derive from.
+        self.server_urls = [server_base_url(url, "server_url") for url in urls]
         self.server_url = self.server_urls[0]  # the one in use
         self.auth_token = auth_token
         self.devices = devices if devices is not None else _default_devices()
