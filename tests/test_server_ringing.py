@@ -479,9 +479,67 @@ async def test_stopping_with_live_calls_is_quick_and_closes_them(
     assert time.monotonic() - started < 2
     with pytest.raises(ConnectionError):
         await amy_ws.wait_for("never")
+    # Nobody comes back to it after the restart: it ends at the join deadline (the ring timeout).
+    server = await start_call_server(ring_timeout=0.5)
+    rest = Rest(http, server)
+    status, final = await rest("GET", f"/calls/{call['sessionId']}", amy)
+    assert (status, final["status"]) == (200, "ongoing")
+    for _ in range(100):
+        status, final = await rest("GET", f"/calls/{call['sessionId']}", amy)
+        if final["status"] != "ongoing":
+            break
+        await asyncio.sleep(0.05)
+    assert final["status"] == "ended"
+
+
+async def test_an_ongoing_call_can_be_rejoined_after_a_restart_and_not_after_its_end(
+    start_call_server: ServerFactory,
+    http: aiohttp.ClientSession,
+    create_user: CreateUser,
+    ws_connect: WsConnect,
+) -> None:
     server = await start_call_server()
-    status, final = await Rest(http, server)("GET", f"/calls/{call['sessionId']}", amy)
-    assert (status, final["status"]) == (200, "ended")
+    amy, bob = await create_user("amy"), await create_user("bob")
+    amy_ws, bob_ws = await ws_connect(amy), await ws_connect(bob)
+    rest = Rest(http, server)
+    call = await rest.ring(amy, "bob")
+    session_id = call["sessionId"]
+    await rest.act(bob, session_id, "accept")
+    amy_token, bob_token = (
+        await issue_call_token(server, amy, session_id),
+        await issue_call_token(server, bob, session_id),
+    )
+    await amy_ws.join(session_id, token=amy_token)
+    await bob_ws.join(session_id, token=bob_token)
+    await server.close()
+
+    server = await start_call_server()
+    rest = Rest(http, server)
+    amy_ws, bob_ws = await ws_connect(amy), await ws_connect(bob)
+    # Both come back with the tokens they had: the call goes on.
+    assert (await amy_ws.join(session_id, token=amy_token, rejoin=True))["type"] == "joined"
+    assert (await bob_ws.join(session_id, token=bob_token, rejoin=True))["type"] == "joined"
+    assert (await rest("GET", f"/calls/{session_id}", amy))[1]["status"] == "ongoing"
+    await amy_ws.ok("end", sessionId=session_id)
+    await updated(bob_ws, "ended")
+    # Over: neither a new call token nor the old ones open its session again.
+    status, body = await rest("POST", "/calls/token", amy, {"sessionId": session_id})
+    assert (status, body["error"]["code"]) == (409, "INVALID_STATE")
+    fresh = await ws_connect(bob)
+    reply = await fresh.call(
+        "join", sessionId=session_id, callToken=bob_token, audioMuted=False, videoMuted=False, audioOnly=False
+    )
+    assert reply["type"] == "error" and reply["error"]["code"] == "INVALID_STATE", reply
+
+
+async def test_a_rejected_calls_session_gives_no_call_tokens(rest: Rest, create_user: CreateUser) -> None:
+    amy, bob = await create_user("amy"), await create_user("bob")
+    for final, who in (("rejected", bob), ("cancelled", amy)):
+        call = await rest.ring(amy, "bob")
+        assert (await rest.act(who, call["sessionId"], "reject", status=final))[0] == 200
+        for user in (amy, bob):
+            status, body = await rest("POST", "/calls/token", user, {"sessionId": call["sessionId"]})
+            assert (status, body["error"]["code"]) == (409, "INVALID_STATE"), (final, body)
 
 
 async def test_racing_requests_have_one_winner(rest: Rest, create_user: CreateUser) -> None:

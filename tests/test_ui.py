@@ -156,7 +156,7 @@ def test_run_kiosk_embedded_server_answers_the_printed_command(tmp_path: Path) -
                 break
         assert "--call front-door --loopback" in command, command
         browser = kiosk.stdout.readline().strip()  # and the web client's link, for a person with a browser
-        assert browser.startswith("or from a browser: http://127.0.0.1:") and "/app/?token=" in browser, (
+        assert browser.startswith("or from a browser: http://127.0.0.1:") and "/app/#token=" in browser, (
             browser
         )
         with urllib.request.urlopen(browser.split(": ", 1)[1], timeout=10) as page:

@@ -14,7 +14,12 @@ from kiosk.server.storage import SqliteDatabase, UserExistsError
 from kiosk.server.tokens import hash_secret, new_secret
 from kiosk.server.validation import optional_text, require_id, require_text
 
-__all__ = ["UserExistsError", "add_user", "list_users"]
+__all__ = ["UnknownUserError", "UserExistsError", "add_user", "list_users", "remove_user", "revoke_tokens"]
+
+
+class UnknownUserError(LookupError):
+    def __init__(self, uid: str) -> None:
+        super().__init__(f"no user {uid!r}")
 
 
 def add_user(data_dir: Path, uid: str, name: str, avatar: str | None = None) -> dict[str, Any]:
@@ -47,5 +52,36 @@ def list_users(data_dir: Path) -> list[UserJson]:
         return []  # listing must not create a database in a mistyped directory
     try:
         return [user.to_json() for user in db.list_users()]
+    finally:
+        db.close()
+
+
+def revoke_tokens(data_dir: Path, uid: str, *, new_token: bool = False) -> str | None:
+    """Revoke every auth token of the user; with `new_token`, make one and return it. A running
+    server closes the user's open connections within a few seconds (kiosk.server.revocation).
+
+    Raises UnknownUserError if there is no such user."""
+    token = new_secret() if new_token else None
+    db = SqliteDatabase(Path(data_dir))
+    if not db.path.exists():
+        raise UnknownUserError(uid)  # must not create a database in a mistyped directory
+    try:
+        if not db.revoke_tokens(uid, None if token is None else hash_secret(token)):
+            raise UnknownUserError(uid)
+    finally:
+        db.close()
+    return token
+
+
+def remove_user(data_dir: Path, uid: str) -> None:
+    """Remove the user (its tokens revoked, its calls kept in the other party's log).
+
+    Raises UnknownUserError if there is no such user."""
+    db = SqliteDatabase(Path(data_dir))
+    if not db.path.exists():
+        raise UnknownUserError(uid)
+    try:
+        if not db.revoke_tokens(uid, None, True):
+            raise UnknownUserError(uid)
     finally:
         db.close()

@@ -51,10 +51,29 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     _add_data_dir(parser)
-    parser.add_argument(
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--admin-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the admin key for user administration over REST from FILE (default: $KIOSK_ADMIN_KEY, "
+        "else generated at first start and shown once)",
+    )
+    keys.add_argument(
         "--admin-key",
         default=None,
-        help="admin key for POST /v1/users (default: $KIOSK_ADMIN_KEY, else generated and shown once)",
+        metavar="KEY",
+        help="the admin key itself (prefer --admin-key-file or $KIOSK_ADMIN_KEY: a flag shows in the "
+        "process list)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an origin (https://reception.example) whose pages may use the REST API and the WebSocket "
+        "(repeatable; default none: same origin only)",
     )
     parser.add_argument(
         "--token-ttl", type=int, default=DEFAULT_TOKEN_TTL, help="call-token lifetime, seconds"
@@ -148,17 +167,34 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def read_secret_file(path: Path, what: str) -> str:
+    """The secret in `path` (its first line, stripped); ValueError naming the file if there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ValueError(f"{what} file {path}: {reason}") from None
+    secret = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not secret:
+        raise ValueError(f"{what} file {path} is empty")
+    return secret
+
+
 def _run_server(args: argparse.Namespace) -> int:
     # Imported here so `kiosk users ...` and `--help` do not load the whole server.
     from kiosk.server.app import TLSConfigError, run_server, server_ssl_context
     from kiosk.server.config import ServerConfig
 
     try:
+        admin_key = args.admin_key
+        if args.admin_key_file is not None:
+            admin_key = read_secret_file(args.admin_key_file, "admin key")
         config = ServerConfig(
             host=args.host,
             port=args.port,
             data_dir=args.data_dir or default_data_dir(),
-            admin_key=args.admin_key,
+            admin_key=admin_key,
+            cors_origins=list(args.cors_origin),
             token_ttl=args.token_ttl,
             ring_timeout=args.ring_timeout,
             max_participants=args.max_participants,
@@ -203,7 +239,7 @@ def add_users_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "users", help="manage users", description="Manage users directly in the data directory."
     )
-    actions = parser.add_subparsers(dest="users_command", metavar="{add,list}")
+    actions = parser.add_subparsers(dest="users_command", metavar="{add,list,revoke,remove}")
     actions.required = True
     add = actions.add_parser("add", help="create a user and print its auth token")
     add.add_argument("uid")
@@ -214,7 +250,44 @@ def add_users_parser(subparsers: Any) -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="list users")
     _add_data_dir(listing)
     listing.set_defaults(func=_users_list)
+    revoke = actions.add_parser(
+        "revoke", help="revoke a user's auth tokens (open connections close within seconds)"
+    )
+    revoke.add_argument("uid")
+    revoke.add_argument("--new-token", action="store_true", help="print a new auth token for the user")
+    _add_data_dir(revoke)
+    revoke.set_defaults(func=_users_revoke)
+    remove = actions.add_parser("remove", help="remove a user (its calls stay in the others' call logs)")
+    remove.add_argument("uid")
+    _add_data_dir(remove)
+    remove.set_defaults(func=_users_remove)
     return parser
+
+
+def _users_revoke(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import UnknownUserError, revoke_tokens
+
+    try:
+        token = revoke_tokens(args.data_dir or default_data_dir(), args.uid, new_token=args.new_token)
+    except (UnknownUserError, OSError, sqlite3.Error) as exc:
+        print(f"kiosk users revoke: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked every auth token of {args.uid}", file=sys.stderr)
+    if token is not None:
+        print(token)  # alone on stdout, as for `kiosk users add`
+    return 0
+
+
+def _users_remove(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import UnknownUserError, remove_user
+
+    try:
+        remove_user(args.data_dir or default_data_dir(), args.uid)
+    except (UnknownUserError, OSError, sqlite3.Error) as exc:
+        print(f"kiosk users remove: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {args.uid}", file=sys.stderr)
+    return 0
 
 
 def _users_add(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from kiosk.protocol import (
     DEFAULT_MAX_PARTICIPANTS,
@@ -28,7 +29,10 @@ class ServerConfig:
     port: int = 8080
     data_dir: Path
     # None: use $KIOSK_ADMIN_KEY, else the key generated at first start (only its hash is kept).
-    admin_key: str | None = None
+    admin_key: str | None = field(default=None, repr=False)  # never printed or logged
+    # Origins ("https://reception.example") whose pages may call the REST API and open the WebSocket
+    # from another site; none: same origin only (docs/protocol.md, "Cross-origin requests").
+    cors_origins: list[str] = field(default_factory=list)
     token_ttl: int = DEFAULT_TOKEN_TTL
     ring_timeout: float = DEFAULT_RING_TIMEOUT
     # None: DEFAULT_MAX_PARTICIPANTS (a mesh), or DEFAULT_SFU_MAX_PARTICIPANTS with an SFU.
@@ -63,6 +67,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+        self.cors_origins = [normalise_origin(origin) for origin in self.cors_origins]
         if self.token_ttl < 1:
             raise ValueError("token_ttl must be at least 1 second")
         if self.ring_timeout <= 0:
@@ -109,3 +114,22 @@ class ServerConfig:
             self.janus_public_url = self.janus_url
         if self.tls_cert is not None and self.tls_key is not None:
             self.tls_cert, self.tls_key = Path(self.tls_cert), Path(self.tls_key)
+
+
+def normalise_origin(origin: str) -> str:
+    """An origin as browsers send it (scheme://host[:port], lower case, no default port, no path);
+    ValueError naming it if it is not one."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"CORS origin {origin!r} must be http(s)://host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"CORS origin {origin!r} must be only scheme://host[:port], no path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"CORS origin {origin!r} has a bad port") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")

@@ -50,6 +50,8 @@ class Connection:
         self.id = uuid.uuid4().hex
         self.ws = ws
         self.user: User | None = None
+        self.token_hash: str | None = None  # of the auth token it signed in with (revocation checks)
+        self.authenticated = asyncio.Event()
         self._transport = transport
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue(maxsize=OUTBOX_LIMIT)
         self._writer: asyncio.Task[None] | None = None
@@ -136,6 +138,10 @@ class Hub:
         if self._relay is not None:
             for node, ids in remote.items():
                 self._relay.publish(node, ids, message)
+
+    def connections(self) -> list[Connection]:
+        """This process's connections, authenticated or not."""
+        return list(self._connections.values())
 
     def authenticated(self) -> list[tuple[str, str]]:
         """(uid, connection id) of this process's authenticated connections."""

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
+from kiosk.server.revocation import RevocationWatch
 from kiosk.server.ringing import Ringing
 from kiosk.server.sessions import Sessions
 from kiosk.server.state import LiveState
@@ -25,6 +26,7 @@ class ServerContext:
     admin: AdminKeySetup
     sessions: Sessions
     ringing: Ringing
+    revocations: RevocationWatch
 
 
 CONTEXT = web.AppKey("kiosk_context", ServerContext)

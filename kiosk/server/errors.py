@@ -12,6 +12,8 @@ from kiosk.protocol import HTTP_STATUS, ErrorCode, ProtocolError, error_body
 
 log = logging.getLogger(__name__)
 
+CLIENT_CLOSED_REQUEST = 499
+
 # aiohttp's own refusals (unknown route, body too large, not a WebSocket upgrade...) in protocol terms.
 _CODE_FOR_STATUS: dict[int, ErrorCode] = {
     400: ErrorCode.BAD_REQUEST,
@@ -57,6 +59,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(code, message, status)
     except asyncio.CancelledError:
         raise
+    except ConnectionError as exc:
+        # The client reset or closed its connection before its request was read or answered: an
+        # ordinary disconnect, not a server error. 499 (nginx's "client closed request") is only
+        # for the access log; nobody is there to read it.
+        log.debug("client went away during %s %s: %r", request.method, request.path, exc)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(ErrorCode.INTERNAL, "internal error", 500)

@@ -49,6 +49,12 @@ class RateLimits:
     auth_failure_period: float = 6.0  # 10 a minute sustained
     # Addresses tracked at once; beyond it the ones that have recovered are forgotten first.
     max_tracked_addresses: int = 100_000
+    # A WebSocket must authenticate within this many seconds, or it is closed (1008 "auth timeout").
+    ws_auth_seconds: float = 10.0
+    # WebSockets not yet authenticated that one address may hold; past it an upgrade gets 429, so one
+    # host cannot use up the server's open files. (Authenticated ones are not capped: a building
+    # behind one NAT address has many kiosks.)
+    ws_unauthenticated_per_address: int = 20
 
 
 DEFAULT_LIMITS = RateLimits()
@@ -190,9 +196,31 @@ class ServerLimits:
     limits: RateLimits = DEFAULT_LIMITS
     clock: Clock = time.monotonic
     auth: FailedAuthLimiter = field(init=False)
+    # Per address, its WebSockets that have not authenticated yet.
+    unauthenticated: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.auth = FailedAuthLimiter(self.limits, self.clock)
+
+    def admit_unauthenticated(self, address: str) -> None:
+        """Count a new WebSocket from `address`; RATE_LIMITED (429) if it holds too many already."""
+        held = self.unauthenticated.get(address, 0)
+        if held >= self.limits.ws_unauthenticated_per_address:
+            log.warning("refusing a WebSocket from %s: %d not yet authenticated", address, held)
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                "too many unauthenticated connections from this address",
+                retry_after=self.limits.ws_auth_seconds,
+            )
+        self.unauthenticated[address] = held + 1
+
+    def release_unauthenticated(self, address: str) -> None:
+        """One WebSocket from `address` authenticated or closed."""
+        held = self.unauthenticated.get(address, 0) - 1
+        if held > 0:
+            self.unauthenticated[address] = held
+        else:
+            self.unauthenticated.pop(address, None)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from kiosk.protocol import (
+    FINAL_CALL_STATUSES,
     MAX_AUTH_TOKEN_LENGTH,
     MAX_AVATAR_LENGTH,
     MAX_NAME_LENGTH,
@@ -107,6 +108,47 @@ async def list_users(request: web.Request) -> web.Response:
     return web.json_response({"users": [{**u.to_json(), "online": u.uid in online} for u in users]})
 
 
+def _uid(request: web.Request) -> str:
+    return require_id(dict(request.match_info), "uid")
+
+
+@routes.delete("/v1/users/{uid}")
+async def remove_user(request: web.Request) -> web.Response:
+    """Remove a user: its tokens stop working and its open connections close at once (1008)."""
+    _require_admin(request)
+    ctx = _ctx(request)
+    uid = _uid(request)
+    if not await ctx.storage.remove_user(uid):
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {uid}")
+    await ctx.revocations.check()
+    return web.Response(status=204)
+
+
+@routes.post("/v1/users/{uid}/token")
+async def replace_token(request: web.Request) -> web.Response:
+    """A new auth token for the user; every token it had before stops working at once."""
+    _require_admin(request)
+    ctx = _ctx(request)
+    uid = _uid(request)
+    token = new_secret()
+    if not await ctx.storage.revoke_tokens(uid, hash_secret(token)):
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {uid}")
+    await ctx.revocations.check()
+    return web.json_response({"uid": uid, "authToken": token})
+
+
+@routes.delete("/v1/users/{uid}/tokens")
+async def revoke_tokens(request: web.Request) -> web.Response:
+    """Revoke every auth token of the user (it can sign in again only with a new one)."""
+    _require_admin(request)
+    ctx = _ctx(request)
+    uid = _uid(request)
+    if not await ctx.storage.revoke_tokens(uid):
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {uid}")
+    await ctx.revocations.check()
+    return web.Response(status=204)
+
+
 @routes.get("/v1/me")
 async def me(request: web.Request) -> web.Response:
     return web.json_response((await _user(request)).to_json())
@@ -122,6 +164,8 @@ async def call_token(request: web.Request) -> web.Response:
     if call is not None and user.uid not in (call.initiator.uid, call.receiver.uid):
         # A rung call's session belongs to its two parties; nobody else may listen in.
         raise ProtocolError(ErrorCode.FORBIDDEN, "this session belongs to a call between two other users")
+    if call is not None and call.status in FINAL_CALL_STATUSES:
+        raise ProtocolError(ErrorCode.INVALID_STATE, f"call {session_id} is over ({call.status})")
     issued = ctx.tokens.issue(user.uid, session_id)
     return web.json_response(
         {

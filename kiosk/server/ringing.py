@@ -225,24 +225,30 @@ class Ringing:
             self._timers.pop(session_id, None)
 
     async def close_stale_calls(self) -> None:
-        """At start, with state that did not survive the restart: calls left ringing or ongoing by the
-        previous run can never finish, so they are closed (ringing -> unanswered, ongoing -> ended)."""
+        """At start, with state that did not survive the restart: calls left ringing by the previous
+        run can never be answered, so they become unanswered. Calls left ongoing get the join
+        deadline an accepted call gets: their parties rejoin (the SDK and the browser client do, on
+        their own) and the call goes on; if nobody is back in its session by then, it ends."""
         stale = await self._storage.calls_with_status([CallStatus.INITIATED, CallStatus.ONGOING])
 
         def decide(call: CallRecord) -> Change:
             if call.status == CallStatus.INITIATED:
                 return _final(call, CallStatus.UNANSWERED)
-            if call.status == CallStatus.ONGOING:
-                return _final(call, CallStatus.ENDED)
-            raise ProtocolError(ErrorCode.INVALID_STATE, "already final")
+            raise ProtocolError(ErrorCode.INVALID_STATE, "not ringing")
 
         for call in stale:
+            if call.status == CallStatus.ONGOING:
+                self._timers[call.session_id] = asyncio.create_task(self._join_deadline(call.session_id))
+                continue
             try:
                 await self._change(call.session_id, decide, notify=False)
             except ProtocolError:
                 pass
         if stale:
-            log.info("closed %d call(s) left open by the previous run", len(stale))
+            log.info(
+                "%d call(s) left open by the previous run: ringing ones closed, ongoing ones wait for their parties",
+                len(stale),
+            )
 
     async def close_overdue_calls(self) -> None:
         """With several server processes: a call's ring timer and join deadline run in the process

@@ -10,6 +10,7 @@ from typing import Literal
 
 from kiosk.janus import JanusError
 from kiosk.protocol import (
+    FINAL_CALL_STATUSES,
     MAX_SESSIONS_PER_CONNECTION,
     CallStatus,
     CallType,
@@ -80,11 +81,14 @@ class Sessions:
         """Join the session; returns the `joined` reply (without `id`)."""
         session_id = msg["sessionId"]
         self._tokens.verify(msg["callToken"], uid=user.uid, session_id=session_id)
+        call = await self._storage.get_call(session_id)
+        if call is not None and call.status in FINAL_CALL_STATUSES:
+            # A call token outlives its call (it is valid for hours): the call's end is what ends it.
+            raise ProtocolError(ErrorCode.INVALID_STATE, f"call {session_id} is over ({call.status})")
         if msg.get("rejoin"):
             rejoined = await self._rejoin(conn_id, user, session_id, msg)
             if rejoined is not None:
                 return rejoined
-        call = await self._storage.get_call(session_id)
         switched = await self._grow_past_mesh(session_id)
         participant = Participant(
             conn_id=conn_id,

@@ -98,6 +98,8 @@ async def _auth(ctx: ServerContext, conn: Connection, msg: AuthRequest) -> OkRep
         guard.server.auth.failed(guard.address)
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "unknown auth token")
     conn.user = user
+    conn.token_hash = hash_secret(token)
+    conn.authenticated.set()
     await ctx.state.add_connection(user.uid, conn.id)
     log.info("connection %s is %s", conn.id, user.uid)
     return {"type": "ok", "user": user.to_json()}
@@ -158,16 +160,50 @@ async def _disconnected(ctx: ServerContext, conn: Connection) -> None:
     await conn.finish()
 
 
+class _AddressSlot:
+    """A WebSocket's place among its address's unauthenticated ones, given back once."""
+
+    def __init__(self, server: limits.ServerLimits, address: str) -> None:
+        server.admit_unauthenticated(address)  # 429 before the upgrade if this address holds too many
+        self._server: limits.ServerLimits | None = server
+        self.address = address
+
+    def release(self) -> None:
+        if self._server is not None:
+            self._server.release_unauthenticated(self.address)
+            self._server = None
+
+
+async def _auth_deadline(conn: Connection, slot: _AddressSlot, seconds: float) -> None:
+    """Until the connection authenticates it counts against its address; past the deadline it is
+    closed, so a connection that never says who it is does not hold a socket for ever."""
+    try:
+        await asyncio.wait_for(conn.authenticated.wait(), seconds)
+    except TimeoutError:
+        log.info("closing connection %s from %s: no auth within %.0f s", conn.id, slot.address, seconds)
+        await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"auth timeout")
+    slot.release()
+
+
 @routes.get("/v1/ws")
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     ctx = request.app[CONTEXT]
+    server = request.app[limits.LIMITS]
+    slot = _AddressSlot(server, limits.client_address(request))
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_FRAME_BYTES, timeout=CLOSE_TIMEOUT_SECONDS
     )
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        slot.release()
+        raise
     conn = Connection(ws, request.transport)
     conn.start()
     ctx.hub.add(conn)
+    deadline = asyncio.create_task(
+        _auth_deadline(conn, slot, server.limits.ws_auth_seconds), name=f"auth-deadline-{conn.id}"
+    )
     try:
         async for frame in ws:
             if frame.type == WSMsgType.TEXT:
@@ -178,6 +214,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 log.info("connection %s: %r", conn.id, ws.exception())
                 break
     finally:
+        deadline.cancel()
+        slot.release()
         # Shielded: when the server shuts down this handler is cancelled, but the sessions it was in
         # must still be left (and the other side told) before the connection is forgotten.
         await asyncio.shield(_disconnected(ctx, conn))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
@@ -45,7 +46,22 @@ class Storage(ABC):
 
     @abstractmethod
     async def list_users(self) -> list[User]:
-        """All users ordered by uid."""
+        """All users ordered by uid (removed ones left out)."""
+
+    @abstractmethod
+    async def revoke_tokens(self, uid: str, new_token_hash: str | None = None) -> bool:
+        """Revoke every auth token of the user, then give it `new_token_hash` if one is given.
+        False if there is no such user."""
+
+    @abstractmethod
+    async def remove_user(self, uid: str) -> bool:
+        """Revoke the user's tokens and take it out of the directory. Its calls stay in the other
+        party's log, under its name, so the uid stays taken. False if there is no such user."""
+
+    @abstractmethod
+    async def revocations(self) -> int:
+        """A count that grows with every revocation or removal, made by any process or by
+        `kiosk users`: open connections are checked again whenever it changes."""
 
     @abstractmethod
     async def create_call(self, call: CallRecord) -> None: ...
@@ -106,6 +122,11 @@ CREATE TABLE IF NOT EXISTS auth_tokens (
     uid TEXT NOT NULL REFERENCES users(uid) ON DELETE CASCADE,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS revocations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS calls (
     session_id TEXT PRIMARY KEY,
     type TEXT NOT NULL,
@@ -164,12 +185,21 @@ class SqliteDatabase:
     def connect(self) -> sqlite3.Connection:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Token hashes and the call log are for the server's user only, whatever the umask: the
+            # file is made 0600 before SQLite opens it (its -wal and -shm files take the same mode).
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            for part in (self.path, *(self.path.with_name(self.path.name + x) for x in ("-wal", "-shm"))):
+                if part.exists() and part.stat().st_mode & 0o077:
+                    part.chmod(0o600)  # a database made before this
             # Autocommit; the few multi-statement writes open their own transaction.
             conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+            if "removed_at" not in columns:  # a database made before users could be removed
+                conn.execute("ALTER TABLE users ADD COLUMN removed_at INTEGER")
             self._conn = conn
         return self._conn
 
@@ -201,8 +231,43 @@ class SqliteDatabase:
             raise
 
     def get_user(self, uid: str) -> User | None:
-        row = self.connect().execute("SELECT uid, name, avatar FROM users WHERE uid = ?", (uid,)).fetchone()
+        row = (
+            self.connect()
+            .execute("SELECT uid, name, avatar FROM users WHERE uid = ? AND removed_at IS NULL", (uid,))
+            .fetchone()
+        )
         return User(*row) if row else None
+
+    def revoke_tokens(self, uid: str, new_token_hash: str | None = None, remove: bool = False) -> bool:
+        conn = self.connect()
+        now = now_ms()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if (
+                conn.execute("SELECT 1 FROM users WHERE uid = ? AND removed_at IS NULL", (uid,)).fetchone()
+                is None
+            ):
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute("DELETE FROM auth_tokens WHERE uid = ?", (uid,))
+            if new_token_hash is not None:
+                conn.execute(
+                    "INSERT INTO auth_tokens (token_hash, uid, created_at) VALUES (?, ?, ?)",
+                    (new_token_hash, uid, now),
+                )
+            if remove:
+                conn.execute("UPDATE users SET removed_at = ? WHERE uid = ?", (now, uid))
+            conn.execute("INSERT INTO revocations (uid, at) VALUES (?, ?)", (uid, now))
+            conn.execute("COMMIT")
+            return True
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def revocations(self) -> int:
+        row = self.connect().execute("SELECT COALESCE(MAX(id), 0) FROM revocations").fetchone()
+        return int(row[0])
 
     def user_for_auth_token(self, token_hash: str) -> User | None:
         """The owner of the token with this SHA-256 hash.
@@ -224,7 +289,11 @@ class SqliteDatabase:
         return User(*row[1:])
 
     def list_users(self) -> list[User]:
-        rows = self.connect().execute("SELECT uid, name, avatar FROM users ORDER BY uid").fetchall()
+        rows = (
+            self.connect()
+            .execute("SELECT uid, name, avatar FROM users WHERE removed_at IS NULL ORDER BY uid")
+            .fetchall()
+        )
         return [User(*row) for row in rows]
 
     def create_call(self, call: CallRecord) -> None:
@@ -352,6 +421,15 @@ class SqliteStorage(Storage):
 
     async def list_users(self) -> list[User]:
         return await self._run(self._db.list_users)
+
+    async def revoke_tokens(self, uid: str, new_token_hash: str | None = None) -> bool:
+        return await self._run(self._db.revoke_tokens, uid, new_token_hash)
+
+    async def remove_user(self, uid: str) -> bool:
+        return await self._run(self._db.revoke_tokens, uid, None, True)
+
+    async def revocations(self) -> int:
+        return await self._run(self._db.revocations)
 
     async def create_call(self, call: CallRecord) -> None:
         await self._run(self._db.create_call, call)

@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_by_initiator ON calls(initiator_uid, initiated_at);
 CREATE INDEX IF NOT EXISTS calls_by_receiver ON calls(receiver_uid, initiated_at);
 CREATE INDEX IF NOT EXISTS calls_by_status ON calls(status);
+ALTER TABLE users ADD COLUMN IF NOT EXISTS removed_at BIGINT;
+CREATE TABLE IF NOT EXISTS revocations (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    uid TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS server_secrets (
     name TEXT PRIMARY KEY,
     value BYTEA NOT NULL,
@@ -244,8 +250,41 @@ class PostgresStorage(Storage):
     async def get_user(self, uid: str) -> User | None:
         if not _storable(uid):
             return None
-        row = await self._get_pool().fetchrow("SELECT uid, name, avatar FROM users WHERE uid = $1", uid)
+        row = await self._get_pool().fetchrow(
+            "SELECT uid, name, avatar FROM users WHERE uid = $1 AND removed_at IS NULL", uid
+        )
         return User(*row) if row else None
+
+    async def revoke_tokens(
+        self, uid: str, new_token_hash: str | None = None, *, remove: bool = False
+    ) -> bool:
+        if not _storable(uid):
+            return False
+        now = now_ms()
+        async with self._get_pool().acquire() as conn, conn.transaction():
+            found = await conn.fetchval(
+                "SELECT 1 FROM users WHERE uid = $1 AND removed_at IS NULL FOR UPDATE", uid
+            )
+            if found is None:
+                return False
+            await conn.execute("DELETE FROM auth_tokens WHERE uid = $1", uid)
+            if new_token_hash is not None:
+                await conn.execute(
+                    "INSERT INTO auth_tokens (token_hash, uid, created_at) VALUES ($1, $2, $3)",
+                    new_token_hash,
+                    uid,
+                    now,
+                )
+            if remove:
+                await conn.execute("UPDATE users SET removed_at = $1 WHERE uid = $2", now, uid)
+            await conn.execute("INSERT INTO revocations (uid, at) VALUES ($1, $2)", uid, now)
+        return True
+
+    async def remove_user(self, uid: str) -> bool:
+        return await self.revoke_tokens(uid, remove=True)
+
+    async def revocations(self) -> int:
+        return int(await self._get_pool().fetchval("SELECT COALESCE(MAX(id), 0) FROM revocations"))
 
     async def user_for_auth_token(self, token_hash: str) -> User | None:
         """The owner of the token with this SHA-256 hash (looked up by hash, confirmed in constant time,
@@ -263,7 +302,9 @@ class PostgresStorage(Storage):
 
     async def list_users(self) -> list[User]:
         # COLLATE "C": code point order, as SQLite's BINARY collation, whatever the database's locale.
-        rows = await self._get_pool().fetch('SELECT uid, name, avatar FROM users ORDER BY uid COLLATE "C"')
+        rows = await self._get_pool().fetch(
+            'SELECT uid, name, avatar FROM users WHERE removed_at IS NULL ORDER BY uid COLLATE "C"'
+        )
         return [User(*row) for row in rows]
 
     async def create_call(self, call: CallRecord) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -16,7 +17,12 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 
 async def _to_index(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/app/" + (f"?{request.query_string}" if request.query_string else ""))
+    # An old sign-in link's token goes to the fragment, which browsers never send to a server.
+    query = request.rel_url.query.copy()
+    token = query.popall("token", [])
+    rest = urlencode(list(query.items()))
+    fragment = "#" + urlencode({"token": token[0]}) if token else ""
+    raise web.HTTPFound("/app/" + (f"?{rest}" if rest else "") + fragment)
 
 
 def add_web_routes(app: web.Application) -> None:

@@ -92,7 +92,7 @@ async def run_kiosk_async(
             out.write(
                 "call this kiosk with:\n"
                 f"  kiosk endpoint --server {url} --auth-token {visitor} --call {kiosk.users.uid} --loopback\n"
-                f"or from a browser: {url}/app/?token={visitor}\n"
+                f"or from a browser: {url}/app/#token={visitor}\n"
             )
             out.flush()
         # systemd (kiosk.service, Type=notify): ready once the window is up; the watchdog is fed from

@@ -393,19 +393,23 @@ $("call-stay").addEventListener("click", () => {
 });
 $("audio-only").addEventListener("change", refreshUsers);
 
-// A link may carry the token (?token=...): take it, then drop it from the address bar and history.
+// A sign-in link carries the token in its fragment (#token=..., which a browser never sends to a
+// server; the older ?token=... works too): take it, then drop it from the address bar and history.
 const params = new URLSearchParams(window.location.search);
+const fragment = new URLSearchParams(window.location.hash.slice(1));
 // ?codec=H264 (or VP8): the video codec this page prefers in its calls.
 try {
   videoCodec = new Calls.CallSettingsBuilder().setVideoCodec(params.get("codec")).build().videoCodec;
 } catch (err) {
   say(describe(err), true);
 }
-const linkToken = params.get("token");
+const linkToken = fragment.get("token") || params.get("token");
 if (linkToken) {
   params.delete("token");
-  const rest = params.toString();
-  history.replaceState(null, "", window.location.pathname + (rest ? `?${rest}` : ""));
+  fragment.delete("token");
+  const query = params.toString();
+  const hash = fragment.toString();
+  history.replaceState(null, "", window.location.pathname + (query ? `?${query}` : "") + (hash ? `#${hash}` : ""));
 }
 const token = linkToken || sessionStorage.getItem("kiosk-token");
 if (token) signIn(token);
