@@ -27,6 +27,7 @@ from typing import (
     get_args,
     get_origin,
     get_type_hints,
+    is_typeddict,
 )
 
 PROTOCOL_VERSION = 1
@@ -43,6 +44,12 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 MAX_NAME_LENGTH = 100
 MAX_AVATAR_LENGTH = 2000
 MAX_SDP_LENGTH = 60 * 1024
+# A trickled ICE candidate's fields. Browsers' candidate lines are about 150 characters; RFC 8839's
+# grammar (host names as addresses, a ufrag of up to 256 characters, extensions) allows several
+# hundred, so 2,048 refuses none that is real.
+MAX_CANDIDATE_LENGTH = 2048
+MAX_ICE_TOKEN_LENGTH = 256  # sdpMid ("0" in practice) and usernameFragment (4 to 256 characters)
+MAX_MLINE_INDEX = 65535  # sdpMLineIndex is a WebIDL unsigned short
 # Secrets as presented by a client: anything longer, or not printable ASCII, cannot be one of ours.
 MAX_AUTH_TOKEN_LENGTH = 256
 MAX_CALL_TOKEN_LENGTH = 4096
@@ -146,10 +153,10 @@ class SessionType(StrEnum):
 # (docs/protocol.md, "WebSocket signaling"). The server and the Calls SDK build and read them, and the
 # type checker holds both to these definitions; a client's messages are checked at run time against
 # the same definitions (`check_client_message`): each field's type, whether it may be left out, and
-# the rules its `Annotated` metadata adds (an id, a length).
+# the rules its `Annotated` metadata adds (an id, a length, a range); an object inside a message that
+# has a definition of its own (`IceCandidate`) is checked by it, field by field.
 
 RequestId = str | int  # a request's `id`, echoed in its reply (is_valid_request_id)
-IceCandidate = dict[str, Any]  # an RTCIceCandidateInit, relayed as it is
 
 
 @dataclass(frozen=True)
@@ -159,10 +166,24 @@ class FieldRule:
     valid_id: bool = False  # matches ID_PATTERN
     max_length: int | None = None
     too_long: ErrorCode = ErrorCode.BAD_REQUEST  # the refusal of a value over max_length
+    min_value: int | None = None  # an integer's bounds
+    max_value: int | None = None
 
 
 Id = Annotated[str, FieldRule(valid_id=True)]
 Sdp = Annotated[str, FieldRule(max_length=MAX_SDP_LENGTH, too_long=ErrorCode.PAYLOAD_TOO_LARGE)]
+IceToken = Annotated[str | None, FieldRule(max_length=MAX_ICE_TOKEN_LENGTH)]
+
+
+class IceCandidate(TypedDict):
+    """A trickled ICE candidate (an RTCIceCandidateInit) as a browser's RTCIceCandidate.toJSON() gives
+    it; `candidate` "" ends the candidates. The server relays it whole, so it is checked as a message is,
+    and, unlike a message's, a field it does not name is refused: it would reach the other side."""
+
+    candidate: Annotated[str, FieldRule(max_length=MAX_CANDIDATE_LENGTH)]
+    sdpMid: NotRequired[IceToken]
+    sdpMLineIndex: NotRequired[Annotated[int | None, FieldRule(min_value=0, max_value=MAX_MLINE_INDEX)]]
+    usernameFragment: NotRequired[IceToken]
 
 
 # -- client to server: requests, each answered by a reply (below) with its `id`
@@ -476,6 +497,8 @@ class ClientField(NamedTuple):
     types: tuple[type, ...]  # what isinstance accepts (a bool is never an int)
     required: bool
     rule: FieldRule | None
+    # An object field's own fields (its TypedDict's), checked in turn; any other field is refused.
+    shape: dict[str, ClientField] | None = None
 
 
 def _type_names(message: type) -> tuple[str, ...]:
@@ -483,20 +506,28 @@ def _type_names(message: type) -> tuple[str, ...]:
     return get_args(get_type_hints(message)["type"])
 
 
+def _members(hint: object) -> tuple[object, ...]:
+    """The types a hint allows: a union's members, or the hint itself."""
+    if get_origin(hint) in (Union, UnionType):
+        return tuple(t for arg in get_args(hint) for t in _members(arg))
+    return (hint,)
+
+
 def _runtime_types(hint: object) -> tuple[type, ...]:
-    origin = get_origin(hint)
-    if origin in (Union, UnionType):
-        return tuple(t for arg in get_args(hint) for t in _runtime_types(arg))
-    # dict[str, Any] -> dict
-    kind = hint if origin is None else origin
-    assert isinstance(kind, type), hint
-    return (kind,)
+    kinds: list[type] = []
+    for member in _members(hint):
+        # a TypedDict (isinstance cannot take one) or dict[str, Any] -> dict
+        kind = dict if is_typeddict(member) else get_origin(member) or member
+        assert isinstance(kind, type), hint
+        kinds.append(kind)
+    return tuple(kinds)
 
 
-def _client_fields(message: type) -> dict[str, ClientField]:
+def _client_fields(message: type, skip: tuple[str, ...] = ("type", "id")) -> dict[str, ClientField]:
+    """A definition's fields but `skip` (of a message: its name, and the request id, checked on its own)."""
     fields: dict[str, ClientField] = {}
     for name, hint in get_type_hints(message, include_extras=True).items():
-        if name in ("type", "id"):  # the message's name; the request id (checked on its own)
+        if name in skip:
             continue
         required = get_origin(hint) is not NotRequired
         if not required:
@@ -504,7 +535,9 @@ def _client_fields(message: type) -> dict[str, ClientField]:
         rule = None
         if get_origin(hint) is Annotated:
             hint, rule = get_args(hint)
-        fields[name] = ClientField(_runtime_types(hint), required, rule)
+        objects = [cast(type, t) for t in _members(hint) if is_typeddict(t)]
+        shape = _client_fields(objects[0], skip=()) if objects else None
+        fields[name] = ClientField(_runtime_types(hint), required, rule, shape)
     return fields
 
 
@@ -556,8 +589,9 @@ def request_id_of(raw: str | bytes) -> str | int | None:
 def parse_client_message(raw: str | bytes) -> ClientMessage:
     """Decode and check one client frame; raise ProtocolError naming what is wrong.
 
-    Returns the message with its optional booleans filled in with their defaults (False). Fields this
-    document does not name are ignored (and never relayed).
+    Returns the message with its optional booleans filled in with their defaults (False). A message's
+    fields that its definition does not name are ignored (and never relayed); inside an object that is
+    relayed whole (a `candidate`), they are refused.
     """
     if len(raw) > MAX_MESSAGE_BYTES:
         raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"message over {MAX_MESSAGE_BYTES} bytes")
@@ -584,26 +618,45 @@ def check_client_message(message: object, *, fill_defaults: bool = False) -> Cli
     fields = CLIENT_MESSAGES.get(kind)
     if fields is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:40]!r}")
-    for name, field in fields.items():
-        if name not in message:
-            if field.required:
-                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: missing field {name!r}")
-            continue
-        value = message[name]
-        if not isinstance(value, field.types) or (bool not in field.types and isinstance(value, bool)):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {name!r} has the wrong type")
-        rule = field.rule
-        if rule is None:
-            continue
-        if rule.valid_id and not is_valid_id(value):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {name!r} is not a valid id")
-        if rule.max_length is not None and isinstance(value, str) and len(value) > rule.max_length:
-            raise ProtocolError(rule.too_long, f"{name} too long")
+    _check_fields(kind, fields, message)
     if fill_defaults:
         for name, field in fields.items():
             if name not in message and field.types == (bool,):
                 message[name] = False
     return cast(ClientMessage, message)
+
+
+def _check_fields(kind: str, fields: dict[str, ClientField], data: dict[str, Any], prefix: str = "") -> None:
+    """Check `data` (a message of type `kind`, or an object inside one, named `prefix`) against its
+    fields; an object inside is checked the same way, and may hold no field of its own."""
+    for name, field in fields.items():
+        where = prefix + name
+        if name not in data:
+            if field.required:
+                raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: missing field {where!r}")
+            continue
+        value = data[name]
+        if not isinstance(value, field.types) or (bool not in field.types and isinstance(value, bool)):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {where!r} has the wrong type")
+        if field.shape is not None and isinstance(value, dict):
+            unknown = sorted(key for key in value if key not in field.shape)
+            if unknown:
+                raise ProtocolError(
+                    ErrorCode.BAD_REQUEST, f"{kind}: field {where!r} has an unknown field {unknown[0][:40]!r}"
+                )
+            _check_fields(kind, field.shape, value, f"{where}.")
+        rule = field.rule
+        if rule is None:
+            continue
+        if rule.valid_id and not is_valid_id(value):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {where!r} is not a valid id")
+        if rule.max_length is not None and isinstance(value, str) and len(value) > rule.max_length:
+            raise ProtocolError(rule.too_long, f"{where} too long")
+        if isinstance(value, int) and not (
+            (rule.min_value is None or value >= rule.min_value)
+            and (rule.max_value is None or value <= rule.max_value)
+        ):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"{kind}: field {where!r} is out of range")
 
 
 def claims_other_sender(message: Mapping[str, object], uid: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import stat
 from pathlib import Path
@@ -154,3 +155,27 @@ async def test_the_database_file_is_for_the_servers_user_only(
         os.umask(old)
     for path in server.config.data_dir.glob("kiosk.db*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_an_sdk_endpoint_whose_token_is_revoked_says_so_and_stops_retrying(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from calls_support import ADMIN_KEY as SUPPORT_ADMIN_KEY
+    from calls_support import endpoints, running_server, wait_until
+
+    async with (
+        running_server(tmp_path / "server") as server,
+        endpoints(server.url, tmp_path, "door") as (door,),
+    ):
+        admin = {"X-Admin-Key": SUPPORT_ADMIN_KEY}
+        async with http.delete(f"{server.url}/v1/users/door/tokens", headers=admin) as r:
+            assert r.status == 204
+
+        def refused() -> bool:
+            return any(error.code == "UNAUTHORIZED" for (error,) in door.events.of("on_error"))
+
+        await wait_until(refused, 15, "an UNAUTHORIZED error")
+        lost = len(door.events.of("on_error"))
+        await asyncio.sleep(2.5)  # several reconnect delays: no more attempts, no more errors
+        assert len(door.events.of("on_error")) == lost
+        assert not door.calls.signaling.connected

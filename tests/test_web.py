@@ -486,3 +486,17 @@ async def test_screenshot_of_a_call(tmp_path, monkeypatch):
             (SCREENSHOTS / "web_call.png").write_bytes(path.read_bytes())
         await kiosk.calls.end_call(call.session_id)
         await kiosk.calls.end_session()
+
+
+async def test_a_page_whose_token_is_revoked_is_signed_out(tmp_path, monkeypatch):
+    from calls_support import ADMIN_KEY
+
+    async with web_call(tmp_path) as (server, _, browser, token):
+        page = await _open_app(browser, server.url, token)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.delete(f"{server.url}/v1/users/visitor/tokens", headers={"X-Admin-Key": ADMIN_KEY}) as r,
+        ):
+            assert r.status == 204
+        await page.locator("#signin").wait_for()
+        await page.locator("#message.error").filter(has_text="signed out").wait_for()

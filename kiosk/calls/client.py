@@ -327,6 +327,17 @@ class Calls:
                 await self._connect_any(self.auth_token)
                 log.info("signaling reconnected to %s", self.server_url)
             except CallsError as exc:
+                if exc.code == "UNAUTHORIZED":
+                    # The token was revoked (or the user removed): no retry can succeed, and each
+                    # would count as a failed sign-in against this address. Stop, and say so.
+                    log.warning("signaling refused this endpoint's auth token: not reconnecting")
+                    self.listeners.emit(
+                        "on_error",
+                        CallError("UNAUTHORIZED", "the call server no longer accepts this auth token"),
+                    )
+                    if self._session is not None:
+                        self._drop_session(self._session, "lost")
+                    return
                 log.info("reconnect failed: %s", exc)
                 waited = loop.time() - started
                 # In a call, keep trying often: the call waits on it. Idle, back off further.

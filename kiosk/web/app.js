@@ -377,6 +377,11 @@ Calls.addCallListener("page", {
   onReconnected() {
     $("connection").hidden = true;
   },
+  // The server no longer takes this page's token (revoked, or the user removed): sign in again.
+  onSignedOut() {
+    signOut();
+    say("You were signed out: this auth token is no longer valid.", true);
+  },
 });
 
 $("signin-form").addEventListener("submit", (event) => {

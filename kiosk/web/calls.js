@@ -263,7 +263,16 @@ async function reconnect() {
     let connected;
     try {
       connected = await connect(state.authToken, CONNECT_TIMEOUT_MS);
-    } catch {
+    } catch (err) {
+      if (err.code === "UNAUTHORIZED" && state.reconnects === run) {
+        // The token was revoked (or the user removed): no retry can succeed, and each one would
+        // count as a failed sign-in from this address. Stop; the page signs in again.
+        state.reconnecting = false;
+        if (state.session) state.session.teardown("lost");
+        state.user = null;
+        emitCall("onSignedOut", { code: err.code, message: "the call server no longer accepts this auth token" });
+        return;
+      }
       waited = Date.now() - started;
       // In a call, keep trying often: the call waits on it. Idle, back off further.
       delay = Math.min(state.session ? RECONNECT_IN_CALL_MAX_MS : RECONNECT_MAX_MS, delay * 2);
