@@ -386,7 +386,12 @@ async def start_embedded_server(config: KioskConfig) -> tuple[RunningServer, Emb
     users = await asyncio.to_thread(ensure_users, data_dir, config)
     try:
         server = await start_server(
-            ServerConfig(host=parts.hostname or "127.0.0.1", port=parts.port or 8080, data_dir=data_dir)
+            ServerConfig(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 8080,
+                data_dir=data_dir,
+                cors_origins=list(config.server.cors_origins),
+            )
         )
     except OSError as exc:
         raise ConfigError(f"server.url: cannot serve on {config.server.url}: {exc.strerror or exc}") from None

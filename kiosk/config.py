@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from kiosk.audio_modes import AUDIO_MODES, AudioMode
 from kiosk.protocol import ID_PATTERN, is_valid_id
-from kiosk.urls import ServerUrlError, server_base_url
+from kiosk.urls import ServerUrlError, normalise_origin, server_base_url
 
 DEFAULT_PATH = Path("/etc/kiosk/kiosk.toml")
 BUTTON_NAMES = ("mute", "end", "audio_mode", "call", "volume_up", "volume_down")
@@ -54,6 +54,9 @@ class ServerSection:
     # A PEM file of the CA(s) an https:// server's certificate must chain to (a private CA for a
     # fleet); empty: the system's CAs.
     ca_file: str = ""
+    # The embedded server's CORS allow-list: origins ("https://reception.example") whose pages may
+    # use its REST API and WebSocket (docs/protocol.md, "Cross-origin requests"); none: same origin.
+    cors_origins: list[str] = field(default_factory=list)
 
     def addresses(self) -> list[str]:
         """`url`, then `urls` (each once): every address of the call service, in the order tried."""
@@ -420,7 +423,13 @@ def _server_urls(server: ServerSection) -> ServerSection:
         urls = [server_base_url(u, f"server.urls[{i}]") for i, u in enumerate(server.urls)]
     except ServerUrlError as exc:
         raise ConfigError(str(exc)) from None
-    return dataclasses.replace(server, url=url, urls=urls)
+    origins = []
+    for i, origin in enumerate(server.cors_origins):
+        try:
+            origins.append(normalise_origin(origin))
+        except ValueError as exc:
+            raise ConfigError(f"server.cors_origins[{i}]: {exc}") from None
+    return dataclasses.replace(server, url=url, urls=urls, cors_origins=origins)
 
 
 def _claim_pin(pins: dict[int, str], pin: int, key: str) -> None:

@@ -1,5 +1,5 @@
 """The call server's address, checked once for the SDK (`Calls(...)`), the command line (`--server`)
-and the device's config (`[server] url`, `urls`).
+and the device's config (`[server] url`, `urls`); and web origins, for the server's CORS allow-list.
 
 It imports nothing of the kiosk's, so the config can use it without loading the SDK and its media
 stack (`kiosk check-config` needs neither), and the SDK without depending on the config.
@@ -49,3 +49,22 @@ def server_base_url(url: object, what: str = "server URL") -> str:
         # The SDK appends /v1/... to the base: a query or fragment would end up in the middle.
         raise ServerUrlError(f"{what}: {url!r}: a server URL has no ?query or #fragment")
     return f"{SERVER_SCHEMES[parts.scheme]}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def normalise_origin(origin: str) -> str:
+    """An origin as browsers send it (scheme://host[:port], lower case, no default port, no path);
+    ValueError naming it if it is not one."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"CORS origin {origin!r} must be http(s)://host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"CORS origin {origin!r} must be only scheme://host[:port], no path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"CORS origin {origin!r} has a bad port") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")

@@ -65,6 +65,32 @@ def test_ws_and_wss_name_the_same_server_as_http_and_https() -> None:
     assert config.server.addresses() == ["https://a.example", "http://b:80"]
 
 
+async def test_the_embedded_servers_cors_origins_are_checked_and_reach_the_server(tmp_path: Path) -> None:
+    import socket
+
+    from kiosk.assembly import start_embedded_server
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = "[server]\nembedded = true\nurl = 'http://127.0.0.1:{p}'\ndata_dir = '{d}'\ncors_origins = {o}\n"
+    config = parse_config(
+        text.format(p=port, d=tmp_path, o="['HTTPS://Reception.example:443/', 'http://desk.local:8080']"),
+        check_devices=False,
+    )
+    assert config.server.cors_origins == ["https://reception.example", "http://desk.local:8080"]
+    server, _ = await start_embedded_server(config)
+    try:
+        assert server.config.cors_origins == config.server.cors_origins
+    finally:
+        await server.close()
+    with pytest.raises(ConfigError, match=r"server.cors_origins\[1\]: CORS origin 'reception.example'"):
+        parse_config(
+            text.format(p=port, d=tmp_path, o="['https://a.example', 'reception.example']"),
+            check_devices=False,
+        )
+
+
 # ----------------------------------------------------------------------------- check-config as run
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from kiosk.protocol import (
     DEFAULT_MAX_PARTICIPANTS,
@@ -15,6 +14,7 @@ from kiosk.protocol import (
     DEFAULT_TOKEN_TTL,
     IceServer,
 )
+from kiosk.urls import normalise_origin
 
 # TURN credentials are valid this long (seconds). coturn checks the expiry in the username on every
 # authenticated request, including the Refresh that keeps a relay allocated, so it must outlast a call.
@@ -114,22 +114,3 @@ class ServerConfig:
             self.janus_public_url = self.janus_url
         if self.tls_cert is not None and self.tls_key is not None:
             self.tls_cert, self.tls_key = Path(self.tls_cert), Path(self.tls_key)
-
-
-def normalise_origin(origin: str) -> str:
-    """An origin as browsers send it (scheme://host[:port], lower case, no default port, no path);
-    ValueError naming it if it is not one."""
-    parts = urlsplit(origin.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"CORS origin {origin!r} must be http(s)://host[:port]")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"CORS origin {origin!r} must be only scheme://host[:port], no path")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"CORS origin {origin!r} has a bad port") from None
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default = 443 if parts.scheme == "https" else 80
-    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")

@@ -12,8 +12,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler, Middleware
 
 from kiosk.protocol import ErrorCode
-from kiosk.server.config import normalise_origin
 from kiosk.server.errors import error_response
+from kiosk.urls import normalise_origin
 
 log = logging.getLogger(__name__)
 
