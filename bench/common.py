@@ -56,7 +56,7 @@ async def bench_server(*uids: str, **config_options: Any) -> AsyncIterator[Bench
             port=0,
             data_dir=Path(tmp) / "server",
             admin_key=admin_key,
-            **config_options,
+            **{"max_pending_websockets_per_address": 0, **config_options},  # every client is 127.0.0.1
         )
         server = await start_server(config)
         # The benchmarks drive single connections far harder than a kiosk does (1,000 join/leave

@@ -212,6 +212,9 @@ def kiosk_server_argv(data_dir: Path) -> list[str]:
         "0",
         "--data-dir",
         str(data_dir),
+        # The load is thousands of kiosks on one loopback address, connecting at once.
+        "--max-pending-websockets",
+        "0",
     ]
 
 

@@ -49,6 +49,8 @@ from kiosk.config import NO_TOKEN, ConfigError, KioskConfig, check_runnable
 from kiosk.controller import KioskController, SettingsFactory
 from kiosk.device import KioskDevices, build_devices
 from kiosk.hardware import Controls, start_controls
+from kiosk.hardware.screen import ScreenWaker, start_screen
+from kiosk.lan import DEFAULT_HOST_PORT, host_ca_path
 from kiosk.media.devices import MediaDevices
 from kiosk.media.emulated import EmulatedDevices
 from kiosk.media.volume import OutputVolume
@@ -57,7 +59,9 @@ from kiosk.ringer import Ringer
 if TYPE_CHECKING:
     # kiosk.server is imported only by a kiosk that runs one (start_embedded_server): a kiosk of a
     # remote call server never loads it.
+    from kiosk.lan.codes import PairingCode
     from kiosk.server.app import RunningServer
+    from kiosk.server.config import ServerConfig
 
 __all__ = [
     "LOOPBACK",
@@ -175,19 +179,26 @@ def plan_kiosk(config: KioskConfig | None, options: KioskOptions | None = None) 
             settings_factory=factory,
         )
     server = config.server
-    embedded = server.embedded and not options.servers
-    servers = options.servers or ((server.url,) if embedded else tuple(server.addresses()))
+    # A building's host (docs/intercom.md): its own server, HTTPS with its CA, reached from here on loopback.
+    host = server.role == "host" and not options.servers
+    embedded = (server.embedded or host) and not options.servers
+    servers: tuple[str, ...]
+    if host:
+        servers = (f"https://127.0.0.1:{DEFAULT_HOST_PORT}",)
+    else:
+        servers = options.servers or ((server.url,) if embedded else tuple(server.addresses()))
     token = options.auth_token or ("" if embedded else config.auth_token())
     if not token and not embedded:
         raise ConfigError(NO_TOKEN)  # an embedded config's, when the options name other servers
     ice = options.ice_addresses
-    if ice is None and _is_loopback(servers[0]):
+    if ice is None and _is_loopback(servers[0]) and not host:  # a host's calls are with kiosks on its LAN
         ice = LOOPBACK
     return KioskPlan(
         servers=servers,
         embedded=embedded,
         auth_token=token,
-        ca_file=options.ca_file or (Path(server.ca_file) if server.ca_file else None),
+        ca_file=options.ca_file
+        or (host_ca_path(server.data_dir) if host else Path(server.ca_file) if server.ca_file else None),
         recording_dir=options.recording_dir or Path(config.recording.directory),
         video_codec=options.video_codec,
         ice_addresses=ice,
@@ -211,6 +222,7 @@ class Kiosk:
         self.problems: tuple[str, ...] = ()  # devices the config names that are not there
         self.ringer: Ringer | None = None  # with a config
         self.controls: Controls | None = None  # with a config
+        self.screen: ScreenWaker | None = None  # with a config whose [screen] asks for one
         self._devices: MediaDevices | None = None
         self._calls: Calls | None = None
         self._controller: KioskController | None = None
@@ -277,7 +289,7 @@ class Kiosk:
         if plan.embedded:
             assert config is not None
             self.server, self.users = await start_embedded_server(config)
-            servers, token = [self.server.url], token or self.users.kiosk_token
+            servers, token = [_from_here(self.server.url)], token or self.users.kiosk_token
         calls = self._calls = Calls(
             servers,
             auth_token=token,
@@ -308,6 +320,10 @@ class Kiosk:
             log.warning("login failed: %s", exc)
         if config is not None:
             self.controls = await start_controls(config, controller)
+            # A door kiosk: its sessions say it has a door, and requests the server passes on release it.
+            calls.door_opener = self.controls.door
+            # The PIR shares the buttons' pin factory; a screen problem is reported, never fatal.
+            self.screen = await start_screen(config, controller, pin_factory=self.controls.pin_factory)
 
     async def close(self) -> None:
         """Stop the controls and the ringtone, close the Calls client (ending a call), then the server."""
@@ -316,12 +332,30 @@ class Kiosk:
         self._closed = True
         if self.ringer is not None:
             self.ringer.close()
+        if self.screen is not None:
+            await self.screen.close()  # before the controls: they close the pin factory it shares
         if self.controls is not None:
             await self.controls.close()
         if self._calls is not None:
             await self._calls.close()
         if self.server is not None:
             await self.server.close()
+
+    async def pairing_code(self) -> PairingCode:
+        """A building host's pairing code, for its screen: the valid one, or a fresh one (docs/intercom.md)."""
+        if self.server is None or self.server.config.lan_ca is None:
+            raise RuntimeError('only a started building host (role = "host") pairs kiosks')
+        from kiosk.server.pairing import PAIRING
+
+        return await asyncio.to_thread(self.server.app[PAIRING].codes.current_or_new)
+
+    async def host_fingerprint(self) -> str:
+        """A building host's CA fingerprint (SHA-256, hex), shown next to its pairing code."""
+        if self.server is None or self.server.config.lan_ca is None:
+            raise RuntimeError('only a started building host (role = "host") has a CA')
+        from kiosk.lan import fingerprint_of_pem
+
+        return fingerprint_of_pem(await asyncio.to_thread(self.server.config.lan_ca.read_text))
 
     async def __aenter__(self) -> Kiosk:
         return await self.start()
@@ -373,6 +407,12 @@ def ensure_users(data_dir: Path, config: KioskConfig) -> EmbeddedUsers:
                 ) from None
     path.write_text(json.dumps(tokens))
     os.chmod(path, 0o600)
+    if config.door.pin is not None:
+        # A stand-alone kiosk with a door: the visitor it offers to call it (the demo's other side)
+        # may open it, so door release can be tried at once. A building's users get it from its admin.
+        from kiosk.server.admin import set_door_permission
+
+        set_door_permission(data_dir, VISITOR_UID, True)
     return EmbeddedUsers(uid, tokens[uid], tokens[VISITOR_UID])
 
 
@@ -384,18 +424,59 @@ async def start_embedded_server(config: KioskConfig) -> tuple[RunningServer, Emb
     parts = urlsplit(config.server.url)
     data_dir = Path(config.server.data_dir)
     users = await asyncio.to_thread(ensure_users, data_dir, config)
-    try:
-        server = await start_server(
-            ServerConfig(
-                host=parts.hostname or "127.0.0.1",
-                port=parts.port or 8080,
-                data_dir=data_dir,
-                cors_origins=list(config.server.cors_origins),
-            )
+    if config.server.role == "host":
+        server_config = await _host_server_config(config, data_dir)
+        where = f"port {server_config.port} (a building host)"
+    else:
+        server_config = ServerConfig(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 8080,
+            data_dir=data_dir,
+            cors_origins=list(config.server.cors_origins),
         )
+        where = config.server.url
+    try:
+        server = await start_server(server_config)
     except OSError as exc:
-        raise ConfigError(f"server.url: cannot serve on {config.server.url}: {exc.strerror or exc}") from None
+        raise ConfigError(f"server.url: cannot serve on {where}: {exc.strerror or exc}") from None
     return server, users
+
+
+async def _host_server_config(config: KioskConfig, data_dir: Path) -> ServerConfig:
+    """A building host's server: every address, HTTPS with its own CA (made at its first start), its
+    pairing routes, and its mDNS advertisement under the kiosk's name (docs/intercom.md)."""
+    from kiosk.lan.ca import HostCAError, ensure_host_certificates
+    from kiosk.lan.discovery import lan_addresses, this_hostname
+    from kiosk.server.config import ServerConfig
+
+    hostname = this_hostname()
+    addresses = await asyncio.to_thread(lan_addresses)
+    try:
+        certs = await asyncio.to_thread(ensure_host_certificates, data_dir, hostname, addresses)
+    except (HostCAError, OSError) as exc:
+        raise ConfigError(f"server.data_dir: the building CA: {exc}") from None
+    if certs.issued:
+        log.info(
+            "server certificate issued for %s and %s", hostname, ", ".join(addresses) or "no LAN address"
+        )
+    return ServerConfig(
+        host="0.0.0.0",
+        port=DEFAULT_HOST_PORT,
+        data_dir=data_dir,
+        cors_origins=list(config.server.cors_origins),
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        lan_ca=certs.ca_cert,
+        lan_name=config.identity.name or hostname,
+        lan_hostname=hostname,
+        lan_addresses=addresses,
+    )
+
+
+def _from_here(url: str) -> str:
+    """A server listening on every address is reached from its own process on loopback (which its
+    certificate covers)."""
+    return url.replace("://0.0.0.0:", "://127.0.0.1:", 1)
 
 
 def _is_loopback(url: str) -> bool:

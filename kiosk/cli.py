@@ -45,6 +45,7 @@ def _endpoint(args: argparse.Namespace) -> int:
         recording_dir=args.recording_dir,
         ca_file=args.ca_file,
         stats_every=args.stats_every,
+        open_door_after=args.open_door_after,
     )
     try:
         return asyncio.run(run_endpoint(options))
@@ -92,7 +93,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kiosk.server.cli import add_server_parser, add_users_parser
+    from kiosk.server.cli import add_groups_parser, add_server_parser, add_users_parser
 
     parser = argparse.ArgumentParser(
         prog="kiosk", description="Call endpoint for Raspberry Pi kiosks and appliances"
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_server_parser(sub)
     add_users_parser(sub)
+    add_groups_parser(sub)
 
     endpoint = sub.add_parser(
         "endpoint", help="a headless endpoint with emulated media, printing events as JSON lines"
@@ -161,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the config's server.ca_file, else the system's CAs)",
     )
     endpoint.add_argument(
+        "--open-door-after",
+        type=float,
+        metavar="SECONDS",
+        help="in the call, ask the door kiosk in it to release its door after this long (needs the "
+        "permission: kiosk users doors UID allow)",
+    )
+    endpoint.add_argument(
         "--stats-every",
         type=float,
         metavar="SECONDS",
@@ -203,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and call settings, and its keys and buttons act",
     )
     demo.set_defaults(func=_demo)
+
+    from kiosk.lan import cli as lan_cli
+
+    lan_cli.add_parsers(sub)  # pair, pair-code: a building with no server to install (docs/intercom.md)
 
     from kiosk.netlab import cli as netlab_cli
 

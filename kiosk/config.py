@@ -8,8 +8,10 @@ message names the offending key (`buttons.mute.pin: pin 17 is also used by butto
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
+import re
 import stat
 import tomllib
 import types
@@ -23,7 +25,7 @@ from kiosk.protocol import ID_PATTERN, is_valid_id
 from kiosk.urls import ServerUrlError, normalise_origin, server_base_url
 
 DEFAULT_PATH = Path("/etc/kiosk/kiosk.toml")
-BUTTON_NAMES = ("mute", "end", "audio_mode", "call", "volume_up", "volume_down")
+BUTTON_NAMES = ("mute", "end", "audio_mode", "call", "volume_up", "volume_down", "door")
 V4L2_MAJOR = 81  # the character-device major number of every video4linux node (/dev/videoN)
 MAX_SCREEN_SIDE = 16384
 # The SDK's call settings (kiosk.calls.constants Mode and AvatarMode, kiosk.calls.settings'
@@ -57,6 +59,11 @@ class ServerSection:
     # The embedded server's CORS allow-list: origins ("https://reception.example") whose pages may
     # use its REST API and WebSocket (docs/protocol.md, "Cross-origin requests"); none: same origin.
     cors_origins: list[str] = field(default_factory=list)
+    # A building with no server to install (docs/intercom.md). "host": this kiosk is the call server
+    # of the building: an embedded server on all its addresses, port 8443, HTTPS with its own CA (in
+    # data_dir), advertised over mDNS; `url` is not used. "member": a kiosk paired with a host
+    # (`kiosk pair` writes url, auth_token_file and ca_file). "": neither.
+    role: Literal["", "host", "member"] = ""
 
     def addresses(self) -> list[str]:
         """`url`, then `urls` (each once): every address of the call service, in the order tried."""
@@ -148,6 +155,18 @@ class ButtonsSection:
     call: CallButtonSection | None = None
     volume_up: ButtonSection | None = None  # a press is one step; held, it repeats every hold_s
     volume_down: ButtonSection | None = None
+    door: ButtonSection | None = None  # in a call with a door kiosk, a press asks it to release its door
+
+
+@dataclass(frozen=True)
+class DoorSection:
+    """A door strike or magnetic lock this kiosk releases through a relay (kiosk.hardware.door)."""
+
+    pin: int | None = None  # the relay's GPIO; none: this kiosk has no door
+    active_high: bool = True  # the relay's input: high releases (false: a low-triggered relay board)
+    pulse_s: float = 3.0  # how long the strike stays released
+    contact_pin: int | None = None  # a door contact (reed switch), to see the door open and close
+    contact_open_level: Literal["high", "low"] = "high"  # what it reads while the door is open (pulled up)
 
 
 @dataclass(frozen=True)
@@ -183,6 +202,27 @@ class RecordingSection:
 
 
 @dataclass(frozen=True)
+class ScreenSection:
+    """Wake on approach (kiosk.hardware.screen): the defaults leave the screen alone, always on."""
+
+    # "auto": the backlight device when there is one, else DPMS; "sysfs", "dpms", or "emulated".
+    backend: Literal["auto", "sysfs", "dpms", "emulated"] = "auto"
+    backlight: str = ""  # a /sys/class/backlight/<device> directory; "": the first one there
+    dpms_output: str = ""  # Wayland (wlr-randr): the output to switch; "": every output
+    dim_after: float = 0.0  # seconds without activity before the screen dims; 0: never
+    sleep_after: float = 0.0  # seconds without activity before it sleeps; 0: never
+    dim_percent: int = 20  # the dimmed brightness, percent of the maximum
+    motion_pin: int | None = None  # a PIR sensor's output (gpiozero MotionSensor), BCM number
+    asleep_from: str = ""  # "HH:MM": quiet hours start (the screen sleeps unless there is a call)
+    asleep_until: str = ""  # "HH:MM": quiet hours end
+
+    @property
+    def active(self) -> bool:
+        """Whether anything here asks for the screen to be managed at all."""
+        return bool(self.dim_after or self.sleep_after or self.motion_pin is not None or self.asleep_from)
+
+
+@dataclass(frozen=True)
 class EmulationSection:
     keyboard: bool = True  # keys drive the buttons: m mute, e end (hold: E), a audio mode, c call
     control_socket: str = ""  # a Unix socket accepting the same commands, one per line
@@ -196,9 +236,11 @@ class KioskConfig:
     audio: AudioSection = field(default_factory=AudioSection)
     buttons: ButtonsSection = field(default_factory=ButtonsSection)
     leds: LedsSection = field(default_factory=LedsSection)
+    door: DoorSection = field(default_factory=DoorSection)
     ui: UiSection = field(default_factory=UiSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     emulation: EmulationSection = field(default_factory=EmulationSection)
+    screen: ScreenSection = field(default_factory=ScreenSection)
     source: str = ""  # the file it came from
 
     def volume_file(self) -> Path:
@@ -383,6 +425,16 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
         pin = getattr(config.leds, name)
         if pin is not None:
             _claim_pin(pins, pin, f"leds.{name}")
+    _check_screen(config.screen, pins)
+    door = config.door
+    if door.pin is not None:
+        _claim_pin(pins, door.pin, "door.pin")
+    if door.contact_pin is not None:
+        if door.pin is None:
+            raise ConfigError("door.contact_pin: a door contact needs the door's relay (door.pin)")
+        _claim_pin(pins, door.contact_pin, "door.contact_pin")
+    if not (math.isfinite(door.pulse_s) and 0.1 <= door.pulse_s <= 30):
+        raise ConfigError(f"door.pulse_s: {door.pulse_s} is not between 0.1 and 30 seconds")
 
     if config.ui.auto_answer_after < 0:
         raise ConfigError("ui.auto_answer_after: must be 0 (off) or more")
@@ -397,10 +449,62 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
     for key, uid in uids:
         if not is_valid_id(uid):
             raise ConfigError(f"{key}: {uid!r} is not a uid (the server's rule: {ID_PATTERN.pattern})")
+    _check_role(config.server)
     if config.server.ca_file and check_devices:
         ca_file = Path(config.server.ca_file)
         if not ca_file.is_file():
             raise ConfigError(f"server.ca_file: {ca_file} does not exist or is not a file")
+
+
+def _check_role(server: ServerSection) -> None:
+    if server.role == "host" and server.urls:
+        raise ConfigError("server.urls: a host is the building's call server itself; leave urls empty")
+    if server.role == "member":
+        if server.embedded:
+            raise ConfigError("server.embedded: a member uses its host's call server, not one of its own")
+        if not server.url.startswith("https://"):
+            raise ConfigError(
+                f"server.url: a member reaches its host over https, not {server.url} (`kiosk pair` writes it)"
+            )
+        if not server.ca_file:
+            raise ConfigError(
+                "server.ca_file: a member verifies its host with the host's CA (`kiosk pair` writes it)"
+            )
+
+
+def time_of_day(text: str) -> datetime.time:
+    """A time of day written HH:MM (24-hour clock); ValueError otherwise."""
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a time of day as HH:MM (00:00 to 23:59)")
+    return datetime.time(int(match[1]), int(match[2]))
+
+
+def _check_screen(screen: ScreenSection, pins: dict[int, str]) -> None:
+    for name in ("dim_after", "sleep_after"):
+        if getattr(screen, name) < 0:
+            raise ConfigError(f"screen.{name}: must be 0 (never) or more seconds")
+    if 0 < screen.sleep_after <= screen.dim_after:
+        raise ConfigError("screen.sleep_after: must be more than screen.dim_after (it dims, then sleeps)")
+    if not 1 <= screen.dim_percent <= 100:
+        raise ConfigError(f"screen.dim_percent: {screen.dim_percent} is not between 1 and 100")
+    if screen.motion_pin is not None:
+        _claim_pin(pins, screen.motion_pin, "screen.motion_pin")
+    if bool(screen.asleep_from) != bool(screen.asleep_until):
+        raise ConfigError("screen.asleep_from/asleep_until: quiet hours need both, or neither")
+    if screen.asleep_from:
+        times = {}
+        for name in ("asleep_from", "asleep_until"):
+            try:
+                times[name] = time_of_day(getattr(screen, name))
+            except ValueError as exc:
+                raise ConfigError(f"screen.{name}: {exc}") from None
+        if times["asleep_from"] == times["asleep_until"]:
+            raise ConfigError("screen.asleep_until: the same time as asleep_from (an empty schedule)")
+    if screen.backlight and screen.backend not in ("auto", "sysfs"):
+        raise ConfigError(f"screen.backlight: only the sysfs backend uses it, not {screen.backend!r}")
+    # A backlight device that is missing is not a config mistake: the kiosk starts, says so, and
+    # leaves the screen on (kiosk.hardware.screen), as it does for a missing sound card.
 
 
 def _check_video_device(device: str, key: str) -> None:
@@ -481,7 +585,7 @@ def check_runnable(config: KioskConfig, *, auth_token: str = "") -> None:
         )
     # config.auth_token() reads auth_token_file: a file that cannot be read is refused here.
     token = auth_token or config.auth_token()
-    if not token and not config.server.embedded:
+    if not token and not (config.server.embedded or config.server.role == "host"):
         raise ConfigError(NO_TOKEN)
     socket = config.emulation.control_socket
     if socket and not Path(socket).parent.is_dir():

@@ -269,6 +269,22 @@ class KioskController:
         self.calls.mute_audio(muted)
         self._set(muted=muted)
 
+    def open_door(self) -> asyncio.Task[Any] | None:
+        """In a call with a door kiosk: ask it to release its door (the answer comes as a message)."""
+        if self._live_session() is None:
+            self._set(message="Open the door during a call with it")
+            return None
+        return self._run(self.calls.open_door(), "open the door")
+
+    def _door_answered(self, result: Any) -> None:
+        me = self.calls.user.uid if self.calls.user is not None else ""
+        who = "You" if result.opened_by.uid == me else (result.opened_by.name or result.opened_by.uid)
+        if result.opened:
+            words = "Door released" if result.door.uid == me else f"{result.door.name or 'The door'} released"
+            self._set(message=f"{words} ({who.lower() if who == 'You' else who})")
+        else:
+            self._set(message=f"The door was not released: {result.reason or 'no reason given'}")
+
     def toggle_video(self) -> None:
         session = self._live_session()
         if session is None:
@@ -339,7 +355,7 @@ class KioskController:
 
     def dispatch(self, action: str, **options: Any) -> Any:
         """Run an action by name (for the keyboard and the control socket): mute, video, end,
-        end_hold, answer, reject, audio_mode, volume_up, volume_down, call:<uid>."""
+        end_hold, answer, reject, audio_mode, volume_up, volume_down, door, call:<uid>."""
         if action.startswith("call:"):
             return self.call(action.split(":", 1)[1])
         handlers: dict[str, Callable[[], Any]] = {
@@ -352,6 +368,7 @@ class KioskController:
             "audio_mode": self.cycle_audio_mode,
             "volume_up": self.volume_up,
             "volume_down": self.volume_down,
+            "door": self.open_door,
         }
         handler = handlers.get(action)
         if handler is None:
@@ -477,8 +494,14 @@ class _ControllerListener(CallEventListener):
     def on_error(self, error: Any) -> None:
         self.controller._set(message=error.message)
 
+    def on_door_opened(self, result: Any) -> None:
+        self.controller._door_answered(result)
+
 
 def _outcome(call: Call, name: str) -> str:
+    if call.status == CallStatus.ONGOING:
+        by = call.answered_by or call.receiver
+        return f"Answered elsewhere ({by.name or by.uid})"
     template = _OUTCOME_WORDS.get(call.status, "Call {status}")
     return template.format(name=name or "They", status=call.status)
 

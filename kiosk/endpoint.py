@@ -117,6 +117,7 @@ class EndpointOptions:
     recording_dir: Path | None = None
     ca_file: Path | None = None  # the CA an https:// server must chain to (default: config, else system)
     stats_every: float | None = None  # print the session stats as a "stats" line this often, seconds
+    open_door_after: float | None = None  # in the call, ask the door kiosk to open after this long
 
 
 def kiosk_options(options: EndpointOptions, listeners: Mapping[str, CallEventListener]) -> KioskOptions:
@@ -183,6 +184,8 @@ async def run_endpoint(options: EndpointOptions, out: IO[str] = sys.stdout) -> i
         watchers = [asyncio.ensure_future(_watch_ice_pairs(calls, ice))]
         if options.stats_every:
             watchers.append(asyncio.ensure_future(_print_stats(calls, options.stats_every, out)))
+        if options.open_door_after is not None:
+            watchers.append(asyncio.ensure_future(_open_door_after(controller, options.open_door_after)))
         try:
             await controller.wait_for_phase(Phase.IDLE, timeout=options.duration)
         finally:
@@ -275,6 +278,14 @@ def _describe_controls(controls: Controls) -> dict[str, Any]:
         "keyboard": controls.keyboard is not None,
         "controlSocket": str(controls.control.path) if controls.control is not None else None,
     }
+
+
+async def _open_door_after(controller: KioskController, seconds: float) -> None:
+    """Ask the door kiosk in the call to open (its answer prints as an on_door_opened event)."""
+    await asyncio.sleep(seconds)
+    task = controller.open_door()
+    if task is not None:
+        await task
 
 
 def _say(out: IO[str], what: str, data: Any) -> None:

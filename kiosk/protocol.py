@@ -48,6 +48,8 @@ MAX_SDP_LENGTH = 60 * 1024
 # grammar (host names as addresses, a ufrag of up to 256 characters, extensions) allows several
 # hundred, so 2,048 refuses none that is real.
 MAX_CANDIDATE_LENGTH = 2048
+MAX_DOOR_REASON_LENGTH = 200  # a door's "why not", shown to both sides
+MIN_DOOR_NONCE_LENGTH = 16  # a door.open's nonce: long enough that guessing one is hopeless
 MAX_ICE_TOKEN_LENGTH = 256  # sdpMid ("0" in practice) and usernameFragment (4 to 256 characters)
 MAX_MLINE_INDEX = 65535  # sdpMLineIndex is a WebIDL unsigned short
 # Secrets as presented by a client: anything longer, or not printable ASCII, cannot be one of ours.
@@ -209,6 +211,7 @@ class JoinRequest(_Request):
     videoMuted: NotRequired[bool]
     audioOnly: NotRequired[bool]
     rejoin: NotRequired[bool]
+    door: NotRequired[bool]  # this endpoint drives a door relay: others in the session may ask it to open
 
 
 class LeaveRequest(_Request):
@@ -262,6 +265,28 @@ class RecordingRequest(_Request):
     recording: bool
 
 
+class DoorOpenRequest(_Request):
+    """`door.open`: ask participant `to` (an endpoint that joined with `door`) to release its door.
+    `nonce` is this request's own (at least 16 characters): the server takes a (session, nonce) once,
+    so a request cannot be replayed, and the answer names it."""
+
+    type: Literal["door.open"]
+    sessionId: Id
+    to: Id
+    nonce: Id
+
+
+class DoorResultRequest(_Request):
+    """`door.result`: the door's answer to the `door.open` it was sent (`to` is who asked)."""
+
+    type: Literal["door.result"]
+    sessionId: Id
+    to: Id
+    nonce: Id
+    opened: bool
+    reason: NotRequired[Annotated[str, FieldRule(max_length=MAX_DOOR_REASON_LENGTH)]]
+
+
 class PingRequest(_Request):
     type: Literal["ping"]
 
@@ -277,6 +302,8 @@ ClientMessage = (
     | SwitchVideoRequest
     | SfuLostRequest
     | RecordingRequest
+    | DoorOpenRequest
+    | DoorResultRequest
     | PingRequest
 )
 RelayRequest = SdpRequest | CandidateRequest  # relayed to the participant named by `to`
@@ -298,6 +325,7 @@ class ParticipantJson(UserJson):
     # When (ms since the epoch) this participant started recording, while it records: how a
     # late joiner learns of a recording already going on.
     recordingSince: NotRequired[int]
+    door: NotRequired[bool]  # present (true) when this participant can open a door
 
 
 class IceServer(TypedDict):
@@ -329,6 +357,14 @@ class SfuMediaJson(TypedDict):
 MediaJson = MeshMediaJson | SfuMediaJson  # a session's `media`
 
 
+class DoorOpeningJson(TypedDict):
+    door: str  # the uid of the endpoint with the door
+    by: str  # the uid of who asked
+    at: int  # when it was asked, ms since the epoch
+    opened: bool | None  # None: the door never answered
+    reason: NotRequired[str]
+
+
 class CallJson(TypedDict):
     """The Call object of ringing (docs/protocol.md, "Ringing"); `direction` in call logs only."""
 
@@ -343,6 +379,9 @@ class CallJson(TypedDict):
     durationSeconds: int
     hasRecording: bool
     direction: NotRequired[Literal["incoming", "outgoing"]]
+    doorOpenings: NotRequired[list[DoorOpeningJson]]  # in call logs: every door release asked in the call
+    group: NotRequired[bool]  # the receiver is a ring group: every member rang, the first to answer took it
+    answeredBy: NotRequired[UserJson]  # a ring group's call: the member who answered
 
 
 class ErrorJson(TypedDict):
@@ -367,6 +406,7 @@ class _Reply(TypedDict):
 class OkReply(_Reply):
     type: Literal["ok"]
     user: NotRequired[UserJson]  # after `auth`
+    canOpenDoors: NotRequired[bool]  # after `auth`: whether this user may ask a door to open
 
 
 class ErrorReply(_Reply):
@@ -448,6 +488,24 @@ class MediaStateMessage(TypedDict):
     videoMuted: bool
 
 
+DoorOpenRelay = TypedDict(
+    "DoorOpenRelay", {"type": Literal["door.open"], "sessionId": str, "from": str, "nonce": str}
+)
+
+
+class DoorOpenedMessage(TypedDict):
+    """To everyone in the session once the door answered a `door.open`: released, or why not."""
+
+    type: Literal["door.opened"]
+    sessionId: str
+    door: UserJson
+    by: UserJson
+    nonce: str
+    opened: bool
+    reason: NotRequired[str]
+    at: int
+
+
 class SwitchVideoMessage(TypedDict):
     type: Literal["switch.video"]
     sessionId: str
@@ -472,6 +530,8 @@ SessionMessage = (
     | MediaStateMessage
     | SwitchVideoMessage
     | RecordingMessage
+    | DoorOpenRelay
+    | DoorOpenedMessage
 )
 
 # -- server to client: ringing

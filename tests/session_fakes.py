@@ -93,6 +93,7 @@ class FakeHost:
         self.listeners.add("log", self.log)
         self.channel = FakeSignaling()
         self.refreshed = 0
+        self.door_opener: Any = None  # a kiosk.calls.door.DoorOpener on a door kiosk
 
     @property
     def signaling(self) -> FakeSignaling:

@@ -84,7 +84,7 @@ def test_each_entry_says_who_may_call_it_and_what_it_answers() -> None:
         heading = entry.splitlines()[0]
         if heading.startswith("`GET /v1/ws`"):
             continue  # authenticated inside, by its first message
-        assert re.search(r"^- Auth: (user|admin)\b", entry, re.MULTILINE), (
-            f"{heading}: no '- Auth: user|admin'"
+        assert re.search(r"^- Auth: (user|admin|none|pairing code)\b", entry, re.MULTILINE), (
+            f"{heading}: no '- Auth: user|admin|none|pairing code'"
         )
         assert re.search(r"^- Answer: `\d{3}`", entry, re.MULTILINE), f"{heading}: no '- Answer: `status`'"

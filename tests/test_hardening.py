@@ -195,3 +195,14 @@ async def test_cross_origin_requests_only_from_listed_origins(
     assert refused.value.status == 403
     with pytest.raises(ValueError, match="CORS origin"):
         await start_call_server(cors_origins=["reception.example"])
+
+
+async def test_the_pending_websocket_cap_can_be_lifted_for_a_proxy(
+    start_call_server: Any, http: aiohttp.ClientSession
+) -> None:
+    server = await start_call_server(max_pending_websockets_per_address=0)
+    held = [await http.ws_connect(f"{server.url}/v1/ws") for _ in range(25)]  # past the default 20
+    for ws in held:
+        await ws.close()
+    with pytest.raises(ValueError, match="max_pending_websockets_per_address"):
+        await start_call_server(max_pending_websockets_per_address=-1)

@@ -290,7 +290,14 @@ async def test_python_heap_returns_to_baseline(tmp_path: Path) -> None:
     pairs = 100
     data_dir = tmp_path / "data"
     users = create_users(data_dir, 2 * pairs)
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir, admin_key="load-test-key")
+    # Hundreds of clients from one loopback address, connecting at once: no cap on pending sockets.
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        admin_key="load-test-key",
+        max_pending_websockets_per_address=0,
+    )
     server = await start_server(config)
     tracemalloc.start(1)
     try:

@@ -293,6 +293,65 @@ async def test_racing_transitions_from_two_stores_only_one_wins(open_storage: Op
     await asyncio.gather(*(race(n) for n in range(25)))
 
 
+async def test_revocation_doors_and_ring_groups_on_both_stores(open_storage: OpenStorage) -> None:
+    storage, other = await open_storage(), await open_storage()  # as two processes would
+    await with_users(storage)
+    # Revocation and removal: counted where every process sees it.
+    before = await other.revocations()
+    assert await storage.revoke_tokens("hall", hash_secret("new-hall"))
+    assert await other.revocations() > before
+    assert await other.user_for_auth_token(hash_secret("token-hall")) is None
+    assert await other.user_for_auth_token(hash_secret("new-hall")) == HALL
+    assert not await storage.revoke_tokens("nobody")
+    # Doors: a permission, each nonce once, one answer per request, the log.
+    assert not await other.door_permission("desk")
+    assert await storage.set_door_permission("desk", True) and await other.door_permission("desk")
+    assert not await storage.set_door_permission("nobody", True)
+    assert await storage.add_door_request("s1", "n" * 20, "door", "desk")
+    assert not await other.add_door_request("s1", "n" * 20, "door", "desk")  # replayed
+    assert not await other.answer_door_request("s1", "n" * 20, "door", "hall", True, None)  # not hall's
+    assert await other.answer_door_request("s1", "n" * 20, "door", "desk", False, "held open")
+    assert not await storage.answer_door_request("s1", "n" * 20, "door", "desk", True, None)  # answered
+    assert await other.door_openings(["s1", "s2"]) == {
+        "s1": [{"door": "door", "by": "desk", "at": ANY_INT, "opened": False, "reason": "held open"}]
+    }
+    # Ring groups: one namespace with users, members, who a call rang and who declined.
+    reception = User("reception", "Reception")
+    await storage.create_group(reception)
+    with pytest.raises(UserExistsError):
+        await other.create_group(User("desk", "Desk"))
+    assert await other.group_members("reception") == [] and await other.group_members("desk") is None
+    assert await storage.set_group_member("reception", "desk", True)
+    assert await storage.set_group_member("reception", "hall", True)
+    assert not await storage.set_group_member("reception", "nobody", True)
+    assert not await storage.set_group_member("desk", "hall", True)  # desk is no group
+    assert [u.uid for u in await other.group_members("reception") or []] == ["desk", "hall"]
+    assert await other.list_groups() == [(reception, ["desk", "hall"])]
+    assert "reception" not in [u.uid for u in await other.list_users()]
+    await storage.create_call(make_call("g1", 1000, receiver=reception, group=True))
+    await storage.add_call_members("g1", ["desk", "hall"])
+    assert await other.decline_call_member("g1", "hall", CallStatus.BUSY) == {"desk": None, "hall": "busy"}
+    answered = await other.update_call(
+        "g1", if_status=[CallStatus.INITIATED], status=CallStatus.ONGOING, answered_by="desk"
+    )
+    assert answered is not None and answered.group and answered.answered_by == DESK
+    calls, total = await storage.list_calls("hall", direction="incoming")
+    assert total == 1 and calls[0].session_id == "g1"  # a member it rang has it in its log
+    # A removed user is gone from the directory; its uid stays taken.
+    assert await storage.remove_user("hall")
+    assert await other.get_user("hall") is None and not await other.remove_user("hall")
+    with pytest.raises(UserExistsError):
+        await other.create_user(User("hall", "New hall"), hash_secret("x"))
+
+
+class _AnyInt:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int)
+
+
+ANY_INT: Any = _AnyInt()
+
+
 async def test_closed_storage_refuses(open_storage: OpenStorage) -> None:
     storage = await open_storage()
     await storage.close()

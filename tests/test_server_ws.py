@@ -69,7 +69,7 @@ async def test_auth_replies_ok_with_the_user(
     amy = await create_user("amy", "Amy", avatar="https://example.org/a.png")
     ws = await ws_connect()
     reply = await ws.call("auth", authToken=amy.auth_token)
-    assert reply == {"type": "ok", "id": "r1", "user": amy.public}
+    assert reply == {"type": "ok", "id": "r1", "user": amy.public, "canOpenDoors": False}
     assert await ws.error("auth", authToken=amy.auth_token) == "BAD_REQUEST"  # once per connection
 
 

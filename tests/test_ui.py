@@ -115,6 +115,13 @@ directory = "{tmp}/recordings"
 
 [emulation]
 keyboard = false
+
+[buttons]
+pin_factory = "mock"
+
+[door]
+pin = 16
+pulse_s = 0.3
 """
 
 
@@ -154,7 +161,7 @@ def test_run_kiosk_embedded_server_answers_the_printed_command(tmp_path: Path) -
             if line.strip().startswith("kiosk endpoint"):
                 command = line.strip()
                 break
-        assert "--call front-door --loopback" in command, command
+        assert "--call front-door --loopback --open-door-after 1" in command, command
         browser = kiosk.stdout.readline().strip()  # and the web client's link, for a person with a browser
         assert browser.startswith("or from a browser: http://127.0.0.1:") and "/app/#token=" in browser, (
             browser
@@ -163,7 +170,7 @@ def test_run_kiosk_embedded_server_answers_the_printed_command(tmp_path: Path) -
             assert page.status == 200 and b"app.js" in page.read()
         args = command.split()[1:]
         caller = subprocess.run(
-            [str(Path(sys.executable).parent / "kiosk"), *args, "--duration", "1.5"],
+            [str(Path(sys.executable).parent / "kiosk"), *args, "--duration", "3"],
             env=env,
             cwd=tmp_path,
             capture_output=True,
@@ -171,6 +178,9 @@ def test_run_kiosk_embedded_server_answers_the_printed_command(tmp_path: Path) -
             timeout=30,
         )
         assert caller.returncode == 0, caller.stdout[-3000:] + caller.stderr[-3000:]
+        # The visitor opened the kiosk's door in the call (the demo's door release).
+        opened = [json.loads(line) for line in caller.stdout.splitlines() if '"on_door_opened"' in line]
+        assert opened and opened[0]["data"]["opened"] is True, caller.stdout[-3000:]
         assert kiosk.wait(timeout=30) == 0, (tmp_path / "kiosk.log").read_text()[-4000:]
     finally:
         watchdog.cancel()
@@ -214,16 +224,17 @@ def test_run_kiosk_config_error_is_one_line(tmp_path: Path, capsys: Any) -> None
 
 
 async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
-    from calls_support import endpoints, make_user, running_server, wait_until
+    import aiohttp
+    from calls_support import ADMIN_KEY, endpoints, make_user, running_server, wait_until
     from gpiozero.pins.mock import MockFactory
     from kivy.clock import Clock
 
     from kiosk.calls import Calls, CallSettingsBuilder, CallType
     from kiosk.calls.events import CallError
-    from kiosk.config import ButtonSection, ButtonsSection, Contact, EndButtonSection
+    from kiosk.config import ButtonSection, ButtonsSection, Contact, DoorSection, EndButtonSection
     from kiosk.controller import KioskController, Phase
     from kiosk.device import KioskDevices
-    from kiosk.hardware import ButtonPanel
+    from kiosk.hardware import ButtonPanel, DoorRelay
     from kiosk.media.emulated import EmulatedDevices
     from kiosk.media.pattern import latency_ms, read_stamp
     from kiosk.media.volume import OutputVolume, VolumeLevels
@@ -233,11 +244,22 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
     from kiosk.ui.widgets import VideoTile
 
     texts: dict[str, list[str]] = {}
+    # The visitor stands at a door kiosk: its relay on gpiozero's mock pins.
+    door_relay = DoorRelay(DoorSection(pin=5, pulse_s=0.2), asyncio.get_running_loop(), MockFactory())
     async with (
         running_server(tmp / "server") as server,
-        endpoints(server.url, tmp, "visitor") as (visitor,),
+        endpoints(server.url, tmp, "visitor", door=door_relay) as (visitor,),
     ):
         token = await make_user(server.url, "front-door", "Front door")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(
+                f"{server.url}/v1/users/front-door/permissions",
+                json={"openDoors": True},
+                headers={"X-Admin-Key": ADMIN_KEY},
+            ) as r,
+        ):
+            assert r.status == 200
         emulated = EmulatedDevices(width=320, height=240, fps=15, tone_hz=440)
         volume = OutputVolume(emulated, VolumeLevels(tmp / "volume.json", 80))
         calls = Calls(
@@ -356,6 +378,16 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             )
             await shot("in_call")
 
+            # The visitor's kiosk has a door, and this user may open it: the bar offers it, and a
+            # touch releases the visitor's relay and says so.
+            door_button = app.in_call.buttons["door"]
+            await wait_until(lambda: door_button.parent is not None, 10, "the Open door button")
+            door_button.dispatch("on_release")
+            await wait_until(lambda: door_relay.released_by == ["front-door"], 10, "the door released")
+            await wait_until(
+                lambda: any("released" in text for text in app.current_texts()), 10, "the door's answer shown"
+            )
+
             # the layout button walks the modes through the SDK (set_mode -> the view's set_mode)
             mode_button = app.in_call.buttons["mode"]
             for expected, words in (("SPOTLIGHT", "Speaker"), ("SINGLE", "Single"), ("DEFAULT", "Grid")):
@@ -445,7 +477,17 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             await visitor.events.wait_for("on_call_switched_to_video", 5)
             await wait_until(lambda: app.in_call.buttons["to_video"].parent is None, 5, "button gone")
             bar = [button.text for button in reversed(app.in_call.bar.children)]  # left to right
-            assert bar == ["Mute", "Stop video", "Switch camera", "Speaker", "Record", "Grid", "End"], bar
+            # (the visitor's kiosk has a door: Open door stays, in its place before End)
+            assert bar == [
+                "Mute",
+                "Stop video",
+                "Switch camera",
+                "Speaker",
+                "Record",
+                "Grid",
+                "Open door",
+                "End",
+            ], bar
             await visitor_kiosk.hang_up()
             await wait_until(lambda: on("ended"), 10, "ended by the visitor")
             texts["hung_up"] = app.current_texts()

@@ -500,3 +500,56 @@ async def test_a_page_whose_token_is_revoked_is_signed_out(tmp_path, monkeypatch
             assert r.status == 204
         await page.locator("#signin").wait_for()
         await page.locator("#message.error").filter(has_text="signed out").wait_for()
+
+
+async def test_a_page_opens_the_door_of_the_kiosk_it_is_talking_to(tmp_path, monkeypatch):
+    from calls_support import ADMIN_KEY
+    from gpiozero.pins.mock import MockFactory
+
+    from kiosk.config import DoorSection
+    from kiosk.hardware import DoorRelay
+
+    relay = DoorRelay(DoorSection(pin=5, pulse_s=0.2), asyncio.get_running_loop(), MockFactory())
+    async with web_call(tmp_path, "kiosk", door=relay) as (server, (kiosk,), browser, token):
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(
+                f"{server.url}/v1/users/visitor/permissions",
+                json={"openDoors": True},
+                headers={"X-Admin-Key": ADMIN_KEY},
+            ) as r,
+        ):
+            assert r.status == 200
+        page = await _open_app(browser, server.url, token)
+        await page.locator('#users li.online[data-uid="kiosk"] button.call').click()
+        incoming = (await kiosk.events.wait_for("on_incoming_call_received"))[0]
+        await kiosk.calls.accept_call(incoming.session_id)
+        await kiosk.join(incoming.session_id)
+        await page.locator("#open-door").click()
+        await page.locator("#message").filter(has_text="released").wait_for()
+        assert relay.released_by == ["visitor"]
+        (result,) = await kiosk.events.wait_for("on_door_opened")
+        assert result.opened and result.opened_by.uid == "visitor"
+    relay.close()
+
+
+async def test_a_page_in_a_ring_group_stops_ringing_when_another_member_answers(tmp_path, monkeypatch):
+    from calls_support import ADMIN_KEY
+
+    async with web_call(tmp_path, "door", "desk") as (server, (door, desk), browser, token):
+        admin = {"X-Admin-Key": ADMIN_KEY}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{server.url}/v1/groups", json={"uid": "reception", "name": "Reception"}, headers=admin
+            ) as r:
+                assert r.status == 201
+            for member in ("visitor", "desk"):
+                async with http.put(f"{server.url}/v1/groups/reception/members/{member}", headers=admin) as r:
+                    assert r.status == 204
+        page = await _open_app(browser, server.url, token)
+        call = await door.calls.initiate_call("reception", "audio")
+        await page.locator("#incoming").wait_for()
+        await desk.events.wait_for("on_incoming_call_received")
+        await desk.calls.accept_call(call.session_id)
+        await page.locator("#message").filter(has_text="answered by Desk").wait_for()
+        assert await page.locator("#incoming").is_hidden()

@@ -24,6 +24,7 @@ import jwt
 from kiosk.calls import ice
 from kiosk.calls.compat import check_aiortc
 from kiosk.calls.constants import CallStatus, CallType, SessionType, parse_enum
+from kiosk.calls.door import DoorOpener
 from kiosk.calls.errors import CallsError, ConnectionFailedError, NotSupportedError, SessionNotActiveError
 from kiosk.calls.events import AudioModeInfo, CallError, ListenerRegistry, RTCUser
 from kiosk.calls.memory import return_freed_memory
@@ -75,6 +76,8 @@ class Call:
     duration_seconds: int = 0
     has_recording: bool = False
     direction: str | None = None
+    group: bool = False  # the receiver is a ring group: every member rang
+    answered_by: RTCUser | None = None  # a ring group's call: the member who took it
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Call:
@@ -91,6 +94,8 @@ class Call:
             duration_seconds=int(data.get("durationSeconds") or 0),
             has_recording=bool(data.get("hasRecording")),
             direction=data.get("direction"),
+            group=bool(data.get("group")),
+            answered_by=RTCUser.from_json(data["answeredBy"]) if data.get("answeredBy") else None,
         )
 
     # The documents' getters.
@@ -127,6 +132,7 @@ class Calls:
         device_poll_interval: float = 1.0,
         reconnect: bool = True,
         ca_file: str | Path | None = None,
+        door: DoorOpener | None = None,
     ) -> None:
         check_aiortc()  # aiortc's private parts this SDK uses: IncompatibleLibrary now, not mid-call
         read_datagrams_dry()  # before any ICE socket is made: media must not queue behind a busy loop
@@ -148,6 +154,8 @@ class Calls:
         self.reconnect = reconnect
         # https:// and wss:// are verified against the system's CAs, or only this PEM file's.
         self.ca_file = ca_file
+        # A door relay this endpoint drives (a door kiosk): others in its calls may ask it to release.
+        self.door_opener = door
         if ice_host_addresses is not None:
             ice.restrict_host_addresses(ice_host_addresses)
         self.listeners = ListenerRegistry()
@@ -163,6 +171,8 @@ class Calls:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._grace_task: asyncio.Task[None] | None = None
         self._refreshing = False
+        self._accepting: set[str] = set()  # calls this endpoint is accepting now
+        self._accepted_here: str | None = None  # the last call this endpoint accepted
         self._ending: asyncio.Future[None] | None = None
         self._closing = False
 
@@ -551,6 +561,35 @@ class Calls:
     def stop_screen_share(self) -> None:
         self._active_session("stop_screen_share").controls.stop_screen_share()
 
+    @property
+    def can_open_doors(self) -> bool:
+        """Whether the server lets this user ask a door kiosk in its call to open (as of sign-in;
+        the server checks again at each request)."""
+        return self._signaling is not None and self._signaling.can_open_doors
+
+    def doors(self) -> list[RTCUser]:
+        """Those in the active call that drive a door (Calls.open_door can ask them)."""
+        session = self._active_session("doors")
+        return [p.user for p in session.participants.values() if p.door]
+
+    async def open_door(self, uid: str | None = None) -> None:
+        """Ask the door kiosk `uid` in the active call (None: the only one in it) to release its
+        door. Returns once the server passed the request on; the door's answer comes to everyone
+        in the call as on_door_opened (released, or why not). CallsError when refused: FORBIDDEN
+        (this user may not open doors), NO_DOOR (nobody in the call has a door), INVALID_STATE."""
+        session = self._active_session("open_door")
+        if uid is None:
+            doors = [p.user.uid for p in session.participants.values() if p.door]
+            if len(doors) != 1:
+                raise CallsError(
+                    "NO_DOOR",
+                    "nobody in this call has a door"
+                    if not doors
+                    else f"several doors in this call: name one of {doors}",
+                )
+            uid = doors[0]
+        await session.door.ask(uid)
+
     async def get_session_stats(self) -> SessionStats:
         return await self._active_session("get_session_stats").stats()
 
@@ -580,7 +619,14 @@ class Calls:
         return call
 
     async def accept_call(self, session_id: str) -> Call:
-        return await self._call_action(session_id, "accept", None)
+        # Marked before the request: the server's call.updated may come before its answer, and an
+        # answer from this endpoint must not read as "answered elsewhere".
+        self._accepting.add(session_id)
+        try:
+            return await self._call_action(session_id, "accept", None)
+        finally:
+            self._accepting.discard(session_id)
+            self._accepted_here = session_id
 
     async def reject_call(self, session_id: str, status: CallStatus | str = CallStatus.REJECTED) -> Call:
         allowed = (CallStatus.REJECTED, CallStatus.BUSY, CallStatus.CANCELLED)
@@ -679,8 +725,16 @@ class Calls:
 
     def _on_call_updated(self, call: Call) -> None:
         mine = self.user is not None and call.initiator.uid == self.user.uid
-        self._track_call(call)
         status = call.status
+        here = call.session_id in self._accepting or call.session_id == self._accepted_here
+        if status == CallStatus.ONGOING and not mine and not here:
+            # Answered, but not by this endpoint: by another member of a ring group, or by this
+            # user on another device. It stops ringing here ("answered elsewhere").
+            if self.active_call is not None and self.active_call.session_id == call.session_id:
+                self.active_call = None
+                self.listeners.emit("on_incoming_call_cancelled", call)
+            return
+        self._track_call(call)
         if status == CallStatus.ONGOING and mine:
             self.listeners.emit("on_outgoing_call_accepted", call)
         elif status in (CallStatus.REJECTED, CallStatus.BUSY, CallStatus.UNANSWERED) and mine:

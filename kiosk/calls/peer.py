@@ -106,6 +106,7 @@ class RemoteParticipant:
     audio_muted: bool = False
     video_muted: bool = False
     joined_at: int = 0
+    door: bool = False  # it drives a door relay: Calls.open_door can ask it to release
 
 
 FrameSink = Callable[[str, av.VideoFrame], None]

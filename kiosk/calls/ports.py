@@ -32,6 +32,7 @@ from kiosk.protocol import (
 
 if TYPE_CHECKING:
     from kiosk.calls.constants import Mode
+    from kiosk.calls.door import DoorOpener
     from kiosk.media.devices import MediaDevices
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,11 @@ class SessionHost(Protocol):
 
     @property
     def signaling_connected(self) -> bool: ...
+
+    @property
+    def door_opener(self) -> DoorOpener | None:
+        """This endpoint's door, if it drives one (it then joins sessions saying so)."""
+        ...
 
     def refresh_signaling(self) -> None:
         """Drop the signaling connection and make a new one (media stalled: it may be dead)."""

@@ -35,6 +35,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from kiosk.calls.audio_output import AudioOutput
 from kiosk.calls.constants import Mode
 from kiosk.calls.controls import InCallControls
+from kiosk.calls.door import SessionDoor
 from kiosk.calls.errors import CallsError
 from kiosk.calls.events import CallError, CallSwitchRequestInfo, RTCMutedUser, RTCRecordingInfo, RTCUser
 from kiosk.calls.freezes import FreezeMeter
@@ -160,6 +161,7 @@ class CallSession:
         self.media: SessionMedia = MeshMedia(self._context, new_peer)
         self.watch = MediaWatch(lambda: self.media, self._participants, host, lambda: self.active, clock)
         self.probe = SignalingProbe(host, lambda: self.active)
+        self.door = SessionDoor(session_id, lambda: host.signaling, events, self._spawn, host.door_opener)
         self.info = SessionInfo(self)
 
     @property
@@ -176,6 +178,8 @@ class CallSession:
         request["audioMuted"] = c.audio_muted
         request["videoMuted"] = c.video_muted
         request["audioOnly"] = c.audio_only
+        if self.door.opener is not None:
+            request["door"] = True
         return request
 
     async def start(self, call_token: str) -> None:
@@ -367,6 +371,10 @@ class CallSession:
             requested_by = RTCUser.from_json(message["requestedBy"]) if message.get("requestedBy") else None
             self.controls.become_video()
             events.emit("on_call_switched_to_video", CallSwitchRequestInfo(requested_by, self.session_id))
+        elif message["type"] == "door.open":
+            self.door.requested(message)
+        elif message["type"] == "door.opened":
+            self.door.answered(message)
         elif message["type"] == "recording":
             user = RTCUser.from_json(message["user"]) if message.get("user") else None
             events.emit(
@@ -566,6 +574,7 @@ def _participant_from(data: ParticipantJson) -> RemoteParticipant:
         audio_muted=bool(data.get("audioMuted")),
         video_muted=bool(data.get("videoMuted")),
         joined_at=int(data.get("joinedAt") or 0),
+        door=bool(data.get("door")),
     )
 
 

@@ -108,6 +108,7 @@ class SignalingClient:
         self._pending: dict[int, asyncio.Future[Accepted]] = {}
         self._ids = itertools.count(1)
         self.user: UserJson | None = None
+        self.can_open_doors = False  # as the server said at sign-in (`auth`'s reply)
 
     def set_server(self, base_url: str) -> None:
         """The server the next `connect` goes to (another address of the same service)."""
@@ -139,6 +140,7 @@ class SignalingClient:
         self._reader = asyncio.get_running_loop().create_task(self._read(self._ws), name="signaling-reader")
         reply = await self.request({"type": "auth", "authToken": auth_token})
         user = self.user = reply["user"]
+        self.can_open_doors = bool(reply.get("canOpenDoors"))
         return user
 
     @overload

@@ -1,4 +1,5 @@
-"""The kiosk's physical controls: GPIO buttons and status LEDs, and their emulation (keyboard, socket).
+"""The kiosk's physical controls: GPIO buttons, status LEDs and a door relay, and their emulation
+(keyboard, socket).
 
 `start_controls(config, controller)` builds what the config asks for around one pin factory; each part
 can also be used alone (ButtonPanel, StatusLights, KeyboardControl, ControlServer).
@@ -13,16 +14,18 @@ from dataclasses import dataclass
 from gpiozero import Device
 from gpiozero.pins import Factory
 
-from kiosk.config import KioskConfig
+from kiosk.config import BUTTON_NAMES, KioskConfig
 from kiosk.controller import KioskController
 from kiosk.hardware.buttons import ButtonPanel, HardwareError, is_raspberry_pi_5, make_pin_factory
 from kiosk.hardware.control import ControlServer, KeyboardControl, state_as_json
+from kiosk.hardware.door import DoorRelay
 from kiosk.hardware.lights import StatusLights
 
 __all__ = [
     "ButtonPanel",
     "ControlServer",
     "Controls",
+    "DoorRelay",
     "HardwareError",
     "KeyboardControl",
     "StatusLights",
@@ -41,10 +44,13 @@ class Controls:
     owns_pin_factory: bool = False  # made by start_controls: closed with the rest
     buttons: ButtonPanel | None = None
     lights: StatusLights | None = None
+    door: DoorRelay | None = None
     keyboard: KeyboardControl | None = None
     control: ControlServer | None = None
 
     async def close(self) -> None:
+        if self.door is not None:
+            self.door.close()
         if self.keyboard is not None:
             self.keyboard.close()
         if self.control is not None:
@@ -74,18 +80,22 @@ async def start_controls(
 
     controls = Controls()
     try:
-        any_button = any(
-            b is not None
-            for b in (buttons_cfg.mute, buttons_cfg.end, buttons_cfg.audio_mode, buttons_cfg.call)
-        )
+        any_button = any(getattr(buttons_cfg, name) is not None for name in BUTTON_NAMES)
         any_led = any(p is not None for p in (leds_cfg.in_call, leds_cfg.muted, leds_cfg.ringing))
-        if any_button or any_led:
+        has_door = config.door.pin is not None
+        if any_button or any_led or has_door:
             controls.pin_factory = pin_factory or make_pin_factory(buttons_cfg.pin_factory)
             controls.owns_pin_factory = pin_factory is None and controls.pin_factory is not Device.pin_factory
         if any_button:
             controls.buttons = ButtonPanel(buttons_cfg, controller, loop, controls.pin_factory)
         if any_led:
             controls.lights = StatusLights(leds_cfg, controller, controls.pin_factory)
+        if has_door:
+            controls.door = DoorRelay(config.door, loop, controls.pin_factory)
+            # The door kiosk's screen says when the door opens and closes (with a contact).
+            controls.door.on_contact = lambda is_open: controller.report(
+                "Door open" if is_open else "Door closed"
+            )
         if emulation.keyboard:
             keyboard = KeyboardControl(
                 controller, contact=contact, press_answers=press_answers, hold_rejects=hold_rejects

@@ -181,7 +181,8 @@ class ButtonPanel:
     mute: toggle_mute at the press. end: end_pressed at the release (a short press), end_held when held
     for hold_s (and then the release does nothing). audio_mode: cycle_audio_mode at the press.
     call: call(contact) at the press. volume_up / volume_down: one step at the press, and another
-    every hold_s while held. Built on the loop's thread; `close()` releases the pins.
+    every hold_s while held. door: open_door (the door kiosk in the call) at the press. Built on the
+    loop's thread; `close()` releases the pins.
     """
 
     def __init__(
@@ -229,6 +230,8 @@ class ButtonPanel:
         if cfg.volume_down is not None:
             down = lambda: self.controller.volume_down()  # noqa: E731
             self._add("volume_down", cfg.volume_down, on_press=down, on_hold=down, repeat=True)
+        if cfg.door is not None:
+            self._add("door", cfg.door, on_press=lambda: self.controller.open_door())
 
     def _add(
         self,
@@ -271,7 +274,7 @@ class ButtonPanel:
     @property
     def buttons(self) -> dict[str, Any]:
         """The gpiozero Button of each configured button, by name (mute, end, audio_mode, call,
-        volume_up, volume_down)."""
+        volume_up, volume_down, door)."""
         return {name: key.device for name, key in self.keys.items()}
 
     def _hand_over(self, callback: Callable[..., None], *args: Any) -> None:

@@ -2,10 +2,12 @@
 
 `ControlServer` listens on a Unix socket for one command per line and answers one line each:
 "ok", "error: <why>", or for `state` the kiosk's state as JSON. Commands: mute, video, end, end_hold,
-answer, reject, audio_mode, call <uid>, state. Try it with `socat - UNIX-CONNECT:<path>`.
+answer, reject, audio_mode, volume_up, volume_down, door, call <uid>, state. Try it with
+`socat - UNIX-CONNECT:<path>`.
 
 `KeyboardControl` reads single keys from the terminal (stdin in cbreak mode, restored on close):
-m mute, v video, e end press, E end hold, a audio mode, y answer, n reject, c call the contact.
+m mute, v video, e end press, E end hold, a audio mode, y answer, n reject, c call the contact,
+o open the door (of the door kiosk in the call).
 
 Both run on the asyncio loop and never block it.
 """
@@ -40,6 +42,7 @@ _SIMPLE_COMMANDS = (
     "audio_mode",
     "volume_up",
     "volume_down",
+    "door",
 )
 COMMANDS = (*_SIMPLE_COMMANDS, "call <uid>", "state")
 KEYS = {
@@ -54,6 +57,7 @@ KEYS = {
     "+": "volume_up",
     "=": "volume_up",  # + without shift
     "-": "volume_down",
+    "o": "door",  # open the door of the door kiosk in the call
 }
 _MAX_LINE = 1024
 
@@ -239,7 +243,8 @@ class KeyboardControl:
         self._fd = fd
         self._loop.add_reader(fd, self._readable)
         log.info(
-            "keys: m mute, v video, e end, E end (hold), a audio mode, y answer, n reject, c call %s",
+            "keys: m mute, v video, e end, E end (hold), a audio mode, y answer, n reject, o open the door, "
+            "c call %s",
             self._commands.contact or "(no contact configured)",
         )
         return True

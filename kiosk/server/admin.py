@@ -14,7 +14,15 @@ from kiosk.server.storage import SqliteDatabase, UserExistsError
 from kiosk.server.tokens import hash_secret, new_secret
 from kiosk.server.validation import optional_text, require_id, require_text
 
-__all__ = ["UnknownUserError", "UserExistsError", "add_user", "list_users", "remove_user", "revoke_tokens"]
+__all__ = [
+    "UnknownUserError",
+    "UserExistsError",
+    "add_user",
+    "list_users",
+    "remove_user",
+    "revoke_tokens",
+    "set_door_permission",
+]
 
 
 class UnknownUserError(LookupError):
@@ -83,5 +91,60 @@ def remove_user(data_dir: Path, uid: str) -> None:
     try:
         if not db.revoke_tokens(uid, None, True):
             raise UnknownUserError(uid)
+    finally:
+        db.close()
+
+
+def set_door_permission(data_dir: Path, uid: str, allowed: bool) -> None:
+    """Let the user ask a door kiosk in its call to open (or not); counts at its next request.
+
+    Raises UnknownUserError if there is no such user."""
+    db = SqliteDatabase(Path(data_dir))
+    if not db.path.exists():
+        raise UnknownUserError(uid)
+    try:
+        if not db.set_door_permission(uid, allowed):
+            raise UnknownUserError(uid)
+    finally:
+        db.close()
+
+
+def add_group(data_dir: Path, uid: str, name: str) -> None:
+    """Create a ring group (called like a user; it rings every member). UserExistsError if the uid is
+    taken, ValueError if a field is invalid."""
+    fields = {"uid": uid, "name": name}
+    try:
+        group = User(
+            uid=require_id(fields, "uid"), name=require_text(fields, "name", MAX_NAME_LENGTH), avatar=None
+        )
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from None
+    db = SqliteDatabase(Path(data_dir))
+    try:
+        db.create_group(group)
+    finally:
+        db.close()
+
+
+def list_groups(data_dir: Path) -> list[tuple[UserJson, list[str]]]:
+    """Every ring group with its members' uids."""
+    db = SqliteDatabase(Path(data_dir))
+    if not db.path.exists():
+        return []
+    try:
+        return [(group.to_json(), members) for group, members in db.list_groups()]
+    finally:
+        db.close()
+
+
+def set_group_member(data_dir: Path, group_uid: str, member_uid: str, member: bool) -> None:
+    """Add `member_uid` to ring group `group_uid` (or take it out). UnknownUserError if either is
+    unknown (or the member is itself a group)."""
+    db = SqliteDatabase(Path(data_dir))
+    if not db.path.exists():
+        raise UnknownUserError(group_uid)
+    try:
+        if not db.set_group_member(group_uid, member_uid, member):
+            raise UnknownUserError(group_uid if db.group_members(group_uid) is None else member_uid)
     finally:
         db.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import signal
@@ -16,10 +17,11 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from kiosk.protocol import MAX_MESSAGE_BYTES
-from kiosk.server import limits, rest, signaling
+from kiosk.server import limits, pairing, rest, signaling
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
 from kiosk.server.context import CONTEXT, ServerContext
+from kiosk.server.doors import Doors
 from kiosk.server.errors import error_middleware
 from kiosk.server.http_policy import RedactingAccessLogger, cors_middleware, security_headers
 from kiosk.server.revocation import RevocationWatch
@@ -87,9 +89,16 @@ def create_app(config: ServerConfig) -> web.Application:
         client_max_size=MAX_MESSAGE_BYTES,
     )
     app.on_response_prepare.append(security_headers)
-    limits.install(app)  # message rate per WebSocket, failed authentication per address
+    # Message rate per WebSocket, failed authentication and pending WebSockets per address.
+    limits.install(
+        app,
+        dataclasses.replace(
+            limits.DEFAULT_LIMITS, ws_unauthenticated_per_address=config.max_pending_websockets_per_address
+        ),
+    )
     app.add_routes(rest.routes)
     app.add_routes(signaling.routes)
+    pairing.install(app, config)  # a building host's pairing routes (docs/intercom.md)
     add_web_routes(app)  # the browser client at /app/
     app.cleanup_ctx.append(partial(_lifecycle, config))
     app.on_shutdown.append(_close_connections)
@@ -151,6 +160,7 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         sessions=sessions,
         ringing=ringing,
         revocations=revocations,
+        doors=Doors(state, storage, hub),
     )
     try:
         await revocations.start()
@@ -199,8 +209,11 @@ class RunningServer:
     config: ServerConfig
     app: web.Application
     runner: web.AppRunner
+    lan: pairing.LanAdvertisement | None = None  # a building host's mDNS advertisement
 
     async def close(self) -> None:
+        if self.lan is not None:
+            await self.lan.close()  # its goodbye first: kiosks stop trying a host that is going
         await self.runner.cleanup()
 
 
@@ -230,6 +243,7 @@ async def start_server(config: ServerConfig) -> RunningServer:
         config=config,
         app=app,
         runner=runner,
+        lan=pairing.advertise(config, port),
     )
 
 

@@ -68,6 +68,14 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "process list)",
     )
     parser.add_argument(
+        "--max-pending-websockets",
+        type=int,
+        default=20,
+        metavar="N",
+        help="WebSockets not yet signed in that one client address may hold (default 20; 0: no cap; "
+        "behind a reverse proxy every client has its address: raise it)",
+    )
+    parser.add_argument(
         "--cors-origin",
         action="append",
         default=[],
@@ -195,6 +203,7 @@ def _run_server(args: argparse.Namespace) -> int:
             data_dir=args.data_dir or default_data_dir(),
             admin_key=admin_key,
             cors_origins=list(args.cors_origin),
+            max_pending_websockets_per_address=args.max_pending_websockets,
             token_ttl=args.token_ttl,
             ring_timeout=args.ring_timeout,
             max_participants=args.max_participants,
@@ -239,7 +248,7 @@ def add_users_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "users", help="manage users", description="Manage users directly in the data directory."
     )
-    actions = parser.add_subparsers(dest="users_command", metavar="{add,list,revoke,remove}")
+    actions = parser.add_subparsers(dest="users_command", metavar="{add,list,revoke,remove,doors}")
     actions.required = True
     add = actions.add_parser("add", help="create a user and print its auth token")
     add.add_argument("uid")
@@ -261,7 +270,89 @@ def add_users_parser(subparsers: Any) -> argparse.ArgumentParser:
     remove.add_argument("uid")
     _add_data_dir(remove)
     remove.set_defaults(func=_users_remove)
+    doors = actions.add_parser("doors", help="allow or deny a user opening door kiosks it is in a call with")
+    doors.add_argument("uid")
+    doors.add_argument("permission", choices=["allow", "deny"])
+    _add_data_dir(doors)
+    doors.set_defaults(func=_users_doors)
     return parser
+
+
+def add_groups_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "groups",
+        help="manage ring groups",
+        description="Ring groups (Reception): called like a user, they ring every member; the first to answer "
+        "takes the call.",
+    )
+    actions = parser.add_subparsers(dest="groups_command", metavar="{add,list,join,leave}")
+    actions.required = True
+    add = actions.add_parser("add", help="create a ring group")
+    add.add_argument("uid")
+    add.add_argument("--name", required=True)
+    _add_data_dir(add)
+    add.set_defaults(func=_groups_add)
+    listing = actions.add_parser("list", help="list ring groups and their members")
+    _add_data_dir(listing)
+    listing.set_defaults(func=_groups_list)
+    for verb, joining in (("join", True), ("leave", False)):
+        member = actions.add_parser(
+            verb, help=f"{'add a user to' if joining else 'take a user out of'} a group"
+        )
+        member.add_argument("group")
+        member.add_argument("uid")
+        _add_data_dir(member)
+        member.set_defaults(func=_groups_member, joining=joining)
+    return parser
+
+
+def _groups_add(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import UserExistsError, add_group
+
+    try:
+        add_group(args.data_dir or default_data_dir(), args.uid, args.name)
+    except (UserExistsError, ValueError, OSError, sqlite3.Error) as exc:
+        print(f"kiosk groups add: {exc}", file=sys.stderr)
+        return 1
+    print(f"ring group {args.uid} made; add members with `kiosk groups join {args.uid} UID`", file=sys.stderr)
+    return 0
+
+
+def _groups_list(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import list_groups
+
+    try:
+        groups = list_groups(args.data_dir or default_data_dir())
+    except (OSError, sqlite3.Error) as exc:
+        print(f"kiosk groups list: {exc}", file=sys.stderr)
+        return 1
+    for group, members in groups:
+        print(f"{group['uid']}\t{group['name']}\t{' '.join(members)}")
+    return 0
+
+
+def _groups_member(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import UnknownUserError, set_group_member
+
+    try:
+        set_group_member(args.data_dir or default_data_dir(), args.group, args.uid, args.joining)
+    except (UnknownUserError, OSError, sqlite3.Error) as exc:
+        print(f"kiosk groups {'join' if args.joining else 'leave'}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _users_doors(args: argparse.Namespace) -> int:
+    from kiosk.server.admin import UnknownUserError, set_door_permission
+
+    try:
+        set_door_permission(args.data_dir or default_data_dir(), args.uid, args.permission == "allow")
+    except (UnknownUserError, OSError, sqlite3.Error) as exc:
+        print(f"kiosk users doors: {exc}", file=sys.stderr)
+        return 1
+    verb = "may" if args.permission == "allow" else "may not"
+    print(f"{args.uid} {verb} open doors", file=sys.stderr)
+    return 0
 
 
 def _users_revoke(args: argparse.Namespace) -> int:

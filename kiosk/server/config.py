@@ -33,6 +33,9 @@ class ServerConfig:
     # Origins ("https://reception.example") whose pages may call the REST API and open the WebSocket
     # from another site; none: same origin only (docs/protocol.md, "Cross-origin requests").
     cors_origins: list[str] = field(default_factory=list)
+    # WebSockets not yet authenticated one client address may hold (kiosk.server.limits); 0: no cap.
+    # Behind a reverse proxy every client has the proxy's address: raise it (or 0) there.
+    max_pending_websockets_per_address: int = 20
     token_ttl: int = DEFAULT_TOKEN_TTL
     ring_timeout: float = DEFAULT_RING_TIMEOUT
     # None: DEFAULT_MAX_PARTICIPANTS (a mesh), or DEFAULT_SFU_MAX_PARTICIPANTS with an SFU.
@@ -64,10 +67,21 @@ class ServerConfig:
     janus_public_url: str | None = None
     janus_admin_key: str | None = field(default=None, repr=False)  # the VideoRoom plugin's admin_key
     mesh_limit: int = DEFAULT_MESH_LIMIT
+    # A building's host (docs/intercom.md): the CA (PEM) that signed tls_cert. With it, POST /v1/pair
+    # pairs kiosks and browsers by the code kept in data_dir (kiosk.lan.codes), and the server
+    # advertises itself over mDNS as `lan_name`, on `lan_addresses` (default: this machine's LAN IPv4
+    # addresses) as `lan_hostname`.local (default: this machine's name).
+    lan_ca: Path | None = None
+    lan_name: str = ""
+    lan_hostname: str = ""
+    lan_addresses: list[str] = field(default_factory=list)
+    lan_advertise: bool = True  # False: pairing by address only (a network that drops multicast)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.cors_origins = [normalise_origin(origin) for origin in self.cors_origins]
+        if self.max_pending_websockets_per_address < 0:
+            raise ValueError("max_pending_websockets_per_address must be 0 (no cap) or more")
         if self.token_ttl < 1:
             raise ValueError("token_ttl must be at least 1 second")
         if self.ring_timeout <= 0:
@@ -114,3 +128,7 @@ class ServerConfig:
             self.janus_public_url = self.janus_url
         if self.tls_cert is not None and self.tls_key is not None:
             self.tls_cert, self.tls_key = Path(self.tls_cert), Path(self.tls_key)
+        if self.lan_ca is not None:
+            if self.tls_cert is None:
+                raise ValueError("a building host (lan_ca) serves HTTPS only: give its certificate and key")
+            self.lan_ca = Path(self.lan_ca)

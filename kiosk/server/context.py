@@ -8,6 +8,7 @@ from aiohttp import web
 
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
+from kiosk.server.doors import Doors
 from kiosk.server.revocation import RevocationWatch
 from kiosk.server.ringing import Ringing
 from kiosk.server.sessions import Sessions
@@ -27,6 +28,7 @@ class ServerContext:
     sessions: Sessions
     ringing: Ringing
     revocations: RevocationWatch
+    doors: Doors
 
 
 CONTEXT = web.AppKey("kiosk_context", ServerContext)

@@ -52,8 +52,8 @@ class RateLimits:
     # A WebSocket must authenticate within this many seconds, or it is closed (1008 "auth timeout").
     ws_auth_seconds: float = 10.0
     # WebSockets not yet authenticated that one address may hold; past it an upgrade gets 429, so one
-    # host cannot use up the server's open files. (Authenticated ones are not capped: a building
-    # behind one NAT address has many kiosks.)
+    # host cannot use up the server's open files; 0: no cap. (Authenticated ones are not capped: a
+    # building behind one NAT address has many kiosks.)
     ws_unauthenticated_per_address: int = 20
 
 
@@ -205,7 +205,8 @@ class ServerLimits:
     def admit_unauthenticated(self, address: str) -> None:
         """Count a new WebSocket from `address`; RATE_LIMITED (429) if it holds too many already."""
         held = self.unauthenticated.get(address, 0)
-        if held >= self.limits.ws_unauthenticated_per_address:
+        cap = self.limits.ws_unauthenticated_per_address
+        if cap and held >= cap:
             log.warning("refusing a WebSocket from %s: %d not yet authenticated", address, held)
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,

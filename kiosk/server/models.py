@@ -32,12 +32,19 @@ class CallRecord:
     ended_at: int | None = None
     duration_seconds: int = 0
     has_recording: bool = False
+    # The receiver is a ring group (its members rang); once answered, the member who took it.
+    group: bool = False
+    answered_by: User | None = None
 
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_CALL_STATUSES
 
     def is_party(self, uid: str) -> bool:
+        """One of the two in the call: the caller and the receiver (of a ring group's call, the
+        member who answered it; a group itself is never a party)."""
+        if self.group:
+            return uid == self.initiator.uid or (self.answered_by is not None and uid == self.answered_by.uid)
         return uid in (self.initiator.uid, self.receiver.uid)
 
     def to_json(self, viewer_uid: str | None = None) -> CallJson:
@@ -54,6 +61,10 @@ class CallRecord:
             "durationSeconds": self.duration_seconds,
             "hasRecording": self.has_recording,
         }
+        if self.group:
+            body["group"] = True
+        if self.answered_by is not None:
+            body["answeredBy"] = self.answered_by.to_json()
         if viewer_uid is not None:
             body["direction"] = "outgoing" if viewer_uid == self.initiator.uid else "incoming"
         return body

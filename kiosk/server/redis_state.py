@@ -151,6 +151,7 @@ def _session_to_json(session: Session) -> str:
                     "videoMuted": p.video_muted,
                     "joinedAt": p.joined_at,
                     "recordingSince": p.recording_since,
+                    "door": p.door,
                 }
                 for p in session.participants.values()
             ],
@@ -177,6 +178,7 @@ def _session_from_json(session_id: str, text: str) -> Session:
             video_muted=p["videoMuted"],
             joined_at=p["joinedAt"],
             recording_since=p.get("recordingSince"),
+            door=bool(p.get("door", False)),
         )
     return session
 

@@ -10,8 +10,10 @@ from kiosk.protocol import (
     MAX_AVATAR_LENGTH,
     MAX_NAME_LENGTH,
     MAX_PAGE,
+    CallJson,
     CallStatus,
     CallType,
+    DoorOpeningJson,
     ErrorCode,
     ProtocolError,
     SessionType,
@@ -105,7 +107,12 @@ async def list_users(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     online = await ctx.state.online_uids()
     users = await ctx.storage.list_users()
-    return web.json_response({"users": [{**u.to_json(), "online": u.uid in online} for u in users]})
+    listed: list[dict[str, object]] = [{**u.to_json(), "online": u.uid in online} for u in users]
+    # Ring groups are called like users: online while any member is.
+    for group, members in await ctx.storage.list_groups():
+        listed.append({**group.to_json(), "online": any(m in online for m in members), "group": True})
+    listed.sort(key=lambda entry: str(entry["uid"]))
+    return web.json_response({"users": listed})
 
 
 def _uid(request: web.Request) -> str:
@@ -149,6 +156,67 @@ async def revoke_tokens(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@routes.put("/v1/users/{uid}/permissions")
+async def set_permissions(request: web.Request) -> web.Response:
+    """What the user may do beyond calling: `openDoors` (ask a door kiosk in its call to open)."""
+    _require_admin(request)
+    uid = _uid(request)
+    body = await read_json_object(request)
+    allowed = body.get("openDoors")
+    if not isinstance(allowed, bool):
+        raise bad_request("'openDoors' must be true or false")
+    if not await _ctx(request).storage.set_door_permission(uid, allowed):
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {uid}")
+    return web.json_response({"uid": uid, "openDoors": allowed})
+
+
+@routes.post("/v1/groups")
+async def create_group(request: web.Request) -> web.Response:
+    """A ring group: called like a user, it rings every member; the first to answer takes the call."""
+    _require_admin(request)
+    body = await read_json_object(request)
+    group = User(
+        uid=require_id(body, "uid"),
+        name=require_text(body, "name", MAX_NAME_LENGTH),
+        avatar=optional_text(body, "avatar", MAX_AVATAR_LENGTH),
+    )
+    try:
+        await _ctx(request).storage.create_group(group)
+    except UserExistsError:
+        raise ProtocolError(ErrorCode.USER_EXISTS, f"{group.uid} already exists") from None
+    return web.json_response({**group.to_json(), "members": []}, status=201)
+
+
+@routes.get("/v1/groups")
+async def list_groups(request: web.Request) -> web.Response:
+    await _user(request)
+    groups = await _ctx(request).storage.list_groups()
+    return web.json_response({"groups": [{**g.to_json(), "members": members} for g, members in groups]})
+
+
+def _member(request: web.Request) -> tuple[str, str]:
+    info = dict(request.match_info)
+    return require_id(info, "uid"), require_id(info, "member")
+
+
+@routes.put("/v1/groups/{uid}/members/{member}")
+async def add_group_member(request: web.Request) -> web.Response:
+    _require_admin(request)
+    group, member = _member(request)
+    if not await _ctx(request).storage.set_group_member(group, member, True):
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {group} or no user {member}")
+    return web.Response(status=204)
+
+
+@routes.delete("/v1/groups/{uid}/members/{member}")
+async def remove_group_member(request: web.Request) -> web.Response:
+    _require_admin(request)
+    group, member = _member(request)
+    if not await _ctx(request).storage.set_group_member(group, member, False):
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"no group {group} or no user {member}")
+    return web.Response(status=204)
+
+
 @routes.get("/v1/me")
 async def me(request: web.Request) -> web.Response:
     return web.json_response((await _user(request)).to_json())
@@ -161,8 +229,9 @@ async def call_token(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     session_id = require_id(body, "sessionId")
     call = await ctx.storage.get_call(session_id)
-    if call is not None and user.uid not in (call.initiator.uid, call.receiver.uid):
-        # A rung call's session belongs to its two parties; nobody else may listen in.
+    if call is not None and not call.is_party(user.uid):
+        # A rung call's session belongs to its two parties (of a ring group's call, the caller and
+        # the member who answered); nobody else may listen in.
         raise ProtocolError(ErrorCode.FORBIDDEN, "this session belongs to a call between two other users")
     if call is not None and call.status in FINAL_CALL_STATUSES:
         raise ProtocolError(ErrorCode.INVALID_STATE, f"call {session_id} is over ({call.status})")
@@ -213,10 +282,12 @@ async def call_log(request: web.Request) -> web.Response:
         page=query_int(request, "page", 1, 1, MAX_PAGE),
         per_page=query_int(request, "perPage", 20, 1, 100),
     )
-    calls, total = await _ctx(request).ringing.call_log(user, query)
+    ctx = _ctx(request)
+    calls, total = await ctx.ringing.call_log(user, query)
+    openings = await ctx.storage.door_openings([c.session_id for c in calls])
     return web.json_response(
         {
-            "calls": [c.to_json(viewer_uid=user.uid) for c in calls],
+            "calls": [_with_doors(c.to_json(viewer_uid=user.uid), openings) for c in calls],
             "page": query.page,
             "perPage": query.per_page,
             "total": total,
@@ -227,8 +298,16 @@ async def call_log(request: web.Request) -> web.Response:
 @routes.get("/v1/calls/{sessionId}")
 async def get_call(request: web.Request) -> web.Response:
     user = await _user(request)
-    call = await _ctx(request).ringing.get(user, _session_id(request))
-    return web.json_response(call.to_json())
+    ctx = _ctx(request)
+    call = await ctx.ringing.get(user, _session_id(request))
+    return web.json_response(_with_doors(call.to_json(), await ctx.storage.door_openings([call.session_id])))
+
+
+def _with_doors(call: CallJson, openings: dict[str, list[DoorOpeningJson]]) -> CallJson:
+    """A call-log entry with the door releases asked during the call, if any (who asked, which door)."""
+    if call["sessionId"] in openings:
+        call["doorOpenings"] = openings[call["sessionId"]]
+    return call
 
 
 @routes.post("/v1/calls/{sessionId}/accept")

@@ -1,11 +1,12 @@
-"""Ringing: calls from one user to another, their status changes, and the call log."""
+"""Ringing: calls from one user to another (or to a ring group: every member rings, the first to
+answer takes the call), their status changes, and the call log."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from kiosk.protocol import CallStatus, CallType, CallUpdatedMessage, ErrorCode, ProtocolError
@@ -33,6 +34,7 @@ class Change:
     joined_at: int | None = None
     ended_at: int | None = None
     duration_seconds: int | None = None
+    answered_by: str | None = None
 
 
 @dataclass
@@ -56,8 +58,9 @@ def _require_initiated(call: CallRecord) -> None:
         raise ProtocolError(ErrorCode.INVALID_STATE, f"call {call.session_id} is {call.status}")
 
 
-def _require_party(call: CallRecord, user: User) -> None:
-    if not call.is_party(user.uid):
+def _require_party(call: CallRecord, user: User, members: Collection[str] = ()) -> None:
+    """The caller or the receiver; of a ring group's call, also a member it rang (`members`)."""
+    if not call.is_party(user.uid) and user.uid not in members:
         raise ProtocolError(ErrorCode.FORBIDDEN, f"{user.uid} is not a party to call {call.session_id}")
 
 
@@ -84,6 +87,10 @@ class Ringing:
         receiver = await self._storage.get_user(receiver_uid)
         if receiver is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {receiver_uid}")
+        group = await self._storage.group_members(receiver_uid)
+        members = [m.uid for m in group or [] if m.uid != caller.uid]
+        if group is not None and not members:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"nobody is in {receiver.name} to ring")
         session_id = f"c-{uuid.uuid4().hex}"
         now = now_ms()
         # Busy check and reservation in one step, so two callers cannot both get through.
@@ -96,9 +103,12 @@ class Ringing:
             receiver=receiver,
             initiated_at=now,
             ended_at=None if ringing else now,
+            group=group is not None,
         )
         try:
             await self._storage.create_call(call)
+            if members:
+                await self._storage.add_call_members(session_id, members)
         except BaseException:
             if ringing:
                 await self._state.release_call(session_id)
@@ -106,18 +116,36 @@ class Ringing:
         log.info("call %s: %s -> %s (%s) %s", session_id, caller.uid, receiver.uid, call_type, call.status)
         if ringing:
             self._timers[session_id] = asyncio.create_task(self._ring_timeout(session_id))
-            await self._hub.push_to_user(receiver.uid, {"type": "call.incoming", "call": call.to_json()})
+            # A ring group rings every member, on every device each is signed in on.
+            for uid in members or [receiver.uid]:
+                await self._hub.push_to_user(uid, {"type": "call.incoming", "call": call.to_json()})
         return call
 
     async def get(self, user: User, session_id: str) -> CallRecord:
         call = await self._storage.get_call(session_id)
         if call is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no call {session_id}")
-        _require_party(call, user)
+        _require_party(call, user, await self._members(call))
         return call
 
+    async def _members(self, call: CallRecord) -> dict[str, str | None]:
+        """The members a ring group's call rang (with how each declined); empty for a 1:1 call."""
+        return await self._storage.call_members(call.session_id) if call.group else {}
+
     async def accept(self, user: User, session_id: str) -> CallRecord:
+        current = await self._storage.get_call(session_id)
+        members = await self._members(current) if current is not None else {}
+
         def decide(call: CallRecord) -> Change:
+            if call.group:
+                # Any member it rang may take it; the compare-and-set lets only the first one win.
+                _require_party(call, user, members)
+                if user.uid not in members:
+                    raise ProtocolError(
+                        ErrorCode.FORBIDDEN, "only a member it rang may accept a group's call"
+                    )
+                _require_initiated(call)
+                return Change(status=CallStatus.ONGOING, joined_at=now_ms(), answered_by=user.uid)
             _require_party(call, user)
             if user.uid != call.receiver.uid:
                 raise ProtocolError(ErrorCode.FORBIDDEN, "only the receiver may accept a call")
@@ -129,6 +157,10 @@ class Ringing:
         return call
 
     async def reject(self, user: User, session_id: str, status: CallStatus) -> CallRecord:
+        current = await self._storage.get_call(session_id)
+        if current is not None and current.group and user.uid != current.initiator.uid:
+            return await self._member_declines(user, current, status)
+
         def decide(call: CallRecord) -> Change:
             _require_party(call, user)
             allowed = (
@@ -143,6 +175,26 @@ class Ringing:
             return _final(call, status)
 
         return await self._change(session_id, decide)
+
+    async def _member_declines(self, user: User, call: CallRecord, status: CallStatus) -> CallRecord:
+        """A member of a ring group declines (or is busy): the others go on ringing; when every
+        member has declined, the call is over (busy if all were busy, else rejected)."""
+        members = await self._members(call)
+        _require_party(call, user, members)
+        if status not in (CallStatus.REJECTED, CallStatus.BUSY):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"a member may not set status {status}")
+        _require_initiated(call)
+        members = await self._storage.decline_call_member(call.session_id, user.uid, status)
+        log.info("call %s: %s declined (%s)", call.session_id, user.uid, status)
+        if any(answer is None for answer in members.values()):
+            return call
+        everyone_busy = all(answer == str(CallStatus.BUSY) for answer in members.values())
+
+        def decide(current: CallRecord) -> Change:
+            _require_initiated(current)
+            return _final(current, CallStatus.BUSY if everyone_busy else CallStatus.REJECTED)
+
+        return await self._change(call.session_id, decide)
 
     async def end(self, user: User, session_id: str) -> CallRecord:
         def decide(call: CallRecord) -> Change:
@@ -307,6 +359,7 @@ class Ringing:
                 joined_at=change.joined_at,
                 ended_at=change.ended_at,
                 duration_seconds=change.duration_seconds,
+                answered_by=change.answered_by,
             )
             if updated is not None:
                 break
@@ -323,5 +376,8 @@ class Ringing:
         if notify:
             message: CallUpdatedMessage = {"type": "call.updated", "call": updated.to_json()}
             await self._hub.push_to_user(updated.initiator.uid, message)
-            await self._hub.push_to_user(updated.receiver.uid, message)
+            # A ring group's members all hear of it: answered (by one of them: the others stop
+            # ringing, "answered elsewhere"), or over.
+            for uid in await self._members(updated) or [updated.receiver.uid]:
+                await self._hub.push_to_user(uid, message)
         return updated

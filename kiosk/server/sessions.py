@@ -96,6 +96,7 @@ class Sessions:
             audio_muted=msg["audioMuted"],
             video_muted=msg["videoMuted"],
             joined_at=now_ms(),
+            door=msg.get("door", False),
         )
         session = await self._state.join(
             session_id,

@@ -80,6 +80,10 @@ async def _handle(ctx: ServerContext, conn: Connection, msg: ClientMessage) -> R
         await sessions.recording(conn.id, user, msg["sessionId"], msg["recording"])
     elif msg["type"] == "ping":
         return {"type": "pong"}
+    elif msg["type"] == "door.open":
+        await ctx.doors.open(conn.id, user, msg)
+    elif msg["type"] == "door.result":
+        await ctx.doors.result(conn.id, user, msg)
     else:  # offer, answer, candidate
         await sessions.relay(conn.id, user, msg)
     return None
@@ -102,7 +106,7 @@ async def _auth(ctx: ServerContext, conn: Connection, msg: AuthRequest) -> OkRep
     conn.authenticated.set()
     await ctx.state.add_connection(user.uid, conn.id)
     log.info("connection %s is %s", conn.id, user.uid)
-    return {"type": "ok", "user": user.to_json()}
+    return {"type": "ok", "user": user.to_json(), "canOpenDoors": await ctx.storage.door_permission(user.uid)}
 
 
 async def _over_rate(

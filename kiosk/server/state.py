@@ -27,6 +27,7 @@ class Participant:
     video_muted: bool
     joined_at: int
     recording_since: int | None = None  # ms since the epoch, while it records
+    door: bool = False  # it joined with `door`: it drives a door relay (kiosk.server.doors)
 
     @property
     def uid(self) -> str:
@@ -41,6 +42,8 @@ class Participant:
         }
         if self.recording_since is not None:
             found["recordingSince"] = self.recording_since
+        if self.door:
+            found["door"] = True
         return found
 
 

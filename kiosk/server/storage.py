@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from kiosk.protocol import CallStatus, CallType
+from kiosk.protocol import CallStatus, CallType, DoorOpeningJson
 from kiosk.server.clock import now_ms
 from kiosk.server.models import CallRecord, User
 
@@ -64,6 +64,60 @@ class Storage(ABC):
         `kiosk users`: open connections are checked again whenever it changes."""
 
     @abstractmethod
+    async def create_group(self, group: User) -> None:
+        """Add a ring group (an entry callable like a user, with no auth token); UserExistsError if
+        the uid is taken."""
+
+    @abstractmethod
+    async def group_members(self, uid: str) -> list[User] | None:
+        """The members of ring group `uid`, ordered by uid; None if `uid` is not a group."""
+
+    @abstractmethod
+    async def set_group_member(self, group_uid: str, member_uid: str, member: bool) -> bool:
+        """Add or remove a member; False if there is no such group or no such (non-group) user."""
+
+    @abstractmethod
+    async def list_groups(self) -> list[tuple[User, list[str]]]:
+        """Every ring group with its members' uids, ordered by uid."""
+
+    @abstractmethod
+    async def add_call_members(self, session_id: str, uids: Collection[str]) -> None:
+        """Who a ring group's call rings (they see it in their call logs)."""
+
+    @abstractmethod
+    async def call_members(self, session_id: str) -> dict[str, str | None]:
+        """A ring group's call: each member rung, with how it declined (None: it did not)."""
+
+    @abstractmethod
+    async def decline_call_member(
+        self, session_id: str, uid: str, status: CallStatus
+    ) -> dict[str, str | None]:
+        """A member declined a ring group's call (rejected or busy); the members after it."""
+
+    @abstractmethod
+    async def set_door_permission(self, uid: str, allowed: bool) -> bool:
+        """Whether the user may ask a door to open; False if there is no such user."""
+
+    @abstractmethod
+    async def door_permission(self, uid: str) -> bool:
+        """Whether the user may ask a door to open (False for an unknown or removed user)."""
+
+    @abstractmethod
+    async def add_door_request(self, session_id: str, nonce: str, door_uid: str, by_uid: str) -> bool:
+        """Record that `by_uid` asked `door_uid` to open in this session; False if this session's
+        `nonce` was used before (a replayed request)."""
+
+    @abstractmethod
+    async def answer_door_request(
+        self, session_id: str, nonce: str, door_uid: str, by_uid: str, opened: bool, reason: str | None
+    ) -> bool:
+        """Record the door's answer; False unless exactly that request is waiting for it."""
+
+    @abstractmethod
+    async def door_openings(self, session_ids: Collection[str]) -> dict[str, list[DoorOpeningJson]]:
+        """The door requests of these calls, oldest first (the call log shows them)."""
+
+    @abstractmethod
     async def create_call(self, call: CallRecord) -> None: ...
 
     @abstractmethod
@@ -78,6 +132,7 @@ class Storage(ABC):
         ended_at: int | None = None,
         duration_seconds: int | None = None,
         has_recording: bool | None = None,
+        answered_by: str | None = None,
     ) -> CallRecord | None:
         """Change the given fields (None: unchanged) and return the new call.
 
@@ -127,6 +182,29 @@ CREATE TABLE IF NOT EXISTS revocations (
     uid TEXT NOT NULL,
     at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS group_members (
+    group_uid TEXT NOT NULL REFERENCES users(uid),
+    member_uid TEXT NOT NULL REFERENCES users(uid),
+    PRIMARY KEY (group_uid, member_uid)
+);
+CREATE TABLE IF NOT EXISTS call_members (
+    session_id TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    declined TEXT,
+    PRIMARY KEY (session_id, uid)
+);
+CREATE INDEX IF NOT EXISTS call_members_by_uid ON call_members(uid);
+CREATE TABLE IF NOT EXISTS door_requests (
+    session_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    door_uid TEXT NOT NULL,
+    by_uid TEXT NOT NULL,
+    asked_at INTEGER NOT NULL,
+    answered_at INTEGER,
+    opened INTEGER,
+    reason TEXT,
+    PRIMARY KEY (session_id, nonce)
+);
 CREATE TABLE IF NOT EXISTS calls (
     session_id TEXT PRIMARY KEY,
     type TEXT NOT NULL,
@@ -146,14 +224,29 @@ CREATE INDEX IF NOT EXISTS calls_by_status ON calls(status);
 
 _CALL_SELECT = """
 SELECT c.session_id, c.type, c.status, c.initiated_at, c.joined_at, c.ended_at, c.duration_seconds,
-       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar
+       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar, r.is_group, a.uid, a.name, a.avatar
 FROM calls c JOIN users i ON i.uid = c.initiator_uid JOIN users r ON r.uid = c.receiver_uid
+LEFT JOIN users a ON a.uid = c.answered_by
 """
 
 
 _UPDATABLE_COLUMNS = frozenset(
-    {"status", "type", "joined_at", "ended_at", "duration_seconds", "has_recording"}
+    {"status", "type", "joined_at", "ended_at", "duration_seconds", "has_recording", "answered_by"}
 )
+
+
+def door_opening(
+    door_uid: str, by_uid: str, asked_at: int, opened: int | bool | None, reason: str | None
+) -> DoorOpeningJson:
+    entry: DoorOpeningJson = {
+        "door": door_uid,
+        "by": by_uid,
+        "at": asked_at,
+        "opened": None if opened is None else bool(opened),
+    }
+    if reason:
+        entry["reason"] = reason
+    return entry
 
 
 def _call_from_row(row: tuple[Any, ...]) -> CallRecord:
@@ -168,6 +261,8 @@ def _call_from_row(row: tuple[Any, ...]) -> CallRecord:
         has_recording=bool(row[7]),
         initiator=User(row[8], row[9], row[10]),
         receiver=User(row[11], row[12], row[13]),
+        group=bool(row[14]),
+        answered_by=User(row[15], row[16], row[17]) if row[15] is not None else None,
     )
 
 
@@ -200,6 +295,12 @@ class SqliteDatabase:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
             if "removed_at" not in columns:  # a database made before users could be removed
                 conn.execute("ALTER TABLE users ADD COLUMN removed_at INTEGER")
+            if "can_open_doors" not in columns:  # ... or before doors
+                conn.execute("ALTER TABLE users ADD COLUMN can_open_doors INTEGER NOT NULL DEFAULT 0")
+            if "is_group" not in columns:  # ... or before ring groups
+                conn.execute("ALTER TABLE users ADD COLUMN is_group INTEGER NOT NULL DEFAULT 0")
+            if "answered_by" not in {row[1] for row in conn.execute("PRAGMA table_info(calls)")}:
+                conn.execute("ALTER TABLE calls ADD COLUMN answered_by TEXT")
             self._conn = conn
         return self._conn
 
@@ -269,6 +370,135 @@ class SqliteDatabase:
         row = self.connect().execute("SELECT COALESCE(MAX(id), 0) FROM revocations").fetchone()
         return int(row[0])
 
+    def create_group(self, group: User) -> None:
+        try:
+            self.connect().execute(
+                "INSERT INTO users (uid, name, avatar, created_at, is_group) VALUES (?, ?, ?, ?, 1)",
+                (group.uid, group.name, group.avatar, now_ms()),
+            )
+        except sqlite3.IntegrityError:
+            raise UserExistsError(group.uid) from None
+
+    def _is_group(self, uid: str) -> bool:
+        row = (
+            self.connect()
+            .execute("SELECT is_group FROM users WHERE uid = ? AND removed_at IS NULL", (uid,))
+            .fetchone()
+        )
+        return bool(row and row[0])
+
+    def group_members(self, uid: str) -> list[User] | None:
+        if not self._is_group(uid):
+            return None
+        rows = (
+            self.connect()
+            .execute(
+                "SELECT u.uid, u.name, u.avatar FROM group_members g JOIN users u ON u.uid = g.member_uid "
+                "WHERE g.group_uid = ? AND u.removed_at IS NULL ORDER BY u.uid",
+                (uid,),
+            )
+            .fetchall()
+        )
+        return [User(*row) for row in rows]
+
+    def set_group_member(self, group_uid: str, member_uid: str, member: bool) -> bool:
+        user = self.get_user(member_uid)
+        if not self._is_group(group_uid) or user is None or self._is_group(member_uid):
+            return False
+        if member:
+            self.connect().execute(
+                "INSERT OR IGNORE INTO group_members (group_uid, member_uid) VALUES (?, ?)",
+                (group_uid, member_uid),
+            )
+        else:
+            self.connect().execute(
+                "DELETE FROM group_members WHERE group_uid = ? AND member_uid = ?", (group_uid, member_uid)
+            )
+        return True
+
+    def list_groups(self) -> list[tuple[User, list[str]]]:
+        groups = (
+            self.connect()
+            .execute(
+                "SELECT uid, name, avatar FROM users WHERE is_group = 1 AND removed_at IS NULL ORDER BY uid"
+            )
+            .fetchall()
+        )
+        return [(User(*row), [m.uid for m in self.group_members(row[0]) or []]) for row in groups]
+
+    def add_call_members(self, session_id: str, uids: list[str]) -> None:
+        self.connect().executemany(
+            "INSERT OR IGNORE INTO call_members (session_id, uid) VALUES (?, ?)",
+            [(session_id, u) for u in uids],
+        )
+
+    def call_members(self, session_id: str) -> dict[str, str | None]:
+        rows = (
+            self.connect()
+            .execute(
+                "SELECT uid, declined FROM call_members WHERE session_id = ? ORDER BY uid", (session_id,)
+            )
+            .fetchall()
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def decline_call_member(self, session_id: str, uid: str, status: str) -> dict[str, str | None]:
+        self.connect().execute(
+            "UPDATE call_members SET declined = ? WHERE session_id = ? AND uid = ?", (status, session_id, uid)
+        )
+        return self.call_members(session_id)
+
+    def set_door_permission(self, uid: str, allowed: bool) -> bool:
+        cursor = self.connect().execute(
+            "UPDATE users SET can_open_doors = ? WHERE uid = ? AND removed_at IS NULL", (int(allowed), uid)
+        )
+        return cursor.rowcount == 1
+
+    def door_permission(self, uid: str) -> bool:
+        row = (
+            self.connect()
+            .execute("SELECT can_open_doors FROM users WHERE uid = ? AND removed_at IS NULL", (uid,))
+            .fetchone()
+        )
+        return bool(row and row[0])
+
+    def add_door_request(self, session_id: str, nonce: str, door_uid: str, by_uid: str) -> bool:
+        try:
+            self.connect().execute(
+                "INSERT INTO door_requests (session_id, nonce, door_uid, by_uid, asked_at) VALUES (?, ?, ?, ?, ?)",
+                (session_id, nonce, door_uid, by_uid, now_ms()),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def answer_door_request(
+        self, session_id: str, nonce: str, door_uid: str, by_uid: str, opened: bool, reason: str | None
+    ) -> bool:
+        cursor = self.connect().execute(
+            "UPDATE door_requests SET answered_at = ?, opened = ?, reason = ? WHERE session_id = ? AND nonce = ? "
+            "AND door_uid = ? AND by_uid = ? AND answered_at IS NULL",
+            (now_ms(), int(opened), reason, session_id, nonce, door_uid, by_uid),
+        )
+        return cursor.rowcount == 1
+
+    def door_openings(self, session_ids: list[str]) -> dict[str, list[DoorOpeningJson]]:
+        found: dict[str, list[DoorOpeningJson]] = {}
+        for start in range(0, len(session_ids), 500):  # SQLite's limit on bound parameters
+            chunk = session_ids[start : start + 500]
+            rows = (
+                self.connect()
+                .execute(
+                    "SELECT session_id, door_uid, by_uid, asked_at, opened, reason FROM door_requests "
+                    f"WHERE session_id IN ({','.join('?' * len(chunk))}) ORDER BY asked_at, rowid",
+                    chunk,
+                )
+                .fetchall()
+            )
+            for row in rows:
+                found.setdefault(row[0], []).append(door_opening(row[1], row[2], row[3], row[4], row[5]))
+        return found
+
     def user_for_auth_token(self, token_hash: str) -> User | None:
         """The owner of the token with this SHA-256 hash.
 
@@ -291,7 +521,9 @@ class SqliteDatabase:
     def list_users(self) -> list[User]:
         rows = (
             self.connect()
-            .execute("SELECT uid, name, avatar FROM users WHERE removed_at IS NULL ORDER BY uid")
+            .execute(
+                "SELECT uid, name, avatar FROM users WHERE removed_at IS NULL AND is_group = 0 ORDER BY uid"
+            )
             .fetchall()
         )
         return [User(*row) for row in rows]
@@ -356,12 +588,14 @@ class SqliteDatabase:
         per_page: int,
     ) -> tuple[list[CallRecord], int]:
         params: list[str | int]
+        # A ring group's call is in the log of every member it rang (an incoming call for them).
+        rung = "c.session_id IN (SELECT session_id FROM call_members WHERE uid = ?)"
         if direction == "outgoing":
             where, params = ["c.initiator_uid = ?"], [uid]
         elif direction == "incoming":
-            where, params = ["c.receiver_uid = ?"], [uid]
+            where, params = [f"(c.receiver_uid = ? OR {rung})"], [uid, uid]
         else:
-            where, params = ["(c.initiator_uid = ? OR c.receiver_uid = ?)"], [uid, uid]
+            where, params = [f"(c.initiator_uid = ? OR c.receiver_uid = ? OR {rung})"], [uid, uid, uid]
         if type is not None:
             where.append("c.type = ?")
             params.append(str(type))
@@ -431,6 +665,48 @@ class SqliteStorage(Storage):
     async def revocations(self) -> int:
         return await self._run(self._db.revocations)
 
+    async def create_group(self, group: User) -> None:
+        await self._run(self._db.create_group, group)
+
+    async def group_members(self, uid: str) -> list[User] | None:
+        return await self._run(self._db.group_members, uid)
+
+    async def set_group_member(self, group_uid: str, member_uid: str, member: bool) -> bool:
+        return await self._run(self._db.set_group_member, group_uid, member_uid, member)
+
+    async def list_groups(self) -> list[tuple[User, list[str]]]:
+        return await self._run(self._db.list_groups)
+
+    async def add_call_members(self, session_id: str, uids: Collection[str]) -> None:
+        await self._run(self._db.add_call_members, session_id, list(uids))
+
+    async def call_members(self, session_id: str) -> dict[str, str | None]:
+        return await self._run(self._db.call_members, session_id)
+
+    async def decline_call_member(
+        self, session_id: str, uid: str, status: CallStatus
+    ) -> dict[str, str | None]:
+        return await self._run(self._db.decline_call_member, session_id, uid, str(status))
+
+    async def set_door_permission(self, uid: str, allowed: bool) -> bool:
+        return await self._run(self._db.set_door_permission, uid, allowed)
+
+    async def door_permission(self, uid: str) -> bool:
+        return await self._run(self._db.door_permission, uid)
+
+    async def add_door_request(self, session_id: str, nonce: str, door_uid: str, by_uid: str) -> bool:
+        return await self._run(self._db.add_door_request, session_id, nonce, door_uid, by_uid)
+
+    async def answer_door_request(
+        self, session_id: str, nonce: str, door_uid: str, by_uid: str, opened: bool, reason: str | None
+    ) -> bool:
+        return await self._run(
+            self._db.answer_door_request, session_id, nonce, door_uid, by_uid, opened, reason
+        )
+
+    async def door_openings(self, session_ids: Collection[str]) -> dict[str, list[DoorOpeningJson]]:
+        return await self._run(self._db.door_openings, list(session_ids))
+
     async def create_call(self, call: CallRecord) -> None:
         await self._run(self._db.create_call, call)
 
@@ -445,6 +721,7 @@ class SqliteStorage(Storage):
         ended_at: int | None = None,
         duration_seconds: int | None = None,
         has_recording: bool | None = None,
+        answered_by: str | None = None,
     ) -> CallRecord | None:
         columns = {
             "status": None if status is None else str(status),
@@ -453,6 +730,7 @@ class SqliteStorage(Storage):
             "ended_at": ended_at,
             "duration_seconds": duration_seconds,
             "has_recording": None if has_recording is None else int(has_recording),
+            "answered_by": answered_by,
         }
         changes = {column: value for column, value in columns.items() if value is not None}
         return await self._run(self._db.update_call, session_id, if_status, changes)

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from kiosk.protocol import CallStatus, CallType
+from kiosk.protocol import CallStatus, CallType, DoorOpeningJson
 from kiosk.server.clock import now_ms
 from kiosk.server.models import CallRecord, User
-from kiosk.server.storage import Direction, Storage, UserExistsError
+from kiosk.server.storage import Direction, Storage, UserExistsError, door_opening
 from kiosk.server.tokens import ADMIN_KEY_ENV, AdminKey, AdminKeySetup, hash_secret, new_secret
 
 SCHEMA_VERSION = 1
@@ -65,6 +65,33 @@ CREATE INDEX IF NOT EXISTS calls_by_initiator ON calls(initiator_uid, initiated_
 CREATE INDEX IF NOT EXISTS calls_by_receiver ON calls(receiver_uid, initiated_at);
 CREATE INDEX IF NOT EXISTS calls_by_status ON calls(status);
 ALTER TABLE users ADD COLUMN IF NOT EXISTS removed_at BIGINT;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS can_open_doors BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS is_group BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE calls ADD COLUMN IF NOT EXISTS answered_by TEXT;
+CREATE TABLE IF NOT EXISTS group_members (
+    group_uid TEXT NOT NULL REFERENCES users(uid),
+    member_uid TEXT NOT NULL REFERENCES users(uid),
+    PRIMARY KEY (group_uid, member_uid)
+);
+CREATE TABLE IF NOT EXISTS call_members (
+    session_id TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    declined TEXT,
+    PRIMARY KEY (session_id, uid)
+);
+CREATE INDEX IF NOT EXISTS call_members_by_uid ON call_members(uid);
+CREATE TABLE IF NOT EXISTS door_requests (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY,
+    session_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    door_uid TEXT NOT NULL,
+    by_uid TEXT NOT NULL,
+    asked_at BIGINT NOT NULL,
+    answered_at BIGINT,
+    opened BOOLEAN,
+    reason TEXT,
+    PRIMARY KEY (session_id, nonce)
+);
 CREATE TABLE IF NOT EXISTS revocations (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     uid TEXT NOT NULL,
@@ -78,11 +105,22 @@ CREATE TABLE IF NOT EXISTS server_secrets (
 """
 
 _CALL_COLUMNS = """c.session_id, c.type, c.status, c.initiated_at, c.joined_at, c.ended_at, c.duration_seconds,
-       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar"""
-_CALL_JOINS = "JOIN users i ON i.uid = c.initiator_uid JOIN users r ON r.uid = c.receiver_uid"
+       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar, r.is_group, a.uid, a.name, a.avatar"""
+_CALL_JOINS = (
+    "JOIN users i ON i.uid = c.initiator_uid JOIN users r ON r.uid = c.receiver_uid "
+    "LEFT JOIN users a ON a.uid = c.answered_by"
+)
 _CALL_SELECT = f"SELECT {_CALL_COLUMNS} FROM calls c {_CALL_JOINS}"
 
-_UPDATABLE_COLUMNS = ("status", "type", "joined_at", "ended_at", "duration_seconds", "has_recording")
+_UPDATABLE_COLUMNS = (
+    "status",
+    "type",
+    "joined_at",
+    "ended_at",
+    "duration_seconds",
+    "has_recording",
+    "answered_by",
+)
 
 
 class DatabaseUnavailableError(Exception):
@@ -127,6 +165,8 @@ def _call_from_row(row: Any) -> CallRecord:
         has_recording=bool(row[7]),
         initiator=User(row[8], row[9], row[10]),
         receiver=User(row[11], row[12], row[13]),
+        group=bool(row[14]),
+        answered_by=User(row[15], row[16], row[17]) if row[15] is not None else None,
     )
 
 
@@ -283,6 +323,65 @@ class PostgresStorage(Storage):
     async def remove_user(self, uid: str) -> bool:
         return await self.revoke_tokens(uid, remove=True)
 
+    async def set_door_permission(self, uid: str, allowed: bool) -> bool:
+        if not _storable(uid):
+            return False
+        done = await self._get_pool().execute(
+            "UPDATE users SET can_open_doors = $1 WHERE uid = $2 AND removed_at IS NULL", allowed, uid
+        )
+        return str(done).endswith(" 1")
+
+    async def door_permission(self, uid: str) -> bool:
+        if not _storable(uid):
+            return False
+        allowed = await self._get_pool().fetchval(
+            "SELECT can_open_doors FROM users WHERE uid = $1 AND removed_at IS NULL", uid
+        )
+        return bool(allowed)
+
+    async def add_door_request(self, session_id: str, nonce: str, door_uid: str, by_uid: str) -> bool:
+        try:
+            await self._get_pool().execute(
+                "INSERT INTO door_requests (session_id, nonce, door_uid, by_uid, asked_at) VALUES ($1, $2, $3, $4, $5)",
+                session_id,
+                nonce,
+                door_uid,
+                by_uid,
+                now_ms(),
+            )
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
+
+    async def answer_door_request(
+        self, session_id: str, nonce: str, door_uid: str, by_uid: str, opened: bool, reason: str | None
+    ) -> bool:
+        if reason is not None and not _storable(reason):
+            reason = None
+        done = await self._get_pool().execute(
+            "UPDATE door_requests SET answered_at = $1, opened = $2, reason = $3 WHERE session_id = $4 "
+            "AND nonce = $5 AND door_uid = $6 AND by_uid = $7 AND answered_at IS NULL",
+            now_ms(),
+            opened,
+            reason,
+            session_id,
+            nonce,
+            door_uid,
+            by_uid,
+        )
+        return str(done).endswith(" 1")
+
+    async def door_openings(self, session_ids: Collection[str]) -> dict[str, list[DoorOpeningJson]]:
+        rows = await self._get_pool().fetch(
+            "SELECT session_id, door_uid, by_uid, asked_at, opened, reason FROM door_requests "
+            "WHERE session_id = ANY($1::text[]) ORDER BY asked_at, seq",
+            list(session_ids),
+        )
+        found: dict[str, list[DoorOpeningJson]] = {}
+        for row in rows:
+            found.setdefault(row[0], []).append(door_opening(row[1], row[2], row[3], row[4], row[5]))
+        return found
+
     async def revocations(self) -> int:
         return int(await self._get_pool().fetchval("SELECT COALESCE(MAX(id), 0) FROM revocations"))
 
@@ -303,9 +402,87 @@ class PostgresStorage(Storage):
     async def list_users(self) -> list[User]:
         # COLLATE "C": code point order, as SQLite's BINARY collation, whatever the database's locale.
         rows = await self._get_pool().fetch(
-            'SELECT uid, name, avatar FROM users WHERE removed_at IS NULL ORDER BY uid COLLATE "C"'
+            'SELECT uid, name, avatar FROM users WHERE removed_at IS NULL AND NOT is_group ORDER BY uid COLLATE "C"'
         )
         return [User(*row) for row in rows]
+
+    async def create_group(self, group: User) -> None:
+        try:
+            await self._get_pool().execute(
+                "INSERT INTO users (uid, name, avatar, created_at, is_group) VALUES ($1, $2, $3, $4, TRUE)",
+                group.uid,
+                group.name,
+                group.avatar,
+                now_ms(),
+            )
+        except asyncpg.UniqueViolationError:
+            raise UserExistsError(group.uid) from None
+
+    async def _is_group(self, uid: str) -> bool:
+        if not _storable(uid):
+            return False
+        found = await self._get_pool().fetchval(
+            "SELECT is_group FROM users WHERE uid = $1 AND removed_at IS NULL", uid
+        )
+        return bool(found)
+
+    async def group_members(self, uid: str) -> list[User] | None:
+        if not await self._is_group(uid):
+            return None
+        rows = await self._get_pool().fetch(
+            "SELECT u.uid, u.name, u.avatar FROM group_members g JOIN users u ON u.uid = g.member_uid "
+            'WHERE g.group_uid = $1 AND u.removed_at IS NULL ORDER BY u.uid COLLATE "C"',
+            uid,
+        )
+        return [User(*row) for row in rows]
+
+    async def set_group_member(self, group_uid: str, member_uid: str, member: bool) -> bool:
+        user = await self.get_user(member_uid)
+        if not await self._is_group(group_uid) or user is None or await self._is_group(member_uid):
+            return False
+        if member:
+            await self._get_pool().execute(
+                "INSERT INTO group_members (group_uid, member_uid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                group_uid,
+                member_uid,
+            )
+        else:
+            await self._get_pool().execute(
+                "DELETE FROM group_members WHERE group_uid = $1 AND member_uid = $2", group_uid, member_uid
+            )
+        return True
+
+    async def list_groups(self) -> list[tuple[User, list[str]]]:
+        rows = await self._get_pool().fetch(
+            'SELECT uid, name, avatar FROM users WHERE is_group AND removed_at IS NULL ORDER BY uid COLLATE "C"'
+        )
+        return [(User(*row), [m.uid for m in await self.group_members(row[0]) or []]) for row in rows]
+
+    async def add_call_members(self, session_id: str, uids: Collection[str]) -> None:
+        await self._get_pool().executemany(
+            "INSERT INTO call_members (session_id, uid) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [(session_id, uid) for uid in uids],
+        )
+
+    async def call_members(self, session_id: str) -> dict[str, str | None]:
+        if not _storable(session_id):
+            return {}
+        rows = await self._get_pool().fetch(
+            'SELECT uid, declined FROM call_members WHERE session_id = $1 ORDER BY uid COLLATE "C"',
+            session_id,
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def decline_call_member(
+        self, session_id: str, uid: str, status: CallStatus
+    ) -> dict[str, str | None]:
+        await self._get_pool().execute(
+            "UPDATE call_members SET declined = $1 WHERE session_id = $2 AND uid = $3",
+            str(status),
+            session_id,
+            uid,
+        )
+        return await self.call_members(session_id)
 
     async def create_call(self, call: CallRecord) -> None:
         await self._get_pool().execute(
@@ -341,6 +518,7 @@ class PostgresStorage(Storage):
         ended_at: int | None = None,
         duration_seconds: int | None = None,
         has_recording: bool | None = None,
+        answered_by: str | None = None,
     ) -> CallRecord | None:
         pool = self._get_pool()
         values = {
@@ -350,6 +528,7 @@ class PostgresStorage(Storage):
             "ended_at": ended_at,
             "duration_seconds": duration_seconds,
             "has_recording": None if has_recording is None else bool(has_recording),
+            "answered_by": answered_by,
         }
         changes = {column: values[column] for column in _UPDATABLE_COLUMNS if values[column] is not None}
         if not _storable(session_id):
@@ -387,12 +566,14 @@ class PostgresStorage(Storage):
         if not _storable(uid):
             return [], 0
         params: list[Any] = [uid]
+        # A ring group's call is in the log of every member it rang (an incoming call for them).
+        rung = "c.session_id IN (SELECT session_id FROM call_members WHERE uid = $1)"
         if direction == "outgoing":
             where = ["c.initiator_uid = $1"]
         elif direction == "incoming":
-            where = ["c.receiver_uid = $1"]
+            where = [f"(c.receiver_uid = $1 OR {rung})"]
         else:
-            where = ["(c.initiator_uid = $1 OR c.receiver_uid = $1)"]
+            where = [f"(c.initiator_uid = $1 OR c.receiver_uid = $1 OR {rung})"]
         for column, value in (
             ("type", None if type is None else str(type)),
             ("status", None if status is None else str(status)),

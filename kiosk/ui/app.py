@@ -86,14 +86,20 @@ async def run_kiosk_async(
             device_name=config.identity.name,
             contacts=config.ui.contacts,
             avatar_mode=config.ui.avatar_mode,
+            screen_touched=kiosk.screen.touched if kiosk.screen is not None else None,
         )
         if kiosk.users is not None:
             url, visitor = kiosk.server_url, kiosk.users.visitor_token
+            door = " --open-door-after 1" if config.door.pin is not None else ""
             out.write(
                 "call this kiosk with:\n"
-                f"  kiosk endpoint --server {url} --auth-token {visitor} --call {kiosk.users.uid} --loopback\n"
+                f"  kiosk endpoint --server {url} --auth-token {visitor} --call {kiosk.users.uid} --loopback{door}\n"
                 f"or from a browser: {url}/app/#token={visitor}\n"
             )
+            if door:
+                out.write(
+                    "in the call, the visitor's Open door (or --open-door-after) releases this kiosk's door\n"
+                )
             out.flush()
         # systemd (kiosk.service, Type=notify): ready once the window is up; the watchdog is fed from
         # this loop, so a blocked loop gets the kiosk restarted.

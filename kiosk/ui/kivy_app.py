@@ -328,6 +328,8 @@ class InCallScreen(Screen):
             ),
             ("record", settings.show_recording_button, "Record", app.toggle_recording, GREY),
             ("mode", settings.show_mode_button, "Grid", app.next_mode, GREY),
+            # Shown only while a door kiosk is in the call and this user may open doors (update_bar).
+            ("door", True, "Open door", controller.open_door, GREEN),
             ("end", settings.show_end_call_button, "End", controller.end_pressed, RED),
         ]
         for key, show, text, action, colour in wanted:
@@ -347,6 +349,13 @@ class InCallScreen(Screen):
             return session.audio_only
         return call is not None and call.type == CallType.AUDIO
 
+    def door_in_call(self) -> bool:
+        """A door kiosk is in the call and this user may ask it to open."""
+        calls, session = self.app.calls, self.app.calls.session
+        if session is None or not session.active or not calls.can_open_doors:
+            return False
+        return any(p.door for p in session.participants.values())
+
     def update_bar(self) -> None:
         state, session = self.app.controller.state, self.app.calls.session
         buttons = self.buttons
@@ -361,7 +370,13 @@ class InCallScreen(Screen):
             buttons["audio_mode"].text = AUDIO_MODE_WORDS.get(mode, mode.title() or "Audio")
         # Only an audio call can become a video call; camera buttons only make sense in a video call.
         audio_only = self.audio_only()
-        for key, wanted in (("to_video", audio_only), ("video", not audio_only), ("camera", not audio_only)):
+        door = self.door_in_call()
+        for key, wanted in (
+            ("to_video", audio_only),
+            ("video", not audio_only),
+            ("camera", not audio_only),
+            ("door", door),
+        ):
             button = buttons.get(key)
             if button is None:
                 continue
@@ -683,6 +698,10 @@ class _UiListener(CallEventListener):
 
     def on_user_joined(self, user: RTCUser) -> None:
         self.app.in_call.hide_timeout_warning()  # no longer alone
+        self.app.in_call.update_bar()  # a door kiosk came: its Open door button
+
+    def on_user_left(self, user: RTCUser) -> None:
+        self.app.in_call.update_bar()
 
     def on_session_timeout_warning(self, seconds_left: int) -> None:
         self.app.in_call.show_timeout_warning(seconds_left)
@@ -710,9 +729,12 @@ class KioskApp(App):
         avatar_mode: str = "circle",
         ended_seconds: float = 5.0,
         store: FrameStore | None = None,
+        screen_touched: Callable[[], bool] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # Told of every touch (the screen waker); True: the touch only woke the screen, drop it.
+        self.screen_touched = screen_touched
         self.title = device_name
         self.controller = controller
         self.calls = controller.calls
@@ -772,6 +794,7 @@ class KioskApp(App):
         self.calls.add_call_event_listener("kiosk-ui", _UiListener(self))
         self.controller.add_observer(self._on_state)
         Window.bind(on_key_down=self._on_key)
+        Window.bind(on_touch_down=self._on_touch_down)
         Window.bind(on_flip=finish_drawing)
         self._ticks = [
             Clock.schedule_interval(lambda dt: self._tick(), 1 / DISPLAY_FPS),
@@ -791,6 +814,7 @@ class KioskApp(App):
         self.controller.remove_observer(self._on_state)
         self.calls.remove_call_event_listener("kiosk-ui")
         Window.unbind(on_key_down=self._on_key)
+        Window.unbind(on_touch_down=self._on_touch_down)
         Window.unbind(on_flip=finish_drawing)
         self._stop_preview()
         self._cancel_back_home()
@@ -1088,6 +1112,18 @@ class KioskApp(App):
             return
         me = self.calls.user.uid if self.calls.user is not None else ""
         self.home.show_recent([describe_call(call, me) for call in page.calls[:5]])
+
+    def _on_touch_down(self, window: Any, touch: Any) -> bool:
+        # Bound on the Window, so it runs before any widget sees the touch: returning True stops it
+        # there, and the button under a finger on a dark screen is not pressed (nor grabbed, so its
+        # release does nothing either).
+        if self.screen_touched is None:
+            return False
+        try:
+            return bool(self.screen_touched())
+        except Exception:
+            log.exception("screen waker failed on a touch")
+            return False
 
     def _on_key(
         self, window: Any, key: int, scancode: int, codepoint: str | None, modifiers: list[str]

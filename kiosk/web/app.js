@@ -119,11 +119,34 @@ async function signIn(token) {
   usersTimer = setInterval(refreshUsers, USERS_REFRESH_MS);
 }
 
+// A browser paired with a building host keeps its token across visits (the code was good once).
+const pairedTokenKey = "kiosk-paired-token";
+
+async function pairBrowser(code, name) {
+  name = name || window.prompt("Your name, as the others will see it:", "") || "Browser";
+  say("Pairing…");
+  try {
+    const response = await fetch("/v1/pair", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ code, name }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (response.status !== 201) throw new Error(body.error?.message || `HTTP ${response.status}`);
+    localStorage.setItem(pairedTokenKey, body.authToken);
+    await signIn(body.authToken);
+  } catch (err) {
+    say(`Not paired: ${err.message || err}`, true);
+    show("signin");
+  }
+}
+
 function signOut() {
   ringtone.stop();
   $("connection").hidden = true;
   clearInterval(usersTimer);
   sessionStorage.removeItem("kiosk-token");
+  localStorage.removeItem(pairedTokenKey);
   Calls.logout();
   me = null;
   $("me").textContent = "";
@@ -276,9 +299,15 @@ function showRecording(on) {
   $("call-recording").hidden = !on;
 }
 
+// "Open door" while a door kiosk is in the call and this user may open doors.
+function refreshDoor() {
+  $("door-bar").hidden = !(Calls.canOpenDoors() && Calls.doors().length > 0);
+}
+
 async function startCall(call) {
   current = call;
   $("call-warning").hidden = true;
+  $("door-bar").hidden = true;
   showRecording(false);
   show("call");
   say("Connecting…");
@@ -286,8 +315,15 @@ async function startCall(call) {
     onUserJoined: (user) => {
       $("call-idle").hidden = true;
       say(`${user.name} joined.`, false, true);
+      refreshDoor();
+    },
+    onUserListUpdated: () => refreshDoor(),
+    onDoorOpened: (result) => {
+      if (result.opened) say(`${result.door.name} released (${result.openedBy.name}).`, false, true);
+      else say(`The door was not released: ${result.reason || "no reason given"}.`, true);
     },
     onUserLeft: (user) => {
+      refreshDoor();
       say(`${user.name} left.`, false, true);
       // A group call ended for everyone is no 1:1 onCallEnded: the others left, and the session is gone.
       if (current === call && !Calls.inSession()) callOver("The call has ended.");
@@ -362,7 +398,8 @@ Calls.addCallListener("page", {
     if (ringing?.sessionId !== call.sessionId) return;
     ringing = null;
     ringtone.stop();
-    say(`Missed call from ${call.initiator.name}.`);
+    if (call.answeredBy) say(`${call.initiator.name}'s call to ${call.receiver.name} was answered by ${call.answeredBy.name}.`);
+    else say(`Missed call from ${call.initiator.name}.`);
     show("lobby");
   },
   onOutgoingCallAccepted: onOutgoingAnswer,
@@ -392,6 +429,9 @@ $("signout").addEventListener("click", signOut);
 $("accept").addEventListener("click", acceptIncoming);
 $("reject").addEventListener("click", rejectIncoming);
 $("cancel").addEventListener("click", cancelCall);
+$("open-door").addEventListener("click", () => {
+  Calls.openDoor().catch((err) => say(describe(err), true));
+});
 $("call-stay").addEventListener("click", () => {
   $("call-idle").hidden = true;
   if (Calls.inSession()) Calls.stay();
@@ -409,13 +449,18 @@ try {
   say(describe(err), true);
 }
 const linkToken = fragment.get("token") || params.get("token");
-if (linkToken) {
+// A building host's pairing link, #pair=CODE[&name=NAME] (docs/intercom.md): the one-time code from
+// its screen, in the fragment too. Taken out of the address bar at once: it is used up by pairing.
+const pairCode = fragment.get("pair");
+const pairName = fragment.get("name");
+if (linkToken || pairCode) {
   params.delete("token");
-  fragment.delete("token");
+  for (const key of ["token", "pair", "name"]) fragment.delete(key);
   const query = params.toString();
   const hash = fragment.toString();
   history.replaceState(null, "", window.location.pathname + (query ? `?${query}` : "") + (hash ? `#${hash}` : ""));
 }
-const token = linkToken || sessionStorage.getItem("kiosk-token");
-if (token) signIn(token);
+const token = linkToken || sessionStorage.getItem("kiosk-token") || localStorage.getItem(pairedTokenKey);
+if (pairCode) pairBrowser(pairCode, pairName);
+else if (token) signIn(token);
 else show("signin");

@@ -53,6 +53,7 @@ const state = {
   user: null,
   signaling: null,
   reconnects: 0, // bumped to stop a reconnect loop (logout, or a newer loss)
+  canOpenDoors: false, // as the server said at sign-in
   reconnecting: false,
   refreshing: false, // the connection is being dropped on purpose (a probe went unanswered)
   session: null,
@@ -207,6 +208,7 @@ async function connect(authToken, timeoutMs = REQUEST_TIMEOUT_MS) {
   signaling.onclose = () => onSignalingClosed(signaling);
   try {
     const reply = await signaling.request("auth", { authToken }, timeoutMs);
+    state.canOpenDoors = !!reply.canOpenDoors;
     return { signaling, user: reply.user };
   } catch (err) {
     signaling.drop();
@@ -329,6 +331,14 @@ function onPush(message) {
 
 function onCallUpdated(call) {
   const mine = state.user && call.initiator.uid === state.user.uid;
+  if (call.status === "ongoing" && call.answeredBy && !mine && call.answeredBy.uid !== state.user?.uid) {
+    // A ring group's call another member answered: it stops ringing here ("answered elsewhere").
+    if (state.activeCall && state.activeCall.sessionId === call.sessionId) {
+      state.activeCall = null;
+      emitCall("onIncomingCallCancelled", call);
+    }
+    return;
+  }
   const final = !["initiated", "ongoing"].includes(call.status);
   if (state.activeCall && state.activeCall.sessionId === call.sessionId) {
     state.activeCall = final ? null : call;
@@ -1424,6 +1434,16 @@ class Session {
           this.emit("onCallSwitchedToVideo", { requestedBy: message.requestedBy, sessionId: this.sessionId }),
         );
         break;
+      case "door.opened":
+        // A door kiosk in this call answered a request (ours or another's): released, or why not.
+        this.emit("onDoorOpened", {
+          door: message.door,
+          openedBy: message.by,
+          opened: !!message.opened,
+          reason: message.reason || "",
+          at: message.at,
+        });
+        break;
       case "recording":
         this.emit("onRecordingToggled", { recording: message.recording, user: message.user, at: message.at });
         break;
@@ -1594,6 +1614,31 @@ export function switchToVideoCall() {
   if (state.signaling)
     state.signaling.request("switch.video", { sessionId: s.sessionId }).catch((err) => s.error(err.code, err.message));
   return s.becomeVideo();
+}
+
+/** Whether the server lets this user ask a door kiosk in its call to open (as of sign-in). */
+export function canOpenDoors() {
+  return !!state.canOpenDoors;
+}
+
+/** The participants of the active call that drive a door (a door kiosk). */
+export function doors() {
+  const s = state.session;
+  if (!s || !s.active) return [];
+  return [...s.participants.values()].filter((p) => p.door).map((p) => ({ uid: p.uid, name: p.name }));
+}
+
+/** Ask the door kiosk `uid` in the active call (default: the only one) to release its door. Resolves
+ * once the server passed the request on; the answer comes to everyone as onDoorOpened. */
+export async function openDoor(uid) {
+  const s = activeSession("openDoor");
+  const found = doors();
+  const target = uid || (found.length === 1 ? found[0].uid : null);
+  if (!target) throw new CallsError("NO_DOOR", found.length ? "several doors in this call: name one" : "nobody in this call has a door");
+  if (!state.signaling) throw new CallsError("CONNECTION_LOST", "not connected to the call server");
+  const bytes = crypto.getRandomValues(new Uint8Array(18));
+  const nonce = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  await state.signaling.request("door.open", { sessionId: s.sessionId, to: target, nonce });
 }
 
 export function setMode(mode) {
