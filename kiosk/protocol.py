@@ -48,6 +48,7 @@ MAX_SDP_LENGTH = 60 * 1024
 # grammar (host names as addresses, a ufrag of up to 256 characters, extensions) allows several
 # hundred, so 2,048 refuses none that is real.
 MAX_CANDIDATE_LENGTH = 2048
+MAX_PICTURE_BYTES = 60 * 1024  # a ringing caller's still (JPEG), within the 64 KiB body limit
 MAX_DOOR_REASON_LENGTH = 200  # a door's "why not", shown to both sides
 MIN_DOOR_NONCE_LENGTH = 16  # a door.open's nonce: long enough that guessing one is hopeless
 MAX_ICE_TOKEN_LENGTH = 256  # sdpMid ("0" in practice) and usernameFragment (4 to 256 characters)
@@ -382,6 +383,7 @@ class CallJson(TypedDict):
     doorOpenings: NotRequired[list[DoorOpeningJson]]  # in call logs: every door release asked in the call
     group: NotRequired[bool]  # the receiver is a ring group: every member rang, the first to answer took it
     answeredBy: NotRequired[UserJson]  # a ring group's call: the member who answered
+    hasPicture: NotRequired[bool]  # a still of the caller from the ring (GET /v1/calls/{id}/picture)
 
 
 class ErrorJson(TypedDict):

@@ -337,6 +337,15 @@ async def test_revocation_doors_and_ring_groups_on_both_stores(open_storage: Ope
     assert answered is not None and answered.group and answered.answered_by == DESK
     calls, total = await storage.list_calls("hall", direction="incoming")
     assert total == 1 and calls[0].session_id == "g1"  # a member it rang has it in its log
+    # A ringing caller's stills: the newest kept, flagged on the call, removed by the retention.
+    assert await other.call_picture("g1") is None and not calls[0].has_picture
+    await storage.set_call_picture("g1", b"\xff\xd8\xff first")
+    await other.set_call_picture("g1", b"\xff\xd8\xff second")
+    picture = await storage.call_picture("g1")
+    assert picture is not None and picture[0] == b"\xff\xd8\xff second"
+    assert (await other.get_call("g1")).has_picture  # type: ignore[union-attr]
+    assert await storage.delete_pictures_before(500) == 0  # g1 began at 1000
+    assert await other.delete_pictures_before(1001) == 1 and await storage.call_picture("g1") is None
     # A removed user is gone from the directory; its uid stays taken.
     assert await storage.remove_user("hall")
     assert await other.get_user("hall") is None and not await other.remove_user("hall")

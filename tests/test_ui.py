@@ -340,6 +340,9 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             # the visitor rings the kiosk: incoming screen
             await visitor_kiosk.call("front-door")
             await wait_until(lambda: on("incoming"), 10, "incoming screen")
+            # Who is calling, before answering: the visitor's camera stills, in the avatar's place.
+            await wait_until(lambda: app.incoming.pictures_shown >= 2, 10, "the caller's stills")
+            assert app.incoming.picture.opacity == 1 and app.incoming.avatar.opacity == 0
             await shot("incoming")
 
             # accept by touch
@@ -491,6 +494,16 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             await visitor_kiosk.hang_up()
             await wait_until(lambda: on("ended"), 10, "ended by the visitor")
             texts["hung_up"] = app.current_texts()
+
+            # A missed call (the visitor gives up before an answer): home shows who it was, as the
+            # visitor's camera saw them while it rang.
+            await wait_until(lambda: on("home"), 10, "home again")
+            shown = app.incoming.pictures_shown
+            await visitor_kiosk.call("front-door")
+            await wait_until(lambda: app.incoming.pictures_shown > shown, 10, "the caller's still")
+            await visitor_kiosk.hang_up()
+            await wait_until(lambda: on("home"), 15, "home after the missed call")
+            await wait_until(lambda: app.home.missed_picture.opacity == 1, 10, "the missed caller's picture")
         finally:
             VideoTile.on_upload = None
             app.stop()

@@ -553,3 +553,18 @@ async def test_a_page_in_a_ring_group_stops_ringing_when_another_member_answers(
         await desk.calls.accept_call(call.session_id)
         await page.locator("#message").filter(has_text="answered by Desk").wait_for()
         assert await page.locator("#incoming").is_hidden()
+
+
+async def test_a_page_sees_who_is_calling_before_answering_and_a_missed_callers_picture(
+    tmp_path, monkeypatch
+):
+    async with web_call(tmp_path, "door") as (server, (door,), browser, token):
+        page = await _open_app(browser, server.url, token)
+        await door.calls.initiate_call("visitor", "video")
+        await page.locator("#incoming").wait_for()
+        # Shown once the first still came, decoded at the stills' size.
+        await page.wait_for_function("() => document.getElementById('incoming-picture').naturalWidth === 320")
+        await door.calls.end_call(door.calls.get_active_call().session_id)  # the visitor at the door gave up
+        await page.wait_for_function(
+            "() => { const img = document.getElementById('missed-picture'); return !img.hidden && img.naturalWidth === 320; }"
+        )

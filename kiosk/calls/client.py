@@ -30,6 +30,7 @@ from kiosk.calls.events import AudioModeInfo, CallError, ListenerRegistry, RTCUs
 from kiosk.calls.memory import return_freed_memory
 from kiosk.calls.peer import SessionStats
 from kiosk.calls.ports import SessionOver, as_call_view
+from kiosk.calls.ring_preview import RingPreview
 from kiosk.calls.session import CallSession, SessionInfo
 from kiosk.calls.settings import CallSettings, CallSettingsBuilder
 from kiosk.calls.signaling import RestClient, SignalingClient
@@ -78,6 +79,7 @@ class Call:
     direction: str | None = None
     group: bool = False  # the receiver is a ring group: every member rang
     answered_by: RTCUser | None = None  # a ring group's call: the member who took it
+    has_picture: bool = False  # a still of the caller from the ring (Calls.get_call_picture)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Call:
@@ -96,6 +98,7 @@ class Call:
             direction=data.get("direction"),
             group=bool(data.get("group")),
             answered_by=RTCUser.from_json(data["answeredBy"]) if data.get("answeredBy") else None,
+            has_picture=bool(data.get("hasPicture")),
         )
 
     # The documents' getters.
@@ -133,6 +136,7 @@ class Calls:
         reconnect: bool = True,
         ca_file: str | Path | None = None,
         door: DoorOpener | None = None,
+        ring_pictures: bool = True,
     ) -> None:
         check_aiortc()  # aiortc's private parts this SDK uses: IncompatibleLibrary now, not mid-call
         read_datagrams_dry()  # before any ICE socket is made: media must not queue behind a busy loop
@@ -156,6 +160,9 @@ class Calls:
         self.ca_file = ca_file
         # A door relay this endpoint drives (a door kiosk): others in its calls may ask it to release.
         self.door_opener = door
+        # While a video call it made rings: stills of its camera to the server (kiosk.calls.ring_preview).
+        self.ring_pictures = ring_pictures
+        self._ring_preview: tuple[str, RingPreview] | None = None
         if ice_host_addresses is not None:
             ice.restrict_host_addresses(ice_host_addresses)
         self.listeners = ListenerRegistry()
@@ -171,6 +178,7 @@ class Calls:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._grace_task: asyncio.Task[None] | None = None
         self._refreshing = False
+        self._ring_stopping: asyncio.Future[None] | None = None
         self._accepting: set[str] = set()  # calls this endpoint is accepting now
         self._accepted_here: str | None = None  # the last call this endpoint accepted
         self._ending: asyncio.Future[None] | None = None
@@ -252,6 +260,7 @@ class Calls:
     async def close(self) -> None:
         """End any session, close the signaling connection and the HTTP client."""
         self._closing = True
+        await self._stop_ring_preview()
         if self._session is not None:
             with contextlib.suppress(CallsError):
                 await self.end_session()
@@ -420,6 +429,9 @@ class Calls:
             token, session_id = call_token, _session_of(call_token)
         call_view = as_call_view(view)
         await self.login()
+        # A ring's stills had the camera: it must be closed before the session opens it (a Pi
+        # camera opens once at a time).
+        await self._stop_ring_preview()
         session = CallSession(
             self,
             session_id,
@@ -616,7 +628,32 @@ class Calls:
         call = Call.from_json(data)
         if call.status not in FINAL_CALL_STATUSES:
             self.active_call = call
+            if self.ring_pictures and call.type == CallType.VIDEO:
+                await self._stop_ring_preview()  # another ring's, still closing its camera
+                self._start_ring_preview(call.session_id, token)
         return call
+
+    def _start_ring_preview(self, session_id: str, token: str) -> None:
+        async def upload(jpeg: bytes) -> None:
+            await self.rest.put_image(f"/calls/{session_id}/picture", jpeg, auth_token=token)
+
+        preview = RingPreview(self.devices, upload)
+        self._ring_preview = (session_id, preview)
+        preview.start()
+
+    async def _stop_ring_preview(self, session_id: str | None = None) -> None:
+        """Stop the stills (of this call only, if given); the camera is closed when this returns."""
+        current = self._ring_preview
+        if current is None or (session_id is not None and current[0] != session_id):
+            return
+        self._ring_preview = None
+        await current[1].stop()
+
+    async def get_call_picture(self, session_id: str) -> bytes | None:
+        """The still of the caller of this call (JPEG): while it rings, the newest (call it a couple of
+        times a second for a preview); after, the last one taken. None if there is none."""
+        token = self._require_token("get_call_picture")
+        return await self.rest.get_image(f"/calls/{session_id}/picture", auth_token=token)
 
     async def accept_call(self, session_id: str) -> Call:
         # Marked before the request: the server's call.updated may come before its answer, and an
@@ -725,6 +762,9 @@ class Calls:
 
     def _on_call_updated(self, call: Call) -> None:
         mine = self.user is not None and call.initiator.uid == self.user.uid
+        if mine and call.status != CallStatus.INITIATED:
+            # Answered or over: no more stills. The session, if one starts, waits for the camera.
+            self._ring_stopping = asyncio.ensure_future(self._stop_ring_preview(call.session_id))
         status = call.status
         here = call.session_id in self._accepting or call.session_id == self._accepted_here
         if status == CallStatus.ONGOING and not mine and not here:

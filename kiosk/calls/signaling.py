@@ -30,6 +30,7 @@ from kiosk.protocol import (
     PongReply,
     ServerMessage,
     UserJson,
+    decode_json,
     server_message,
 )
 
@@ -81,6 +82,41 @@ class RestClient:
                     raise _error_from(data, response.status)
                 if not isinstance(data, dict):
                     raise CallsError("BAD_RESPONSE", f"{method} {path}: server sent no JSON object")
+                return data
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionFailedError(
+                f"cannot reach the call server at {self.base_url}: {exc or type(exc).__name__}"
+            ) from exc
+
+    async def put_image(self, path: str, jpeg: bytes, *, auth_token: str) -> None:
+        """PUT a JPEG (a ringing caller's still)."""
+        await self._binary("PUT", path, auth_token, jpeg)
+
+    async def get_image(self, path: str, *, auth_token: str) -> bytes | None:
+        """GET a JPEG; None when the server has none (404)."""
+        return await self._binary("GET", path, auth_token, None)
+
+    async def _binary(self, method: str, path: str, auth_token: str, body: bytes | None) -> bytes | None:
+        headers = {"Authorization": f"Bearer {auth_token}"}
+        if body is not None:
+            headers["Content-Type"] = "image/jpeg"
+        try:
+            async with self.http.request(
+                method,
+                f"{self.base_url}/v1{path}",
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+            ) as response:
+                data = await response.read()
+                if response.status == 404 and method == "GET":
+                    return None
+                if response.status >= 400:
+                    try:
+                        error = decode_json(data)
+                    except ValueError:
+                        error = None
+                    raise _error_from(error, response.status)
                 return data
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ConnectionFailedError(

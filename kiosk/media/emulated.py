@@ -100,7 +100,9 @@ class EmulatedCamera(CameraSource):
         return self._pattern.draw(self._pacer.count)
 
     def close(self) -> None:
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            self._owner.open_cameras.discard(self.device.device_id)
 
 
 VOICE_LOOP_SECONDS = 4.0  # every modulation below repeats a whole number of times in it
@@ -377,7 +379,9 @@ class EmulatedDevices(MediaDevices):
         self.open_wait_timeout = open_wait_timeout
         self.mixer_percent: dict[str, int] = {d: DEFAULT_MIXER_PERCENT for d in mixer_outputs}
         self.opened_on_loop: list[str] = []  # sound devices opened or closed on an event loop's thread
-        self.busy_refusals = 0  # opens refused because the substream was held
+        self.busy_refusals = 0  # opens refused because the substream (or the camera) was held
+        self.open_cameras: set[str] = set()  # cameras open now: one user each
+        self.camera_opens = 0
         self._holders: dict[str, object] = {}  # substream -> the open source or sink holding it
         self._substreams = threading.Condition()
 
@@ -447,8 +451,16 @@ class EmulatedDevices(MediaDevices):
 
     def open_camera(self, device_id: str) -> CameraSource:
         device = self.find(device_id, "videoinput")
+        # A camera is acquired by one user at a time, as libcamera does (picamera2's Picamera2()
+        # fails with "Camera in use" while another holds it): a second open waits for nothing.
+        if device_id in self.open_cameras:
+            self.busy_refusals += 1
+            raise DeviceBusyError(device_id, "camera in use: it can be open once at a time")
         hue = 90 if device.facing == "back" else 0
-        return EmulatedCamera(self, device, self.width, self.height, self.fps, hue)
+        camera = EmulatedCamera(self, device, self.width, self.height, self.fps, hue)
+        self.open_cameras.add(device_id)
+        self.camera_opens += 1
+        return camera
 
     def open_microphone(self, device_id: str) -> MicrophoneSource:
         return EmulatedMicrophone(self, self.find(device_id, "audioinput"), self.tone_hz, self.sound_file)

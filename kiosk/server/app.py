@@ -18,6 +18,7 @@ from aiohttp import web
 
 from kiosk.protocol import MAX_MESSAGE_BYTES
 from kiosk.server import limits, pairing, rest, signaling
+from kiosk.server.clock import now_ms
 from kiosk.server.config import ServerConfig
 from kiosk.server.connections import Hub
 from kiosk.server.context import CONTEXT, ServerContext
@@ -29,7 +30,7 @@ from kiosk.server.ringing import Ringing
 from kiosk.server.sessions import Sessions
 from kiosk.server.sfu import JanusRooms
 from kiosk.server.state import LiveState, MemoryState
-from kiosk.server.storage import SqliteStorage, Storage
+from kiosk.server.storage import SqliteStorage, Storage, StorageClosedError
 from kiosk.server.tokens import CallTokens, load_admin_key, load_signing_key
 from kiosk.server.web import add_web_routes
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # How long shutdown waits for request handlers after the WebSockets were closed.
 _SHUTDOWN_TIMEOUT = 5.0
+_PICTURE_SWEEP_SECONDS = 3600.0
 # The soft open-file limit to take when the hard one is unlimited (Linux's default fs.nr_open).
 _OPEN_FILES_IF_UNLIMITED = 1 << 20
 
@@ -162,6 +164,7 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         revocations=revocations,
         doors=Doors(state, storage, hub),
     )
+    pictures = asyncio.create_task(_expire_pictures(storage, config.picture_days), name="expire-pictures")
     try:
         await revocations.start()
         if redis_state is not None:
@@ -183,6 +186,7 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
             print(f"admin key: {admin.plain}", flush=True)
         yield
     finally:
+        pictures.cancel()
         await revocations.close()
         await ringing.close()
         if rooms is not None:
@@ -190,6 +194,20 @@ async def _lifecycle(config: ServerConfig, app: web.Application) -> AsyncIterato
         if redis_state is not None:
             await redis_state.close()
         await storage.close()
+
+
+async def _expire_pictures(storage: Storage, days: float) -> None:
+    """Remove the callers' stills of calls older than `days`, at start and then every hour."""
+    while True:
+        try:
+            removed = await storage.delete_pictures_before(now_ms() - int(days * 86_400_000))
+            if removed:
+                log.info("removed %d caller picture(s) older than %g days", removed, days)
+        except StorageClosedError:
+            return
+        except Exception:
+            log.exception("removing old caller pictures failed")
+        await asyncio.sleep(_PICTURE_SWEEP_SECONDS)
 
 
 async def _close_connections(app: web.Application) -> None:

@@ -68,6 +68,13 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "process list)",
     )
     parser.add_argument(
+        "--picture-days",
+        type=float,
+        default=30.0,
+        metavar="DAYS",
+        help="how long a call keeps the still of its caller taken while it rang (default 30; 0: none)",
+    )
+    parser.add_argument(
         "--max-pending-websockets",
         type=int,
         default=20,
@@ -204,6 +211,7 @@ def _run_server(args: argparse.Namespace) -> int:
             admin_key=admin_key,
             cors_origins=list(args.cors_origin),
             max_pending_websockets_per_address=args.max_pending_websockets,
+            picture_days=args.picture_days,
             token_ttl=args.token_ttl,
             ring_timeout=args.ring_timeout,
             max_participants=args.max_participants,

@@ -36,6 +36,8 @@ class ServerConfig:
     # WebSockets not yet authenticated one client address may hold (kiosk.server.limits); 0: no cap.
     # Behind a reverse proxy every client has the proxy's address: raise it (or 0) there.
     max_pending_websockets_per_address: int = 20
+    # How long a call keeps the still of its caller taken while it rang (a missed call's picture).
+    picture_days: float = 30.0
     token_ttl: int = DEFAULT_TOKEN_TTL
     ring_timeout: float = DEFAULT_RING_TIMEOUT
     # None: DEFAULT_MAX_PARTICIPANTS (a mesh), or DEFAULT_SFU_MAX_PARTICIPANTS with an SFU.
@@ -80,6 +82,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.cors_origins = [normalise_origin(origin) for origin in self.cors_origins]
+        if not 0 <= self.picture_days <= 3650:
+            raise ValueError("picture_days must be from 0 to 3650")
         if self.max_pending_websockets_per_address < 0:
             raise ValueError("max_pending_websockets_per_address must be 0 (no cap) or more")
         if self.token_ttl < 1:

@@ -35,6 +35,7 @@ class CallRecord:
     # The receiver is a ring group (its members rang); once answered, the member who took it.
     group: bool = False
     answered_by: User | None = None
+    has_picture: bool = False  # the caller's kiosk sent stills while it rang (the last is kept)
 
     @property
     def is_final(self) -> bool:
@@ -65,6 +66,8 @@ class CallRecord:
             body["group"] = True
         if self.answered_by is not None:
             body["answeredBy"] = self.answered_by.to_json()
+        if self.has_picture:
+            body["hasPicture"] = True
         if viewer_uid is not None:
             body["direction"] = "outgoing" if viewer_uid == self.initiator.uid else "incoming"
         return body

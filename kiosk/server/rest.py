@@ -10,6 +10,7 @@ from kiosk.protocol import (
     MAX_AVATAR_LENGTH,
     MAX_NAME_LENGTH,
     MAX_PAGE,
+    MAX_PICTURE_BYTES,
     CallJson,
     CallStatus,
     CallType,
@@ -301,6 +302,43 @@ async def get_call(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     call = await ctx.ringing.get(user, _session_id(request))
     return web.json_response(_with_doors(call.to_json(), await ctx.storage.door_openings([call.session_id])))
+
+
+@routes.put("/v1/calls/{sessionId}/picture")
+async def put_call_picture(request: web.Request) -> web.Response:
+    """While its call rings, the caller's kiosk sends a still of its camera now and then: the callee
+    sees who is at the door before answering (no audio, no video call yet), and the last still stays
+    with the call (a missed call's picture)."""
+    user = await _user(request)
+    ctx = _ctx(request)
+    session_id = _session_id(request)
+    call = await ctx.ringing.get(user, session_id)
+    if user.uid != call.initiator.uid:
+        raise ProtocolError(ErrorCode.FORBIDDEN, "only the caller sends its picture")
+    if call.status != CallStatus.INITIATED:
+        raise ProtocolError(ErrorCode.INVALID_STATE, f"call {session_id} is {call.status}, not ringing")
+    jpeg = await request.read()
+    if len(jpeg) > MAX_PICTURE_BYTES:
+        raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"a picture is at most {MAX_PICTURE_BYTES} bytes")
+    if not jpeg.startswith(b"\xff\xd8\xff"):
+        raise bad_request("the body must be a JPEG image")
+    await ctx.storage.set_call_picture(session_id, jpeg)
+    return web.Response(status=204)
+
+
+@routes.get("/v1/calls/{sessionId}/picture")
+async def get_call_picture(request: web.Request) -> web.Response:
+    user = await _user(request)
+    ctx = _ctx(request)
+    session_id = _session_id(request)
+    await ctx.ringing.get(user, session_id)  # the call's parties, and the members a group's call rang
+    found = await ctx.storage.call_picture(session_id)
+    if found is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"call {session_id} has no picture")
+    jpeg, at = found
+    return web.Response(
+        body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store", "X-Picture-At": str(at)}
+    )
 
 
 def _with_doors(call: CallJson, openings: dict[str, list[DoorOpeningJson]]) -> CallJson:

@@ -95,6 +95,18 @@ class Storage(ABC):
         """A member declined a ring group's call (rejected or busy); the members after it."""
 
     @abstractmethod
+    async def set_call_picture(self, session_id: str, jpeg: bytes) -> None:
+        """Keep this still of the caller for the call (replacing the one before)."""
+
+    @abstractmethod
+    async def call_picture(self, session_id: str) -> tuple[bytes, int] | None:
+        """The call's still and when it was taken (ms), if it has one."""
+
+    @abstractmethod
+    async def delete_pictures_before(self, at_ms: int) -> int:
+        """Remove the stills of calls begun before `at_ms` (the retention); how many."""
+
+    @abstractmethod
     async def set_door_permission(self, uid: str, allowed: bool) -> bool:
         """Whether the user may ask a door to open; False if there is no such user."""
 
@@ -194,6 +206,11 @@ CREATE TABLE IF NOT EXISTS call_members (
     PRIMARY KEY (session_id, uid)
 );
 CREATE INDEX IF NOT EXISTS call_members_by_uid ON call_members(uid);
+CREATE TABLE IF NOT EXISTS call_pictures (
+    session_id TEXT PRIMARY KEY,
+    jpeg BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS door_requests (
     session_id TEXT NOT NULL,
     nonce TEXT NOT NULL,
@@ -224,7 +241,8 @@ CREATE INDEX IF NOT EXISTS calls_by_status ON calls(status);
 
 _CALL_SELECT = """
 SELECT c.session_id, c.type, c.status, c.initiated_at, c.joined_at, c.ended_at, c.duration_seconds,
-       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar, r.is_group, a.uid, a.name, a.avatar
+       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar, r.is_group, a.uid, a.name, a.avatar,
+       EXISTS (SELECT 1 FROM call_pictures p WHERE p.session_id = c.session_id)
 FROM calls c JOIN users i ON i.uid = c.initiator_uid JOIN users r ON r.uid = c.receiver_uid
 LEFT JOIN users a ON a.uid = c.answered_by
 """
@@ -263,6 +281,7 @@ def _call_from_row(row: tuple[Any, ...]) -> CallRecord:
         receiver=User(row[11], row[12], row[13]),
         group=bool(row[14]),
         answered_by=User(row[15], row[16], row[17]) if row[15] is not None else None,
+        has_picture=bool(row[18]),
     )
 
 
@@ -447,6 +466,28 @@ class SqliteDatabase:
             "UPDATE call_members SET declined = ? WHERE session_id = ? AND uid = ?", (status, session_id, uid)
         )
         return self.call_members(session_id)
+
+    def set_call_picture(self, session_id: str, jpeg: bytes) -> None:
+        self.connect().execute(
+            "INSERT INTO call_pictures (session_id, jpeg, at) VALUES (?, ?, ?) "
+            "ON CONFLICT(session_id) DO UPDATE SET jpeg = excluded.jpeg, at = excluded.at",
+            (session_id, jpeg, now_ms()),
+        )
+
+    def call_picture(self, session_id: str) -> tuple[bytes, int] | None:
+        row = (
+            self.connect()
+            .execute("SELECT jpeg, at FROM call_pictures WHERE session_id = ?", (session_id,))
+            .fetchone()
+        )
+        return (bytes(row[0]), int(row[1])) if row else None
+
+    def delete_pictures_before(self, at_ms: int) -> int:
+        cursor = self.connect().execute(
+            "DELETE FROM call_pictures WHERE session_id IN (SELECT session_id FROM calls WHERE initiated_at < ?)",
+            (at_ms,),
+        )
+        return cursor.rowcount
 
     def set_door_permission(self, uid: str, allowed: bool) -> bool:
         cursor = self.connect().execute(
@@ -687,6 +728,15 @@ class SqliteStorage(Storage):
         self, session_id: str, uid: str, status: CallStatus
     ) -> dict[str, str | None]:
         return await self._run(self._db.decline_call_member, session_id, uid, str(status))
+
+    async def set_call_picture(self, session_id: str, jpeg: bytes) -> None:
+        await self._run(self._db.set_call_picture, session_id, jpeg)
+
+    async def call_picture(self, session_id: str) -> tuple[bytes, int] | None:
+        return await self._run(self._db.call_picture, session_id)
+
+    async def delete_pictures_before(self, at_ms: int) -> int:
+        return await self._run(self._db.delete_pictures_before, at_ms)
 
     async def set_door_permission(self, uid: str, allowed: bool) -> bool:
         return await self._run(self._db.set_door_permission, uid, allowed)

@@ -68,6 +68,11 @@ ALTER TABLE users ADD COLUMN IF NOT EXISTS removed_at BIGINT;
 ALTER TABLE users ADD COLUMN IF NOT EXISTS can_open_doors BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE users ADD COLUMN IF NOT EXISTS is_group BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE calls ADD COLUMN IF NOT EXISTS answered_by TEXT;
+CREATE TABLE IF NOT EXISTS call_pictures (
+    session_id TEXT PRIMARY KEY,
+    jpeg BYTEA NOT NULL,
+    at BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS group_members (
     group_uid TEXT NOT NULL REFERENCES users(uid),
     member_uid TEXT NOT NULL REFERENCES users(uid),
@@ -105,7 +110,8 @@ CREATE TABLE IF NOT EXISTS server_secrets (
 """
 
 _CALL_COLUMNS = """c.session_id, c.type, c.status, c.initiated_at, c.joined_at, c.ended_at, c.duration_seconds,
-       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar, r.is_group, a.uid, a.name, a.avatar"""
+       c.has_recording, i.uid, i.name, i.avatar, r.uid, r.name, r.avatar, r.is_group, a.uid, a.name, a.avatar,
+       EXISTS (SELECT 1 FROM call_pictures p WHERE p.session_id = c.session_id)"""
 _CALL_JOINS = (
     "JOIN users i ON i.uid = c.initiator_uid JOIN users r ON r.uid = c.receiver_uid "
     "LEFT JOIN users a ON a.uid = c.answered_by"
@@ -167,6 +173,7 @@ def _call_from_row(row: Any) -> CallRecord:
         receiver=User(row[11], row[12], row[13]),
         group=bool(row[14]),
         answered_by=User(row[15], row[16], row[17]) if row[15] is not None else None,
+        has_picture=bool(row[18]),
     )
 
 
@@ -322,6 +329,30 @@ class PostgresStorage(Storage):
 
     async def remove_user(self, uid: str) -> bool:
         return await self.revoke_tokens(uid, remove=True)
+
+    async def set_call_picture(self, session_id: str, jpeg: bytes) -> None:
+        await self._get_pool().execute(
+            "INSERT INTO call_pictures (session_id, jpeg, at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (session_id) DO UPDATE SET jpeg = EXCLUDED.jpeg, at = EXCLUDED.at",
+            session_id,
+            jpeg,
+            now_ms(),
+        )
+
+    async def call_picture(self, session_id: str) -> tuple[bytes, int] | None:
+        if not _storable(session_id):
+            return None
+        row = await self._get_pool().fetchrow(
+            "SELECT jpeg, at FROM call_pictures WHERE session_id = $1", session_id
+        )
+        return (bytes(row[0]), int(row[1])) if row else None
+
+    async def delete_pictures_before(self, at_ms: int) -> int:
+        done = await self._get_pool().execute(
+            "DELETE FROM call_pictures WHERE session_id IN (SELECT session_id FROM calls WHERE initiated_at < $1)",
+            at_ms,
+        )
+        return int(str(done).rsplit(" ", 1)[-1])
 
     async def set_door_permission(self, uid: str, allowed: bool) -> bool:
         if not _storable(uid):

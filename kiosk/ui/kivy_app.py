@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import logging
 import math
 import time
@@ -23,10 +24,12 @@ from aiortc.mediastreams import MediaStreamError
 from kivy.app import App
 from kivy.base import EventLoop
 from kivy.clock import Clock
+from kivy.core.image import Image as CoreImage
 from kivy.core.window import Window
 from kivy.graphics.opengl import glFinish
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.floatlayout import FloatLayout
+from kivy.uix.image import Image
 from kivy.uix.label import Label
 from kivy.uix.screenmanager import NoTransition, Screen, ScreenManager
 from kivy.uix.widget import Widget
@@ -58,6 +61,7 @@ from kiosk.ui.widgets import (
 log = logging.getLogger(__name__)
 
 DISPLAY_FPS = 30
+CALLER_PICTURE_INTERVAL = 0.5  # seconds between two looks at a ringing caller's still
 PREVIEW_ALONE_AFTER = 0.1  # seconds without remote video after which the preview is drawn on its own
 MODES = ("DEFAULT", "SPOTLIGHT", "SINGLE")
 
@@ -93,7 +97,7 @@ def format_duration(seconds: float) -> str:
 
 def describe_call(call: Call, me: str) -> str:
     """One line of the recent-calls list, in words."""
-    incoming = call.receiver.uid == me
+    incoming = call.initiator.uid != me  # to this kiosk, or to a ring group it is in
     other = call.initiator if incoming else call.receiver
     name = other.name or other.uid
     stamp = call.initiated_at / 1000 if call.initiated_at > 10**11 else call.initiated_at
@@ -161,6 +165,9 @@ class HomeScreen(Screen):
         recent = BoxLayout(orientation="vertical", spacing=4, size_hint_x=0.45, padding=(12, 0))
         paint_background(recent, PANEL)
         recent.add_widget(Text("Recent calls", font_size=24, bold=True, size_hint_y=None, height=40))
+        # The newest missed call's caller, as its kiosk saw them while it rang.
+        self.missed_picture = Image(fit_mode="contain", size_hint_y=None, height=0, opacity=0)
+        recent.add_widget(self.missed_picture)
         self.recent_lines = [
             Text("", font_size=20, halign="left", size_hint_y=None, height=44) for _ in range(5)
         ]
@@ -176,6 +183,17 @@ class HomeScreen(Screen):
             lines = ["No calls yet"]
         for i, widget in enumerate(self.recent_lines):
             widget.text = lines[i] if i < len(lines) else ""
+
+    def show_missed_picture(self, jpeg: bytes | None) -> None:
+        texture = None
+        if jpeg is not None:
+            try:
+                texture = CoreImage(io.BytesIO(jpeg), ext="jpg").texture
+            except Exception as exc:
+                log.info("missed-call picture not shown: %s", exc)
+        self.missed_picture.texture = texture
+        self.missed_picture.height = 120 if texture is not None else 0
+        self.missed_picture.opacity = 1 if texture is not None else 0
 
     def show_connection(self, connected: bool) -> None:
         self.connection.text = "Connected" if connected else "Offline: no call server"
@@ -197,6 +215,10 @@ class RingingScreen(Screen):
         shape = "square" if app.avatar_mode == "square" else "circle"
         self.avatar = Avatar("", shape, fill=0.95, size_hint_y=0.9)
         page.add_widget(self.avatar)
+        # While a video call rings: the caller's stills (who is at the door), in the avatar's place.
+        self.picture = Image(fit_mode="contain", size_hint_y=0, opacity=0)
+        self.pictures_shown = 0
+        page.add_widget(self.picture)
         self.name_label = Text("", font_size=48, bold=True, size_hint_y=None, height=64)
         page.add_widget(self.name_label)
         self.status = Text("", font_size=24, size_hint_y=None, height=36)
@@ -214,6 +236,23 @@ class RingingScreen(Screen):
             row.add_widget(Widget(size_hint_x=0.25))
         page.add_widget(row)
         self.add_widget(page)
+
+    def show_picture(self, jpeg: bytes | None) -> None:
+        """The caller's newest still (None: none, the avatar shows)."""
+        if jpeg is None:
+            self.picture.texture = None
+            self.picture.size_hint_y, self.picture.opacity = 0, 0
+            self.avatar.size_hint_y, self.avatar.opacity = 0.9, 1
+            return
+        try:
+            texture = CoreImage(io.BytesIO(jpeg), ext="jpg").texture
+        except Exception as exc:  # a picture that does not decode is no reason to stop ringing
+            log.info("caller picture not shown: %s", exc)
+            return
+        self.picture.texture = texture
+        self.picture.size_hint_y, self.picture.opacity = 0.9, 1
+        self.avatar.size_hint_y, self.avatar.opacity = 0, 0
+        self.pictures_shown += 1
 
     def show(self, state: KioskState) -> None:
         self.name_label.text = state.peer_name or "Someone"
@@ -840,6 +879,9 @@ class KioskApp(App):
             self._cancel_back_home()
             self.incoming.show(state)
             self._show("incoming")
+            if previous != Phase.RINGING_IN and state.call is not None:
+                self.incoming.show_picture(None)
+                self._spawn(self._follow_caller_picture(state.call.session_id))
         elif state.phase == Phase.RINGING_OUT:
             self._cancel_back_home()
             self.outgoing.show(state)
@@ -1050,6 +1092,22 @@ class KioskApp(App):
 
     # ----------------------------------------------------------------- actions the screens use
 
+    async def _follow_caller_picture(self, session_id: str) -> None:
+        """While this call rings here: the caller's newest still, twice a second."""
+        last: bytes | None = None
+        while self.controller.state.phase == Phase.RINGING_IN and self.controller.state.call is not None:
+            if self.controller.state.call.session_id != session_id:
+                return
+            try:
+                picture = await self.calls.get_call_picture(session_id)
+            except CallsError as exc:
+                log.info("caller picture: %s", exc)
+                picture = None
+            if picture is not None and picture != last and self.controller.state.phase == Phase.RINGING_IN:
+                self.incoming.show_picture(picture)
+                last = picture
+            await asyncio.sleep(CALLER_PICTURE_INTERVAL)
+
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -1112,6 +1170,20 @@ class KioskApp(App):
             return
         me = self.calls.user.uid if self.calls.user is not None else ""
         self.home.show_recent([describe_call(call, me) for call in page.calls[:5]])
+        missed = next(
+            # Missed: nobody answered, or the caller gave up before anyone did.
+            (
+                c
+                for c in page.calls[:5]
+                if c.status in (CallStatus.UNANSWERED, CallStatus.CANCELLED) and c.initiator.uid != me
+            ),
+            None,
+        )
+        picture = None
+        if missed is not None and missed.has_picture:
+            with contextlib.suppress(CallsError):
+                picture = await self.calls.get_call_picture(missed.session_id)
+        self.home.show_missed_picture(picture)
 
     def _on_touch_down(self, window: Any, touch: Any) -> bool:
         # Bound on the Window, so it runs before any widget sees the touch: returning True stops it

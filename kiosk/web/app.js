@@ -295,6 +295,39 @@ for (const choice of DEVICE_CHOICES) {
   });
 }
 
+// A picture element showing a JPEG Blob (null: hidden); the previous object URL is let go.
+function showPicture(img, blob) {
+  if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+  delete img.dataset.url;
+  img.hidden = !blob;
+  if (blob) {
+    img.dataset.url = URL.createObjectURL(blob);
+    img.src = img.dataset.url;
+  } else img.removeAttribute("src");
+}
+
+// While a call rings here: its caller's stills, twice a second (who is at the door, before answering).
+async function followCallerPicture(sessionId) {
+  while (ringing?.sessionId === sessionId) {
+    try {
+      const blob = await Calls.getCallPicture(sessionId);
+      if (blob && ringing?.sessionId === sessionId) showPicture($("incoming-picture"), blob);
+    } catch (err) {
+      console.debug("caller picture", err);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+// A missed call: the caller as its kiosk saw them while it rang, beside the message.
+async function showMissedPicture(sessionId) {
+  try {
+    showPicture($("missed-picture"), await Calls.getCallPicture(sessionId));
+  } catch (err) {
+    console.debug("missed-call picture", err);
+  }
+}
+
 function showRecording(on) {
   $("call-recording").hidden = !on;
 }
@@ -306,6 +339,7 @@ function refreshDoor() {
 
 async function startCall(call) {
   current = call;
+  showPicture($("missed-picture"), null);
   $("call-warning").hidden = true;
   $("door-bar").hidden = true;
   showRecording(false);
@@ -392,12 +426,16 @@ Calls.addCallListener("page", {
     ringtone.start();
     $("incoming-name").textContent = call.initiator.name;
     $("incoming-type").textContent = call.type === "audio" ? "audio call" : "video call";
+    showPicture($("incoming-picture"), null);
+    showPicture($("missed-picture"), null);
+    followCallerPicture(call.sessionId);
     show("lobby", "incoming");
   },
   onIncomingCallCancelled(call) {
     if (ringing?.sessionId !== call.sessionId) return;
     ringing = null;
     ringtone.stop();
+    if (!call.answeredBy) showMissedPicture(call.sessionId);
     if (call.answeredBy) say(`${call.initiator.name}'s call to ${call.receiver.name} was answered by ${call.answeredBy.name}.`);
     else say(`Missed call from ${call.initiator.name}.`);
     show("lobby");

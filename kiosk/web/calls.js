@@ -93,6 +93,23 @@ async function rest(method, path, body, authToken = state.authToken) {
   return data;
 }
 
+/** The still of a call's caller (a JPEG Blob), or null: while the call rings, the newest one its
+ * kiosk sent (ask again for a preview); after, the last (a missed call's picture). */
+export async function getCallPicture(sessionId) {
+  let response;
+  try {
+    response = await fetch(`${state.baseUrl}/v1/calls/${encodeURIComponent(sessionId)}/picture`, {
+      headers: { Authorization: `Bearer ${state.authToken}` },
+      cache: "no-store",
+    });
+  } catch (err) {
+    throw new CallsError("NETWORK", `call server unreachable: ${err.message}`);
+  }
+  if (response.status === 404) return null;
+  if (!response.ok) throw new CallsError(`HTTP_${response.status}`, response.statusText);
+  return response.blob();
+}
+
 /** POST /v1/calls/token. Resolves with {token, sessionId, uid, expiresAt, iceServers}. */
 export async function generateToken(sessionId, authToken = state.authToken) {
   if (!authToken) throw new CallsError("UNAUTHORIZED", "no auth token");
