@@ -341,13 +341,19 @@ class Kiosk:
         if self.server is not None:
             await self.server.close()
 
-    async def pairing_code(self) -> PairingCode:
-        """A building host's pairing code, for its screen: the valid one, or a fresh one (docs/intercom.md)."""
+    async def pairing_code(self, new: bool = False) -> PairingCode:
+        """A building host's pairing code, for its screen: the valid one, or a fresh one (with `new`,
+        always a fresh one; docs/intercom.md)."""
         if self.server is None or self.server.config.lan_ca is None:
             raise RuntimeError('only a started building host (role = "host") pairs kiosks')
         from kiosk.server.pairing import PAIRING
 
-        return await asyncio.to_thread(self.server.app[PAIRING].codes.current_or_new)
+        codes = self.server.app[PAIRING].codes
+        return await asyncio.to_thread(codes.new_code if new else codes.current_or_new)
+
+    @property
+    def is_host(self) -> bool:
+        return self.server is not None and self.server.config.lan_ca is not None
 
     async def host_fingerprint(self) -> str:
         """A building host's CA fingerprint (SHA-256, hex), shown next to its pairing code."""
@@ -481,3 +487,24 @@ def _from_here(url: str) -> str:
 
 def _is_loopback(url: str) -> bool:
     return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+class HostPairing:
+    """A building host's pairing as its screen shows it (kiosk.ui's PairingSource)."""
+
+    def __init__(self, kiosk: Kiosk) -> None:
+        self._kiosk = kiosk
+
+    async def code(self, new: bool = False) -> tuple[str, float]:
+        code = await self._kiosk.pairing_code(new)
+        return code.code, code.expires_at
+
+    async def fingerprint(self) -> str:
+        return await self._kiosk.host_fingerprint()
+
+    def browser_links(self, code: str) -> list[str]:
+        from kiosk.lan import DEFAULT_HOST_PORT
+        from kiosk.lan.discovery import lan_addresses, this_hostname
+
+        hosts = [f"{this_hostname()}.local", *lan_addresses()]
+        return [f"https://{host}:{DEFAULT_HOST_PORT}/app/#pair={code}" for host in hosts]

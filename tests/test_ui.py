@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 DOCS_SCREENSHOTS = HERE.parent / "docs" / "screenshots"
 SCREENS = (
     "home",
+    "pair",
     "incoming",
     "in_call",
     "in_call_muted",
@@ -285,11 +286,30 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             pin_factory=factory,
         )
         visitor_kiosk = KioskController(visitor.calls)
+        # This kiosk is a building host: its pairing, on its real code store and CA (no server here).
+        from kiosk.lan.ca import ensure_host_certificates
+        from kiosk.lan.codes import PairingCodes
+
+        host_ca = ensure_host_certificates(tmp / "host", "front-door", [])
+        codes = PairingCodes(tmp / "host")
+
+        class Pairing:
+            async def code(self, new: bool = False) -> tuple[str, float]:
+                made = codes.new_code() if new else codes.current_or_new()
+                return made.code, made.expires_at
+
+            async def fingerprint(self) -> str:
+                return host_ca.fingerprint
+
+            def browser_links(self, code: str) -> list[str]:
+                return [f"https://front-door.local:8443/app/#pair={code}"]
+
         app = KioskApp(
             controller,
             device_name="Front door",
             contacts=[Contact("visitor", "Visitor")],
             ended_seconds=1.0,
+            pairing=Pairing(),
         )
         # The upload hook sees every frame a tile puts on its texture, stamp and all.
         uploads: list[tuple[str, int | None]] = []
@@ -504,6 +524,25 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             await visitor_kiosk.hang_up()
             await wait_until(lambda: on("home"), 15, "home after the missed call")
             await wait_until(lambda: app.home.missed_picture.opacity == 1, 10, "the missed caller's picture")
+
+            # The host's "Pair a device": the code a new kiosk or browser enters, the CA fingerprint
+            # it will show, and a fresh code on request.
+            app.home.pair_button.dispatch("on_release")
+            await wait_until(lambda: on("pair"), 10, "the pairing screen")
+            first = codes.current()
+            assert first is not None and app.pair.code_label.text.replace(" ", "") == first.code
+            assert host_ca.fingerprint[:4] in app.pair.fingerprint_label.text
+            assert app.pair.validity.text.startswith("Valid 4:") or app.pair.validity.text.startswith(
+                "Valid 5:"
+            )
+            await shot("pair")
+            app.pair.new_button.dispatch("on_release")
+            await wait_until(
+                lambda: app.pair.code_label.text.replace(" ", "") != first.code, 10, "a new code"
+            )
+            assert app.pair.code_label.text.replace(" ", "") == codes.current().code  # type: ignore[union-attr]
+            app.pair.done_button.dispatch("on_release")
+            await wait_until(lambda: on("home"), 10, "home after pairing")
         finally:
             VideoTile.on_upload = None
             app.stop()

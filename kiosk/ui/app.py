@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from kiosk import service
-from kiosk.assembly import Kiosk, KioskOptions, plan_kiosk
+from kiosk.assembly import HostPairing, Kiosk, KioskOptions, plan_kiosk
 from kiosk.config import ConfigError, KioskConfig, load_config
 from kiosk.hardware import HardwareError
 from kiosk.ui.env import has_display, prepare_kivy
@@ -87,6 +87,7 @@ async def run_kiosk_async(
             contacts=config.ui.contacts,
             avatar_mode=config.ui.avatar_mode,
             screen_touched=kiosk.screen.touched if kiosk.screen is not None else None,
+            pairing=HostPairing(kiosk) if kiosk.is_host else None,
         )
         if kiosk.users is not None:
             url, visitor = kiosk.server_url, kiosk.users.visitor_token

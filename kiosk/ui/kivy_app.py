@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
 from aiortc.mediastreams import MediaStreamError
@@ -40,6 +40,7 @@ from kiosk.calls.events import CallError, RTCMutedUser, RTCUser
 from kiosk.config import Contact
 from kiosk.controller import KioskController, KioskState, Phase
 from kiosk.hardware.control import KEYS
+from kiosk.lan.codes import show_code
 from kiosk.ui.frames import LOCAL, FrameStore, choose_speaker
 from kiosk.ui.widgets import (
     AMBER,
@@ -161,6 +162,9 @@ class HomeScreen(Screen):
             contacts.add_widget(button)
         if not app.contacts:
             contacts.add_widget(Text("No contacts configured (ui.contacts)", font_size=22))
+        if app.pairing is not None:
+            self.pair_button = BigButton("Pair a device", action=app.show_pairing, colour=BLUE, font_size=26)
+            contacts.add_widget(self.pair_button)
         body.add_widget(contacts)
         recent = BoxLayout(orientation="vertical", spacing=4, size_hint_x=0.45, padding=(12, 0))
         paint_background(recent, PANEL)
@@ -216,9 +220,9 @@ class RingingScreen(Screen):
         self.avatar = Avatar("", shape, fill=0.95, size_hint_y=0.9)
         page.add_widget(self.avatar)
         # While a video call rings: the caller's stills (who is at the door), in the avatar's place.
-        self.picture = Image(fit_mode="contain", size_hint_y=0, opacity=0)
+        self.picture = Image(fit_mode="contain", size_hint_y=0.9, opacity=0)
         self.pictures_shown = 0
-        page.add_widget(self.picture)
+        self.page = page
         self.name_label = Text("", font_size=48, bold=True, size_hint_y=None, height=64)
         page.add_widget(self.name_label)
         self.status = Text("", font_size=24, size_hint_y=None, height=36)
@@ -241,8 +245,7 @@ class RingingScreen(Screen):
         """The caller's newest still (None: none, the avatar shows)."""
         if jpeg is None:
             self.picture.texture = None
-            self.picture.size_hint_y, self.picture.opacity = 0, 0
-            self.avatar.size_hint_y, self.avatar.opacity = 0.9, 1
+            self._swap(self.picture, self.avatar)
             return
         try:
             texture = CoreImage(io.BytesIO(jpeg), ext="jpg").texture
@@ -250,9 +253,16 @@ class RingingScreen(Screen):
             log.info("caller picture not shown: %s", exc)
             return
         self.picture.texture = texture
-        self.picture.size_hint_y, self.picture.opacity = 0.9, 1
-        self.avatar.size_hint_y, self.avatar.opacity = 0, 0
+        self._swap(self.avatar, self.picture)
         self.pictures_shown += 1
+
+    def _swap(self, old: Widget, new: Widget) -> None:
+        """`new` in `old`'s place in the page (one of the two is in it at a time)."""
+        old.opacity, new.opacity = 0, 1
+        if old.parent is self.page:
+            index = self.page.children.index(old)
+            self.page.remove_widget(old)
+            self.page.add_widget(new, index=index)
 
     def show(self, state: KioskState) -> None:
         self.name_label.text = state.peer_name or "Someone"
@@ -718,6 +728,68 @@ class EndedScreen(Screen):
         self.duration.text = f"Duration {format_duration(duration)}" if duration is not None else ""
 
 
+class PairingSource(Protocol):
+    """A building host's pairing, as its screen shows it (kiosk.assembly.HostPairing)."""
+
+    async def code(self, new: bool = False) -> tuple[str, float]:
+        """The valid pairing code (a fresh one with `new`) and when it expires (epoch seconds)."""
+        ...
+
+    async def fingerprint(self) -> str:
+        """The host CA's SHA-256 fingerprint, as the kiosks pairing with it will show it."""
+        ...
+
+    def browser_links(self, code: str) -> list[str]:
+        """Links that pair a browser with this code."""
+        ...
+
+
+class PairScreen(Screen):
+    """A building host's pairing code: a new kiosk (`kiosk pair`) or a browser (its link) enters it.
+    The CA fingerprint is shown too: the new kiosk shows the same one, and a person checks they match."""
+
+    def __init__(self, app: KioskApp, **kwargs: Any) -> None:
+        super().__init__(name="pair", **kwargs)
+        self.app = app
+        paint_background(self)
+        page = BoxLayout(orientation="vertical", padding=24, spacing=10)
+        page.add_widget(
+            Text("Pair a kiosk or a browser", font_size=34, bold=True, size_hint_y=None, height=50)
+        )
+        self.code_label = Text("", font_size=96, bold=True, size_hint_y=None, height=120)
+        page.add_widget(self.code_label)
+        self.validity = Text("", font_size=22, size_hint_y=None, height=32)
+        page.add_widget(self.validity)
+        self.fingerprint_label = Text("", font_size=18, size_hint_y=None, height=56)
+        page.add_widget(self.fingerprint_label)
+        self.link_label = Text("", font_size=18, size_hint_y=None, height=30)
+        page.add_widget(self.link_label)
+        page.add_widget(Widget())
+        row = BoxLayout(size_hint_y=None, height=90, spacing=24)
+        self.new_button = BigButton("New code", action=lambda: app.show_pairing(new=True), colour=GREY)
+        self.done_button = BigButton("Done", action=app.go_home, colour=BLUE)
+        row.add_widget(self.new_button)
+        row.add_widget(self.done_button)
+        page.add_widget(row)
+        self.add_widget(page)
+        self.expires_at = 0.0
+
+    def show(self, code: str, expires_at: float, fingerprint: str, links: list[str]) -> None:
+        self.code_label.text = show_code(code)
+        self.expires_at = expires_at
+        groups = [fingerprint[i : i + 4] for i in range(0, len(fingerprint), 4)]
+        half = len(groups) // 2
+        self.fingerprint_label.text = (
+            "Host fingerprint: " + " ".join(groups[:half]) + "\n" + " ".join(groups[half:])
+        )
+        self.link_label.text = f"Browser: {links[0]}" if links else ""
+        self.tick()
+
+    def tick(self) -> None:
+        left = max(0, int(self.expires_at - time.time()))
+        self.validity.text = f"Valid {left // 60}:{left % 60:02d}, for one device" if left else "Expired"
+
+
 # ----------------------------------------------------------------------------- the app
 
 
@@ -769,9 +841,12 @@ class KioskApp(App):
         ended_seconds: float = 5.0,
         store: FrameStore | None = None,
         screen_touched: Callable[[], bool] | None = None,
+        pairing: PairingSource | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        # A building host's pairing (its home screen offers "Pair a device"); None on other kiosks.
+        self.pairing = pairing
         # Told of every touch (the screen waker); True: the touch only woke the screen, drop it.
         self.screen_touched = screen_touched
         self.title = device_name
@@ -809,7 +884,8 @@ class KioskApp(App):
         self.outgoing = RingingScreen(self, incoming=False)
         self.in_call = InCallScreen(self)
         self.ended = EndedScreen(self)
-        for screen in (self.home, self.incoming, self.outgoing, self.in_call, self.ended):
+        self.pair = PairScreen(self)
+        for screen in (self.home, self.incoming, self.outgoing, self.in_call, self.ended, self.pair):
             self.manager.add_widget(screen)
         root.add_widget(self.manager)
         self.toast = Text(
@@ -1014,6 +1090,8 @@ class KioskApp(App):
             self.pip_tile.refresh()
 
     def _slow_tick(self) -> None:
+        if self.manager.current == "pair":
+            self.pair.tick()
         try:
             connected = bool(self.calls.signaling.connected)
         except CallsError:
@@ -1107,6 +1185,23 @@ class KioskApp(App):
                 self.incoming.show_picture(picture)
                 last = picture
             await asyncio.sleep(CALLER_PICTURE_INTERVAL)
+
+    def show_pairing(self, new: bool = False) -> None:
+        """The host's pairing code on screen (a fresh one with `new`)."""
+        if self.pairing is not None:
+            self._spawn(self._show_pairing(self.pairing, new))
+
+    async def _show_pairing(self, pairing: PairingSource, new: bool) -> None:
+        try:
+            code, expires_at = await pairing.code(new)
+            fingerprint = await pairing.fingerprint()
+        except Exception as exc:  # a host whose CA is unreadable says so; it never crashes
+            log.exception("pairing code")
+            self.notify(f"Could not make a pairing code: {exc}")
+            return
+        self.pair.show(code, expires_at, fingerprint, pairing.browser_links(code))
+        if self.controller.state.phase == Phase.IDLE:
+            self._show("pair")
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
