@@ -5,6 +5,7 @@ Members managed through REST and `kiosk groups`; it works across server processe
 from __future__ import annotations
 
 import argparse
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,25 @@ async def incoming(ws: SignalingClient, session_id: str) -> dict[str, Any]:
     return message
 
 
+Reception = Callable[[], Awaitable[tuple[TestUser, TestUser, TestUser]]]
+
+
+@pytest.fixture
+def reception(call_server: RunningServer, http: aiohttp.ClientSession, create_user: CreateUser) -> Reception:
+    """door (the caller), bob and cat, and the group reception of bob and cat."""
+
+    async def make() -> tuple[TestUser, TestUser, TestUser]:
+        door, bob, cat = await create_user("door"), await create_user("bob"), await create_user("cat")
+        await make_group(http, call_server.url, "reception", ["bob", "cat"])
+        return door, bob, cat
+
+    return make
+
+
 async def test_the_first_member_to_answer_takes_the_call(
-    call_server: RunningServer, http: aiohttp.ClientSession, create_user: CreateUser, ws_connect: WsConnect
+    call_server: RunningServer, http: aiohttp.ClientSession, reception: Reception, ws_connect: WsConnect
 ) -> None:
-    door, bob, cat = await create_user("door"), await create_user("bob"), await create_user("cat")
-    await make_group(http, call_server.url, "reception", ["bob", "cat"])
+    door, bob, cat = await reception()
     # bob is signed in on two devices; every one of them rings.
     bob_desk, bob_phone, cat_ws, door_ws = [await ws_connect(u) for u in (bob, bob, cat, door)]
     call = await ring(http, call_server.url, door, "reception")
@@ -95,10 +110,9 @@ async def test_the_first_member_to_answer_takes_the_call(
 
 @pytest.mark.parametrize("call_server", [0.5], indirect=True)
 async def test_nobody_answers_a_missed_call_for_each_member(
-    call_server: RunningServer, http: aiohttp.ClientSession, create_user: CreateUser, ws_connect: WsConnect
+    call_server: RunningServer, http: aiohttp.ClientSession, reception: Reception, ws_connect: WsConnect
 ) -> None:
-    door, bob, cat = await create_user("door"), await create_user("bob"), await create_user("cat")
-    await make_group(http, call_server.url, "reception", ["bob", "cat"])
+    door, bob, cat = await reception()
     bob_ws = await ws_connect(bob)
     session_id = (await ring(http, call_server.url, door, "reception"))["sessionId"]
     await incoming(bob_ws, session_id)
@@ -114,10 +128,9 @@ async def test_nobody_answers_a_missed_call_for_each_member(
 
 
 async def test_one_member_declining_does_not_end_it_all_declining_does(
-    call_server: RunningServer, http: aiohttp.ClientSession, create_user: CreateUser, ws_connect: WsConnect
+    call_server: RunningServer, http: aiohttp.ClientSession, reception: Reception, ws_connect: WsConnect
 ) -> None:
-    door, bob, cat = await create_user("door"), await create_user("bob"), await create_user("cat")
-    await make_group(http, call_server.url, "reception", ["bob", "cat"])
+    door, bob, cat = await reception()
     door_ws = await ws_connect(door)
     session_id = (await ring(http, call_server.url, door, "reception"))["sessionId"]
     status, still = await act(http, call_server.url, bob, session_id, "reject", status="rejected")

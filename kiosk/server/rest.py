@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from kiosk.protocol import (
@@ -24,7 +26,7 @@ from kiosk.server.context import CONTEXT, ServerContext
 from kiosk.server.limits import LIMITS, FailedAuthLimiter, client_address
 from kiosk.server.models import User
 from kiosk.server.ringing import CallLogQuery
-from kiosk.server.storage import UserExistsError
+from kiosk.server.storage import Storage, UserExistsError
 from kiosk.server.tokens import hash_secret, new_secret
 from kiosk.server.turn import ice_servers_for
 from kiosk.server.validation import (
@@ -120,40 +122,37 @@ def _uid(request: web.Request) -> str:
     return require_id(dict(request.match_info), "uid")
 
 
-@routes.delete("/v1/users/{uid}")
-async def remove_user(request: web.Request) -> web.Response:
-    """Remove a user: its tokens stop working and its open connections close at once (1008)."""
+async def _revoke(request: web.Request, revoke: Callable[[Storage, str], Awaitable[bool]]) -> str:
+    """An admin's revocation of the user in the path: 404 for an unknown one; its open connections
+    are closed at once (1008). Returns the uid."""
     _require_admin(request)
     ctx = _ctx(request)
     uid = _uid(request)
-    if not await ctx.storage.remove_user(uid):
+    if not await revoke(ctx.storage, uid):
         raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {uid}")
     await ctx.revocations.check()
+    return uid
+
+
+@routes.delete("/v1/users/{uid}")
+async def remove_user(request: web.Request) -> web.Response:
+    """Remove a user: its tokens stop working and its open connections close at once (1008)."""
+    await _revoke(request, lambda storage, uid: storage.remove_user(uid))
     return web.Response(status=204)
 
 
 @routes.post("/v1/users/{uid}/token")
 async def replace_token(request: web.Request) -> web.Response:
     """A new auth token for the user; every token it had before stops working at once."""
-    _require_admin(request)
-    ctx = _ctx(request)
-    uid = _uid(request)
     token = new_secret()
-    if not await ctx.storage.revoke_tokens(uid, hash_secret(token)):
-        raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {uid}")
-    await ctx.revocations.check()
+    uid = await _revoke(request, lambda storage, uid: storage.revoke_tokens(uid, hash_secret(token)))
     return web.json_response({"uid": uid, "authToken": token})
 
 
 @routes.delete("/v1/users/{uid}/tokens")
 async def revoke_tokens(request: web.Request) -> web.Response:
     """Revoke every auth token of the user (it can sign in again only with a new one)."""
-    _require_admin(request)
-    ctx = _ctx(request)
-    uid = _uid(request)
-    if not await ctx.storage.revoke_tokens(uid):
-        raise ProtocolError(ErrorCode.NOT_FOUND, f"no user {uid}")
-    await ctx.revocations.check()
+    await _revoke(request, lambda storage, uid: storage.revoke_tokens(uid))
     return web.Response(status=204)
 
 
