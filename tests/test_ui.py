@@ -403,7 +403,8 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
 
             # The visitor's kiosk has a door, and this user may open it: the bar offers it, and a
             # touch releases the visitor's relay and says so.
-            door_button = app.in_call.buttons["door"]
+            door_button = app.in_call.door_button
+            assert door_button is not None
             await wait_until(lambda: door_button.parent is not None, 10, "the Open door button")
             door_button.dispatch("on_release")
             await wait_until(lambda: door_relay.released_by == ["front-door"], 10, "the door released")

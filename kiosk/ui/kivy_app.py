@@ -303,6 +303,7 @@ class InCallScreen(Screen):
         self.volume = VolumeControl(app.controller.volume_up, app.controller.volume_down)
         self.volume.pos_hint = {"right": 0.99, "y": 0.03}
         self.buttons: dict[str, BigButton] = {}
+        self.door_button: BigButton | None = None  # "Open door", shown while it can be used
         self.warning: BoxLayout | None = None
         self.warning_label: Text | None = None
         self.started = 0.0
@@ -345,6 +346,7 @@ class InCallScreen(Screen):
         With the default layout off there are none: the video has the whole screen."""
         self.bar.clear_widgets()
         self.buttons = {}
+        self.door_button = None
         self._build_corners(settings)
         self._show_chrome()
         if not settings.default_layout:
@@ -377,10 +379,11 @@ class InCallScreen(Screen):
             ),
             ("record", settings.show_recording_button, "Record", app.toggle_recording, GREY),
             ("mode", settings.show_mode_button, "Grid", app.next_mode, GREY),
-            # Shown only while a door kiosk is in the call and this user may open doors (update_bar).
-            ("door", True, "Open door", controller.open_door, GREEN),
             ("end", settings.show_end_call_button, "End", controller.end_pressed, RED),
         ]
+        # Not one the settings ask for: shown only while a door kiosk is in the call and this user
+        # may open doors (update_bar), before End.
+        self.door_button = BigButton("Open door", action=controller.open_door, colour=GREEN, font_size=21)
         for key, show, text, action, colour in wanted:
             if not show:
                 continue
@@ -419,20 +422,22 @@ class InCallScreen(Screen):
             buttons["audio_mode"].text = AUDIO_MODE_WORDS.get(mode, mode.title() or "Audio")
         # Only an audio call can become a video call; camera buttons only make sense in a video call.
         audio_only = self.audio_only()
-        door = self.door_in_call()
-        for key, wanted in (
-            ("to_video", audio_only),
-            ("video", not audio_only),
-            ("camera", not audio_only),
-            ("door", door),
-        ):
+        door, door_button = self.door_in_call(), self.door_button
+        if door_button is not None:
+            if door and door_button.parent is None:
+                end = buttons.get("end")
+                self.bar.add_widget(door_button, index=1 if end is not None and end.parent is self.bar else 0)
+            elif not door and door_button.parent is not None:
+                self.bar.remove_widget(door_button)
+        for key, wanted in (("to_video", audio_only), ("video", not audio_only), ("camera", not audio_only)):
             button = buttons.get(key)
             if button is None:
                 continue
             if wanted and button.parent is None:
                 order = list(buttons)
                 after = [k for k in order[order.index(key) + 1 :] if buttons[k].parent is not None]
-                self.bar.add_widget(button, index=len(after))  # Kivy counts from the right
+                shown_door = door_button is not None and door_button.parent is self.bar  # before End
+                self.bar.add_widget(button, index=len(after) + shown_door)  # Kivy counts from the right
             elif not wanted and button.parent is not None:
                 self.bar.remove_widget(button)
         if "record" in buttons:
