@@ -65,6 +65,14 @@ class ServerSection:
     # (`kiosk pair` writes url, auth_token_file and ca_file). "": neither.
     role: Literal["", "host", "member"] = ""
 
+    @property
+    def awaits_pairing(self) -> bool:
+        """A new member of a building: no host, CA or token yet. `kiosk run` shows the pairing screen
+        (nearby hosts, the code) instead of the kiosk; `kiosk pair` does the same from a console."""
+        return self.role == "member" and not (
+            self.ca_file or self.auth_token or self.auth_token_file or self.url.startswith("https://")
+        )
+
     def addresses(self) -> list[str]:
         """`url`, then `urls` (each once): every address of the call service, in the order tried."""
         return list(dict.fromkeys([self.url, *self.urls]))
@@ -459,7 +467,7 @@ def _check(config: KioskConfig, check_devices: bool) -> None:
 def _check_role(server: ServerSection) -> None:
     if server.role == "host" and server.urls:
         raise ConfigError("server.urls: a host is the building's call server itself; leave urls empty")
-    if server.role == "member":
+    if server.role == "member" and not server.awaits_pairing:
         if server.embedded:
             raise ConfigError("server.embedded: a member uses its host's call server, not one of its own")
         if not server.url.startswith("https://"):
@@ -585,7 +593,9 @@ def check_runnable(config: KioskConfig, *, auth_token: str = "") -> None:
         )
     # config.auth_token() reads auth_token_file: a file that cannot be read is refused here.
     token = auth_token or config.auth_token()
-    if not token and not (config.server.embedded or config.server.role == "host"):
+    if not token and not (
+        config.server.embedded or config.server.role == "host" or config.server.awaits_pairing
+    ):
         raise ConfigError(NO_TOKEN)
     socket = config.emulation.control_socket
     if socket and not Path(socket).parent.is_dir():

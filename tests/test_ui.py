@@ -532,7 +532,7 @@ async def scenario(tmp: Path, shots: Path) -> dict[str, list[str]]:
             await wait_until(lambda: on("pair"), 10, "the pairing screen")
             first = codes.current()
             assert first is not None and app.pair.code_label.text.replace(" ", "") == first.code
-            assert host_ca.fingerprint[:4] in app.pair.fingerprint_label.text
+            assert host_ca.fingerprint[:4].upper() in app.pair.fingerprint_label.text
             assert app.pair.validity.text.startswith("Valid 4:") or app.pair.validity.text.startswith(
                 "Valid 5:"
             )

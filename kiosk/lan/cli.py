@@ -152,19 +152,9 @@ async def _ask(prompt: str) -> str:
 
 
 async def _pair(args: argparse.Namespace) -> int:
-    from kiosk.config import DEFAULT_PATH, ConfigError, load_config, parse_config
+    from kiosk.config import DEFAULT_PATH, load_config
     from kiosk.lan.discovery import HostAd, browse
-    from kiosk.lan.pairing import (
-        ConfigEditError,
-        edit_member_config,
-        member_lines,
-        member_url,
-        member_values,
-        pair,
-        pick_code,
-        write_config,
-        write_member_files,
-    )
+    from kiosk.lan.pairing import apply_pairing, pair, pick_code
     from kiosk.urls import ServerUrlError, server_base_url
 
     if args.url is not None:
@@ -194,25 +184,20 @@ async def _pair(args: argparse.Namespace) -> int:
     print("  Pair only if the host shows the same fingerprint.", flush=True)
     code = pick_code(args.code if args.code is not None else await _ask("Code shown on the host: "))
     paired = await pair(list(host.urls), host.fingerprint, code, name, uid)
-    url = await member_url(paired.url, host.hostname)
-    files = write_member_files(config_path.parent, paired, like=config_path)
-    values = member_values(url, files)
+    applied = await apply_pairing(config_path, paired, host.hostname, edit=not args.print_only)
+    files = applied.files
     print(f"Paired as {paired.uid} ({paired.name}); wrote {files.token_file} and {files.ca_file}.")
     if args.print_only:
-        print(f"Put these lines in the [server] table of {config_path}:\n{member_lines(values)}", end="")
+        print(f"Put these lines in the [server] table of {config_path}:\n{applied.lines}", end="")
         return 0
-    text = await asyncio.to_thread(config_path.read_text)
-    try:
-        edited = edit_member_config(text, values)
-        parse_config(edited, str(config_path), check_devices=False)
-    except (ConfigEditError, ConfigError) as exc:  # any doubt: leave the person's file alone
+    if applied.backup is None:
         print(
-            f"{config_path} was not changed ({exc}). Put these lines in its [server] table:\n{member_lines(values)}",
+            f"{config_path} was not changed ({applied.why_not}). Put these lines in its [server] table:\n"
+            f"{applied.lines}",
             end="",
         )
         return 0
-    backup = write_config(config_path, edited)
-    print(f"{config_path} now uses the host (as it was before: {backup}).")
+    print(f"{config_path} now uses the host (as it was before: {applied.backup}).")
     print("Restart the kiosk to use it: sudo systemctl restart kiosk")
     return 0
 

@@ -307,3 +307,34 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What pairing wrote: the files, and the config edited (its backup), or the lines to add."""
+
+    files: MemberFiles
+    backup: Path | None  # the config as it was, when it was edited
+    lines: str  # the [server] lines, when the config was left alone (empty when edited)
+    why_not: str  # why the config was left alone
+
+
+async def apply_pairing(config_path: Path, paired: Paired, hostname: str, *, edit: bool = True) -> Applied:
+    """After `pair`: the token and the CA next to the config, and the config's [server] table set to
+    use the host (a backup kept). A config the edit cannot safely follow is left alone; `lines` then
+    says what to add. `kiosk pair` and a new kiosk's pairing screen both end here."""
+    from kiosk.config import ConfigError, parse_config
+
+    url = await member_url(paired.url, hostname)
+    files = await asyncio.to_thread(write_member_files, config_path.parent, paired, config_path)
+    values = member_values(url, files)
+    if not edit:
+        return Applied(files, None, member_lines(values), "")
+    text = await asyncio.to_thread(config_path.read_text)
+    try:
+        edited = edit_member_config(text, values)
+        parse_config(edited, str(config_path), check_devices=False)
+    except (ConfigEditError, ConfigError) as exc:  # any doubt: leave the person's file alone
+        return Applied(files, None, member_lines(values), str(exc))
+    backup = await asyncio.to_thread(write_config, config_path, edited)
+    return Applied(files, backup, "", "")

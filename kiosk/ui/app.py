@@ -61,6 +61,9 @@ def run_kiosk(
         fullscreen=config.ui.fullscreen and not offscreen,
         offscreen=offscreen,
     )
+    if config.server.awaits_pairing:
+        # A new member of a building: its pairing screen first; systemd then starts it again, paired.
+        return asyncio.run(run_pairing_async(config, duration=duration))
     try:
         return asyncio.run(run_kiosk_async(config, screenshots_dir=screenshots_dir, duration=duration))
     except (ConfigError, HardwareError) as exc:
@@ -125,6 +128,28 @@ async def run_kiosk_async(
         if watchdog is not None:
             watchdog.cancel()
         await kiosk.close()
+
+
+async def run_pairing_async(
+    config: KioskConfig, *, duration: float | None = None, discover: Any = None
+) -> int:
+    """The pairing screen of a kiosk with `role = "member"` and no host yet (0 when it ends)."""
+    from kiosk.ui.pairing_app import PairingApp, browse_hosts
+
+    app = PairingApp(
+        Path(config.source),
+        config.identity.name,
+        config.identity.uid or None,
+        discover=discover or browse_hosts,
+    )
+    service.ready(f"{config.identity.name}: pairing screen")
+    runner = asyncio.ensure_future(app.async_run(async_lib="asyncio"))
+    if duration is not None:
+        done, _ = await asyncio.wait({runner}, timeout=duration)
+        if not done:
+            app.stop()
+    await runner
+    return 0
 
 
 def offscreen_now() -> bool:

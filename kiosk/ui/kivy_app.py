@@ -40,6 +40,7 @@ from kiosk.calls.events import CallError, RTCMutedUser, RTCUser
 from kiosk.config import Contact
 from kiosk.controller import KioskController, KioskState, Phase
 from kiosk.hardware.control import KEYS
+from kiosk.lan import show_fingerprint
 from kiosk.lan.codes import show_code
 from kiosk.ui.frames import LOCAL, FrameStore, choose_speaker
 from kiosk.ui.widgets import (
@@ -782,7 +783,7 @@ class PairScreen(Screen):
     def show(self, code: str, expires_at: float, fingerprint: str, links: list[str]) -> None:
         self.code_label.text = show_code(code)
         self.expires_at = expires_at
-        groups = [fingerprint[i : i + 4] for i in range(0, len(fingerprint), 4)]
+        groups = show_fingerprint(fingerprint).split()
         half = len(groups) // 2
         self.fingerprint_label.text = (
             "Host fingerprint: " + " ".join(groups[:half]) + "\n" + " ".join(groups[half:])
