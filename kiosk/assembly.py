@@ -342,18 +342,26 @@ class Kiosk:
             await self.server.close()
 
     async def pairing_code(self, new: bool = False) -> PairingCode:
-        """A building host's pairing code, for its screen: the valid one, or a fresh one (with `new`,
-        always a fresh one; docs/intercom.md)."""
-        if self.server is None or self.server.config.lan_ca is None:
-            raise RuntimeError('only a started building host (role = "host") pairs kiosks')
+        """The pairing code for its screen: the valid one, or a fresh one (with `new`, always a fresh
+        one; docs/intercom.md). A building host's pairs kiosks and browsers; a stand-alone kiosk's
+        (its embedded server), browsers."""
+        if not self.pairs:
+            raise RuntimeError('only a building host (role = "host") or a stand-alone kiosk pairs')
         from kiosk.server.pairing import PAIRING
 
+        assert self.server is not None
         codes = self.server.app[PAIRING].codes
         return await asyncio.to_thread(codes.new_code if new else codes.current_or_new)
 
     @property
     def is_host(self) -> bool:
         return self.server is not None and self.server.config.lan_ca is not None
+
+    @property
+    def pairs(self) -> bool:
+        """Its server pairs devices by a code its screen shows (a host, or a stand-alone kiosk)."""
+        config = self.server.config if self.server is not None else None
+        return config is not None and (config.lan_ca is not None or config.pairs_browsers)
 
     async def host_fingerprint(self) -> str:
         """A building host's CA fingerprint (SHA-256, hex), shown next to its pairing code."""
@@ -439,6 +447,7 @@ async def start_embedded_server(config: KioskConfig) -> tuple[RunningServer, Emb
             port=parts.port or 8080,
             data_dir=data_dir,
             cors_origins=list(config.server.cors_origins),
+            pairs_browsers=True,  # a tablet joins this stand-alone kiosk by the code on its screen
         )
         where = config.server.url
     try:
@@ -500,11 +509,14 @@ class HostPairing:
         return code.code, code.expires_at
 
     async def fingerprint(self) -> str:
-        return await self._kiosk.host_fingerprint()
+        """The host CA's; "" for a stand-alone kiosk's server (no CA)."""
+        return await self._kiosk.host_fingerprint() if self._kiosk.is_host else ""
 
     def browser_links(self, code: str) -> list[str]:
         from kiosk.lan import DEFAULT_HOST_PORT
         from kiosk.lan.discovery import lan_addresses, this_hostname
 
+        if not self._kiosk.is_host:
+            return [f"{self._kiosk.server_url}/app/#pair={code}"]
         hosts = [f"{this_hostname()}.local", *lan_addresses()]
         return [f"https://{host}:{DEFAULT_HOST_PORT}/app/#pair={code}" for host in hosts]

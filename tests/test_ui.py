@@ -169,6 +169,20 @@ def test_run_kiosk_embedded_server_answers_the_printed_command(tmp_path: Path) -
         )
         with urllib.request.urlopen(browser.split(": ", 1)[1], timeout=10) as page:
             assert page.status == 200 and b"app.js" in page.read()
+        assert "Open door" in kiosk.stdout.readline()
+        # A browser joins the stand-alone kiosk by the code it shows: no token typed.
+        pair_line = kiosk.stdout.readline().strip()
+        assert pair_line.startswith("pair a browser") and "/app/#pair=" in pair_line, pair_line
+        server_url, code = pair_line.rsplit(" ", 1)[1].split("/app/#pair=")
+        request = urllib.request.Request(
+            f"{server_url}/v1/pair",
+            data=json.dumps({"code": code, "name": "Desk tablet"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            paired = json.loads(answer.read())
+        assert answer.status == 201 and paired["uid"] == "desk-tablet" and paired["authToken"]
+        assert "caPem" not in paired  # a stand-alone kiosk has no CA to pin
         args = command.split()[1:]
         caller = subprocess.run(
             [str(Path(sys.executable).parent / "kiosk"), *args, "--duration", "3"],

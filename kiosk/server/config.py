@@ -78,6 +78,9 @@ class ServerConfig:
     lan_hostname: str = ""
     lan_addresses: list[str] = field(default_factory=list)
     lan_advertise: bool = True  # False: pairing by address only (a network that drops multicast)
+    # A stand-alone kiosk's embedded server (no CA, plain HTTP on its own address): POST /v1/pair
+    # pairs browsers by the code its screen shows, so a tablet joins it without a token typed.
+    pairs_browsers: bool = False
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -57,11 +57,12 @@ class HostPairing:
 
     @property
     def enabled(self) -> bool:
-        return self.config.lan_ca is not None
+        """A host pairs kiosks and browsers; a stand-alone kiosk's own server, browsers."""
+        return self.config.lan_ca is not None or self.config.pairs_browsers
 
-    async def ca_pem(self) -> str:
-        if self._ca_pem is None:
-            assert self.config.lan_ca is not None
+    async def ca_pem(self) -> str | None:
+        """The host's CA; None for a stand-alone kiosk's server (no TLS, no CA to pin)."""
+        if self._ca_pem is None and self.config.lan_ca is not None:
             self._ca_pem = await asyncio.to_thread(self.config.lan_ca.read_text)
         return self._ca_pem
 
@@ -88,6 +89,8 @@ def _host(request: web.Request) -> HostPairing:
 async def pair_ca(request: web.Request) -> web.Response:
     pairing = _host(request)
     pem = await pairing.ca_pem()
+    if pem is None:
+        raise ProtocolError(ErrorCode.NOT_FOUND, "this call server has no CA (it is a stand-alone kiosk)")
     return web.json_response(
         {"caPem": pem, "fingerprint": fingerprint_of_pem(pem), "name": pairing.config.lan_name}
     )
@@ -125,10 +128,10 @@ async def pair(request: web.Request) -> web.Response:
         await asyncio.to_thread(pairing.codes.use, code)
     log.info("paired %s (%s) from %s", user.uid, user.name, address)
     pem = await pairing.ca_pem()
-    return web.json_response(
-        {**user.to_json(), "authToken": token, "caPem": pem, "fingerprint": fingerprint_of_pem(pem)},
-        status=201,
-    )
+    paired: dict[str, object] = {**user.to_json(), "authToken": token}
+    if pem is not None:  # a host's: the new kiosk pins it
+        paired.update(caPem=pem, fingerprint=fingerprint_of_pem(pem))
+    return web.json_response(paired, status=201)
 
 
 def uid_from_name(name: str) -> str:

@@ -90,7 +90,7 @@ async def run_kiosk_async(
             contacts=config.ui.contacts,
             avatar_mode=config.ui.avatar_mode,
             screen_touched=kiosk.screen.touched if kiosk.screen is not None else None,
-            pairing=HostPairing(kiosk) if kiosk.is_host else None,
+            pairing=HostPairing(kiosk) if kiosk.pairs else None,
         )
         if kiosk.users is not None:
             url, visitor = kiosk.server_url, kiosk.users.visitor_token
@@ -103,6 +103,12 @@ async def run_kiosk_async(
             if door:
                 out.write(
                     "in the call, the visitor's Open door (or --open-door-after) releases this kiosk's door\n"
+                )
+            if kiosk.pairs:
+                code = await kiosk.pairing_code()
+                out.write(
+                    "pair a browser with this kiosk, no token typed (the code is on its screen too, under "
+                    f"Pair a device; valid 5 min): {url}/app/#pair={code.code}\n"
                 )
             out.flush()
         # systemd (kiosk.service, Type=notify): ready once the window is up; the watchdog is fed from

@@ -787,6 +787,8 @@ class PairScreen(Screen):
         half = len(groups) // 2
         self.fingerprint_label.text = (
             "Host fingerprint: " + " ".join(groups[:half]) + "\n" + " ".join(groups[half:])
+            if groups
+            else "This kiosk's own call server (no building host): browsers only"
         )
         self.link_label.text = f"Browser: {links[0]}" if links else ""
         self.tick()
