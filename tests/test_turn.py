@@ -422,8 +422,12 @@ def test_endpoints_without_a_route_connect_through_coturn(lab: Lab) -> None:
     _wait_for_text(turn_log, r"peer usage: .*:desk>", "coturn's usage for desk", timeout=15)
     _wait_for_text(turn_log, r"peer usage: .*:door>", "coturn's usage for door", timeout=15)
     usage = _peer_usage(turn_log)
-    relayed = max(usage.values(), key=sum)
-    assert relayed[0] > 100 and relayed[1] > 100, usage
+    # Both directions crossed coturn: through one allocation (one side's local candidate is its relay:
+    # packets both from and to its peer), or through both (each side sent from its host address to
+    # the other's relay address, which coturn counts as received from the peer on each allocation).
+    one_carries_both = any(received > 100 and sent > 100 for received, sent in usage.values())
+    each_receives = len(usage) == 2 and all(received > 100 for received, _ in usage.values())
+    assert one_carries_both or each_receives, usage
     expiries = [int(e) for e, *_ in PEER_USAGE.findall(turn_log.read_text())]
     assert all(time.time() < e <= time.time() + 600 for e in expiries), expiries
     # The shared secret is never logged by the call server.
