@@ -120,3 +120,24 @@ async def test_an_audio_call_sends_no_picture(tmp_path: Path, call_type: CallTyp
         await asyncio.sleep(1.0)
         assert await desk.calls.get_call_picture(call.session_id) is None
         assert door.devices.camera_opens == 0
+
+
+async def test_a_ring_answered_while_the_camera_opens_leaves_it_closed() -> None:
+    from kiosk.calls.ring_preview import RingPreview
+    from kiosk.media.emulated import EmulatedDevices
+
+    devices = EmulatedDevices(width=160, height=120, camera_open_seconds=0.5)
+    sent: list[bytes] = []
+
+    async def upload(jpeg: bytes) -> None:
+        sent.append(jpeg)
+
+    preview = RingPreview(devices, upload)
+    preview.start()
+    await asyncio.sleep(0.1)  # the camera is still opening on its thread
+    await preview.stop()  # answered: the call will want the camera
+    for _ in range(40):
+        if not devices.open_cameras:
+            break
+        await asyncio.sleep(0.05)
+    assert devices.open_cameras == set() and not sent

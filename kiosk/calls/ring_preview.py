@@ -72,7 +72,16 @@ class RingPreview:
         loop = asyncio.get_running_loop()
         camera: CameraSource | None = None
         try:
-            camera = await loop.run_in_executor(None, self._devices.open_camera, cameras[0].device_id)
+            opening = loop.run_in_executor(None, self._devices.open_camera, cameras[0].device_id)
+            try:
+                camera = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # Stopped while the camera was opening on its thread: the open goes on there, and what
+                # it opens must be closed, or the call that follows finds the camera in use.
+                with contextlib.suppress(Exception):
+                    late = await opening
+                    await loop.run_in_executor(None, late.close)
+                raise
             while True:
                 frame = await camera.next_frame()
                 if isinstance(frame, av.VideoFrame):  # a camera's own H.264 packets are not shown

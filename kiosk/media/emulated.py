@@ -356,8 +356,12 @@ class EmulatedDevices(MediaDevices):
         shared_substreams: dict[str, str] | None = None,
         mixer_outputs: Iterable[str] = MIXER_OUTPUTS,
         open_wait_timeout: float | None = None,
+        camera_open_seconds: float = 0.0,
     ) -> None:
         self.width, self.height, self.fps = width, height, fps
+        # How long opening a camera takes (a Pi camera's Picamera2() and configure take a good part
+        # of a second): the open blocks its thread that long, as the real one does.
+        self.camera_open_seconds = camera_open_seconds
         self.tone_hz = tone_hz
         self.sound_file = sound_file
         self.speaker_dir = speaker_dir
@@ -456,9 +460,11 @@ class EmulatedDevices(MediaDevices):
         if device_id in self.open_cameras:
             self.busy_refusals += 1
             raise DeviceBusyError(device_id, "camera in use: it can be open once at a time")
+        self.open_cameras.add(device_id)  # acquired from the start of the open, as libcamera does
+        if self.camera_open_seconds:
+            time.sleep(self.camera_open_seconds)
         hue = 90 if device.facing == "back" else 0
         camera = EmulatedCamera(self, device, self.width, self.height, self.fps, hue)
-        self.open_cameras.add(device_id)
         self.camera_opens += 1
         return camera
 
