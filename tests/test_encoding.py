@@ -12,7 +12,8 @@ from aiortc.rtp import RtpPacket
 from calls_support import endpoints, new_session_id, running_server, video_frames, wait_until
 
 from kiosk.calls.jitter import GIVE_UP_SECONDS, MarkerJitterBuffer, release_frames_on_marker
-from kiosk.media.emulated import speech_like_voice
+from kiosk.media.capture import AudioCapture
+from kiosk.media.emulated import EmulatedDevices, speech_like_voice
 from kiosk.media.encoding import (
     LADDER_UP_HOLD,
     PICTURE_LADDER,
@@ -356,3 +357,29 @@ async def test_peers_use_the_marker_buffer_for_video_only():
         assert not release_frames_on_marker(audio.receiver)  # audio keeps aiortc's prefetching buffer
     finally:
         await pc.close()
+
+
+async def test_a_session_s_fec_count_outlives_the_encoder_of_a_peer_that_left() -> None:
+    """The final figures are taken as the session ends; if the other side hung up first its track is
+    gone and with it the shared encoder. The FEC it sent still counts (it read 0 in CI otherwise)."""
+    capture = AudioCapture(EmulatedDevices(), "emulated-mic", lambda exc: None)
+    track = capture.subscribe()
+    encoder = track.encoder = capture.attach(track, "audio/opus")  # as the track's first recv() does
+    assert isinstance(encoder, SharedAudioEncoder)
+    track.set_loss_estimate(0.05)
+    for frame in _voice_frames(100):
+        capture._publish(frame)
+    sent = encoder.fec_packets
+    assert sent > 0 and capture.fec_packets == sent
+    capture.unsubscribe(track)  # the peer left: its encoder closes
+    assert capture.encoders == []
+    assert capture.fec_packets == sent
+    again = capture.subscribe()  # a new peer: a new encoder, counted on top
+    again.encoder = capture.attach(again, "audio/opus")
+    assert again.encoder is not None and again.encoder is not encoder
+    again.set_loss_estimate(0.05)
+    for frame in _voice_frames(100, start=100):
+        capture._publish(frame)
+    assert capture.fec_packets > sent
+    capture.unsubscribe(again)
+    await capture.close()

@@ -47,17 +47,12 @@ def test_a_clean_network_needs_no_repair(tmp_path: Path) -> None:
 
 
 def test_on_wifi_loss_brings_fec_and_nacks(tmp_path: Path) -> None:
-    # Wi-Fi at a busy hour: 3 % loss from the kiosk instead of 1 %. At 1 % a 15 s call loses about 15
-    # of the kiosk's packets, about half of them audio; twice, in a loaded CI run, the kiosk sent no FEC
-    # at all (cause not pinned down: the stats below are in the message if it comes back). At 3 % the
-    # desk reports audio loss in nearly every receiver report.
-    wifi = profile("wifi")
-    busy = dataclasses.replace(wifi, up=dataclasses.replace(wifi.up, loss=0.03))
-    report = run_lab_call(tmp_path, busy, seconds=15)
+    report = run_lab_call(tmp_path, profile("wifi"), seconds=15)
     _both_ways(report)
     assert report.impairer["up"]["lost"] > 0 and report.impairer["down"]["lost"] > 0
     heard = report.received_by_desk()
-    # The desk reported the kiosk's losses; the kiosk's Opus encoder then added in-band FEC.
+    # The desk reported the kiosk's losses; the kiosk's Opus encoder then added in-band FEC. (Counted
+    # over the session: when the desk hung up first, its encoder had closed and the count read 0.)
     assert report.kiosk["stats"]["audioFecPackets"] > 0, (report.kiosk["stats"], heard)
     # The desk asked for lost video packets again (NACK) instead of a new keyframe.
     assert report.received_by_desk()["nacks_received"] + report.received_by_kiosk()["nacks_received"] > 0

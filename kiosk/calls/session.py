@@ -520,14 +520,16 @@ class CallSession:
                 stats.video_freeze_seconds = meter.freeze_seconds
                 stats.video_freeze_share = meter.freeze_share
                 stats.video_fps = meter.frames_per_second
+        # Counted over the whole session: an encoder closes when its last peer goes, which may be
+        # just before these final figures are taken.
+        result.audio_fec_packets = self.microphone.fec_packets
+        result.video_picture_changes = self.camera.picture_changes
         for encoder in self.microphone.encoders:
             if isinstance(encoder, SharedAudioEncoder):
-                result.audio_fec_packets += encoder.fec_packets
                 result.audio_fec_protection = max(result.audio_fec_protection, encoder.packet_loss)
         for video in self.camera.encoders:
             if isinstance(video, SharedVideoEncoder) and video.sinks:
                 result.video_sent_size, result.video_sent_bitrate = video.sent_size, video.bitrate
-                result.video_picture_changes = video.step_changes
         return result
 
     # ----------------------------------------------------------------- plumbing

@@ -161,6 +161,10 @@ class _Capture:
         self._failed_device: str | None = None  # reported once per device until it works again
         self._retry_at = 0.0
         self.frames_captured = 0
+        # What encoders already closed (their last peer gone) did, so that a session's figures at its
+        # end do not depend on whether the other side hung up first.
+        self.retired_fec_packets = 0
+        self.retired_picture_changes = 0
         self.on_restored: Callable[[], None] | None = None
         # Called with every published frame (the call recorder listens to the local microphone here);
         # not with the packets of a camera that encodes by itself.
@@ -183,6 +187,10 @@ class _Capture:
         if encoder is not None:
             encoder.remove(track)
             if not encoder.sinks:
+                if isinstance(encoder, SharedAudioEncoder):
+                    self.retired_fec_packets += encoder.fec_packets
+                else:
+                    self.retired_picture_changes += encoder.step_changes
                 encoder.close()
                 self._encoders = {m: e for m, e in self._encoders.items() if e is not encoder}
 
@@ -204,6 +212,18 @@ class _Capture:
     @property
     def encoders(self) -> list[Encoder]:
         return list(self._encoders.values())
+
+    @property
+    def fec_packets(self) -> int:
+        """Opus packets sent with in-band FEC since the capture opened, by every encoder it had."""
+        live = sum(e.fec_packets for e in self._encoders.values() if isinstance(e, SharedAudioEncoder))
+        return self.retired_fec_packets + live
+
+    @property
+    def picture_changes(self) -> int:
+        """Steps of the picture ladder taken since the capture opened, by every encoder it had."""
+        live = sum(e.step_changes for e in self._encoders.values() if isinstance(e, SharedVideoEncoder))
+        return self.retired_picture_changes + live
 
     def request_keyframe(self) -> None:
         """A keyframe soon, from the shared encoders or from a source that encodes by itself (a
