@@ -16,6 +16,8 @@ from kiosk.media.capture import AudioCapture
 from kiosk.media.emulated import EmulatedDevices, speech_like_voice
 from kiosk.media.encoding import (
     LADDER_UP_HOLD,
+    LOSS_LADDER_FROM,
+    LOSS_LADDER_STEP,
     PICTURE_LADDER,
     SharedAudioEncoder,
     SharedVideoEncoder,
@@ -383,3 +385,37 @@ async def test_a_session_s_fec_count_outlives_the_encoder_of_a_peer_that_left() 
     assert capture.fec_packets > sent
     capture.unsubscribe(again)
     await capture.close()
+
+
+async def test_on_sustained_loss_the_picture_gets_smaller_and_comes_back_as_the_loss_fades(monkeypatch):
+    """Plenty of bandwidth but 5 % of the packets lost: fewer, smaller packets (each lost one is a
+    repair round trip the viewer may see as a stall); back to the full picture once the loss fades."""
+    monkeypatch.setattr("kiosk.media.encoding.LADDER_UP_HOLD", 0.0)
+    now = [0.0]
+    encoder = SharedVideoEncoder("video/VP8", asyncio.get_running_loop(), clock=lambda: now[0])
+    pattern = TestPattern(640, 480)
+    sink = Sink()
+    _, scale, divisor = PICTURE_LADDER[LOSS_LADDER_STEP]
+    try:
+        encoder.add(sink)
+        encoder.set_estimate(sink, 1_500_000)
+        await _encode(encoder, pattern, 0, 4)
+        assert encoder.sent_size == (640, 480) and encoder.bitrate == 1_500_000
+        encoder.set_loss(sink, LOSS_LADDER_FROM / 2)  # a little loss: FEC and NACK are enough
+        await _encode(encoder, pattern, 4, 4)
+        assert encoder.sent_size == (640, 480)
+        now[0] += 1.0
+        encoder.set_loss(sink, 0.05)
+        await _encode(encoder, pattern, 8, 8)
+        assert encoder.step == LOSS_LADDER_STEP
+        assert encoder.sent_size == (round(640 * scale), round(480 * scale))
+        assert encoder.bitrate < PICTURE_LADDER[LOSS_LADDER_STEP - 1][0]  # what that step is for
+        # Reports of no loss a second apart: the held loss fades, and the estimate is followed again.
+        for start in range(16, 80, 4):
+            now[0] += 2.5  # past the raise interval each time
+            encoder.set_loss(sink, 0.0)
+            await _encode(encoder, pattern, start, 4)
+        assert encoder.held_loss < LOSS_LADDER_FROM
+        assert encoder.sent_size == (640, 480) and encoder.step == 0 and encoder.bitrate == 1_500_000
+    finally:
+        encoder.close()

@@ -42,6 +42,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from kiosk.calls.events import RTCUser
 from kiosk.calls.jitter import divert_audio, release_frames_on_marker
+from kiosk.calls.nack import RepeatingNackGenerator, repeat_nacks
 from kiosk.calls.playout import ParticipantAudio
 from kiosk.media.capture import OutgoingTrack
 from kiosk.media.pattern import latency_ms, read_stamp
@@ -95,6 +96,10 @@ class ParticipantStats:
     # receiver report), and how many retransmission requests (NACK) it sent for our video.
     audio_loss_reported: float = 0.0
     nacks_received: int = 0
+    # Of our requests for its lost video packets: NACKs sent only to ask again (a retransmission that
+    # did not come), and packets given up on after asking (kiosk.calls.nack).
+    video_nacks_repeated: int = 0
+    video_packets_abandoned: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -230,6 +235,7 @@ class RemoteMedia:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=_ice_servers(ice_servers)))
         allow_close_while_connecting(self.pc)
         self.stats = ParticipantStats(uid=self.uid)
+        self.nacks: RepeatingNackGenerator | None = None  # the video receiver's, once it has one
         self._session_started_at = session_started_at
         self._on_video_frame = on_video_frame
         self._on_audio_frame = on_audio_frame
@@ -339,6 +345,8 @@ class RemoteMedia:
             s.audio_concealed_share = p.concealed_share
             s.audio_playout_delay_ms = p.target_delay * 1000
             s.audio_playout_delay_max_ms = p.max_target_delay * 1000
+        if self.nacks is not None:
+            s.video_nacks_repeated, s.video_packets_abandoned = self.nacks.repeats, self.nacks.abandoned
         if self._latencies:
             ordered = sorted(self._latencies)
             s.latency_ms_p50 = float(statistics.median(ordered))
@@ -418,6 +426,7 @@ class RemotePeer(RemoteMedia):
         for transceiver, track in ((sound, audio_track), (video, video_track)):
             _share_encoder(transceiver, track)
         release_frames_on_marker(video.receiver)  # a frame is decoded when complete, not 33 ms later
+        self.nacks = repeat_nacks(video.receiver)  # a lost retransmission is asked for again
         if on_keyframe_request is not None:
             _forward_keyframe_requests(video, on_keyframe_request)
         if video_codec:

@@ -34,6 +34,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from kiosk.calls.events import RTCUser
 from kiosk.calls.jitter import release_frames_on_marker
+from kiosk.calls.nack import repeat_nacks
 from kiosk.calls.peer import (
     AudioSink,
     FrameSink,
@@ -355,6 +356,7 @@ class SfuFeed(RemoteMedia):
             transceiver.direction = "recvonly"
             if transceiver.kind == "video":
                 release_frames_on_marker(transceiver.receiver)  # decode a frame when complete
+                self.nacks = repeat_nacks(transceiver.receiver)  # ask again for a lost retransmission
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self.handle.message(
             {"request": "start"}, {"type": "answer", "sdp": self.pc.localDescription.sdp}

@@ -70,8 +70,8 @@ class OutgoingTrack(MediaStreamTrack):
     def set_loss_estimate(self, fraction: float) -> None:
         """The share of this track's packets the peer reported lost (RTCP receiver reports)."""
         self.loss_reported = fraction
-        if isinstance(self.encoder, SharedAudioEncoder):
-            self.encoder.set_loss(self, fraction)
+        if self.encoder is not None:
+            self.encoder.set_loss(self, fraction)  # Opus FEC; the picture ladder
 
     def set_bitrate_estimate(self, bitrate: int) -> None:
         """The peer's receiver estimate (REMB) for what this track sends."""

@@ -58,6 +58,15 @@ PICTURE_LADDER: tuple[tuple[int, float, int], ...] = (
 LADDER_UP_HOLD = 3.0
 LADDER_REFERENCE = 640 * 480 * 30  # the pixels a second the ladder's bitrates are for
 LADDER_DOWN_MARGIN = 0.9
+# Sustained loss (the receivers' reports of the share of the video packets they missed, held and
+# decaying as for Opus FEC): a lost packet is repaired by a retransmission a round trip later, and a
+# frame waiting for one is a stall the viewer sees when frames come every 33 ms. Fewer and smaller
+# frames are hit less often (fewer packets each) and leave more time for the repair between them, so
+# above this loss the picture goes at least down to LOSS_LADDER_STEP, at the bitrate that step is for,
+# whatever the bandwidth estimate says. Back up, a step at a time, as the held loss fades.
+LOSS_LADDER_FROM = 0.03
+LOSS_MEMORY_SECONDS = 10.0  # a reported loss fades with this time constant (video and Opus FEC)
+LOSS_LADDER_STEP = 3
 
 # The least bitrate the shared encoders run at. aiortc's own encoders stop at 250 kbit/s (VP8) and
 # 500 kbit/s (H.264), more than a thin uplink carries: sent anyway, it fills the bottleneck's queue
@@ -128,12 +137,22 @@ def opus_context(bitrate: int = OPUS_BITRATE) -> av.AudioCodecContext:
 class SharedVideoEncoder:
     """One codec's encoder for every track that sends it; frames in on the loop, packets out on it."""
 
-    def __init__(self, mime_type: str, loop: asyncio.AbstractEventLoop, fps: int = 30) -> None:
+    def __init__(
+        self,
+        mime_type: str,
+        loop: asyncio.AbstractEventLoop,
+        fps: int = 30,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.mime = mime_type.lower()
         self.low, self.high, default = _VIDEO_CODECS[self.mime]
         self._loop = loop
         self._fps = fps
         self._sinks: dict[PacketSink, int] = {}  # sink -> its peer's bitrate estimate
+        # sink -> (the video loss its receiver reported, held and decaying; when it was last updated)
+        self._losses: dict[PacketSink, tuple[float, float]] = {}
+        self._clock = clock
+        self._loss = 0.0  # the worst held loss, for the encoder thread
         self._lock = threading.Condition()
         self._pending: av.VideoFrame | None = None
         self._keyframe = True
@@ -172,6 +191,7 @@ class SharedVideoEncoder:
 
     def remove(self, sink: PacketSink) -> None:
         self._sinks.pop(sink, None)
+        self._losses.pop(sink, None)
         self._update_bitrate()
 
     def set_estimate(self, sink: PacketSink, bitrate: int) -> None:
@@ -179,6 +199,22 @@ class SharedVideoEncoder:
         if sink in self._sinks:
             self._sinks[sink] = bitrate
             self._update_bitrate()
+
+    def set_loss(self, sink: PacketSink, fraction: float) -> None:
+        """A receiver's report of the share of our video packets it lost since its last report (before
+        any retransmission: aiortc and browsers count retransmissions on their own stream)."""
+        if sink in self._sinks:
+            self._losses[sink] = (max(fraction, self._held_loss(sink)), self._clock())
+            self._update_bitrate()
+
+    def _held_loss(self, sink: PacketSink) -> float:
+        held, at = self._losses.get(sink, (0.0, 0.0))
+        return held * math.exp(-max(0.0, self._clock() - at) / LOSS_MEMORY_SECONDS)
+
+    @property
+    def held_loss(self) -> float:
+        """The worst receiver's loss, held and decaying (what the picture follows)."""
+        return max((self._held_loss(sink) for sink in self._losses), default=0.0)
 
     def request_keyframe(self) -> None:
         with self._lock:
@@ -204,8 +240,10 @@ class SharedVideoEncoder:
     def _update_bitrate(self) -> None:
         estimates = list(self._sinks.values())
         wanted = max(self.low, min(min(estimates) if estimates else self.high, self.high))
+        loss = self.held_loss
         with self._lock:
             self._wanted = wanted
+            self._loss = loss
 
     def _deliver(self, packets: list[av.Packet]) -> None:
         for sink in list(self._sinks):
@@ -223,9 +261,9 @@ class SharedVideoEncoder:
                     return
                 frame, self._pending = self._pending, None
                 keyframe, self._keyframe = self._keyframe, False
-                wanted = self._wanted
+                wanted, loss = self._wanted, self._loss
             try:
-                packets = self._encode(frame, keyframe, wanted)
+                packets = self._encode(frame, keyframe, wanted, loss)
             except Exception:  # a broken frame must not end the stream for every peer
                 log.exception("%s encoder failed; restarting it", self.mime)
                 self._ctx = None
@@ -250,9 +288,20 @@ class SharedVideoEncoder:
             self._better_since = now
         return self.step - 1 if now - self._better_since >= LADDER_UP_HOLD else self.step
 
-    def _encode(self, frame: av.VideoFrame, keyframe: bool, wanted: int) -> list[av.Packet]:
-        now = time.monotonic()
-        step = self._choose_step(wanted, now, frame.width * frame.height * self._fps / LADDER_REFERENCE)
+    @staticmethod
+    def _loss_bitrate(load: float) -> int:
+        """The most a lossy link gets: a little under the least of the step above LOSS_LADDER_STEP,
+        so that the ladder stays on that step."""
+        return int(PICTURE_LADDER[LOSS_LADDER_STEP - 1][0] * load * LADDER_DOWN_MARGIN) - 1
+
+    def _encode(
+        self, frame: av.VideoFrame, keyframe: bool, wanted: int, loss: float = 0.0
+    ) -> list[av.Packet]:
+        now = self._clock()
+        load = frame.width * frame.height * self._fps / LADDER_REFERENCE
+        if loss >= LOSS_LADDER_FROM:
+            wanted = max(self.low, min(wanted, self._loss_bitrate(load)))
+        step = self._choose_step(wanted, now, load)
         if step != self.step:
             self.step, self.step_changes, self._better_since = step, self.step_changes + 1, None
             log.info("%s: %d bit/s: picture step %d %s", self.mime, wanted, step, PICTURE_LADDER[step][1:])
@@ -298,7 +347,6 @@ class SharedVideoEncoder:
         return packets
 
 
-LOSS_MEMORY_SECONDS = 10.0  # a reported loss fades with this time constant
 FEC_FROM_LOSS = 0.005  # Opus in-band FEC on while the held loss is at least this
 
 
