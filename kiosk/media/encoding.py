@@ -58,15 +58,19 @@ PICTURE_LADDER: tuple[tuple[int, float, int], ...] = (
 LADDER_UP_HOLD = 3.0
 LADDER_REFERENCE = 640 * 480 * 30  # the pixels a second the ladder's bitrates are for
 LADDER_DOWN_MARGIN = 0.9
-# Sustained loss (the receivers' reports of the share of the video packets they missed, held and
-# decaying as for Opus FEC): a lost packet is repaired by a retransmission a round trip later, and a
-# frame waiting for one is a stall the viewer sees when frames come every 33 ms. Fewer and smaller
-# frames are hit less often (fewer packets each) and leave more time for the repair between them, so
-# above this loss the picture goes at least down to LOSS_LADDER_STEP, at the bitrate that step is for,
-# whatever the bandwidth estimate says. Back up, a step at a time, as the held loss fades.
+# Sustained loss (the receivers' reports of the share of the video packets they missed, about one a
+# second, averaged over LOSS_SMOOTHING_SECONDS): a lost packet is repaired by a retransmission a round
+# trip later, and a frame waiting for one is a stall the viewer sees when frames come every 33 ms.
+# Smaller frames are hit less often (one or two packets each instead of four or five), so from
+# LOSS_LADDER_FROM the picture goes at least down to LOSS_LADDER_STEP, at the bitrate that step is for,
+# whatever the bandwidth estimate says; under LOSS_LADDER_UNTIL it climbs back a step at a time. (An
+# average, not Opus FEC's held maximum: the picture is costly to change, and 1 % random loss, which
+# NACK repairs in time, now and then reports 3 % for a second.)
 LOSS_LADDER_FROM = 0.03
-LOSS_MEMORY_SECONDS = 10.0  # a reported loss fades with this time constant (video and Opus FEC)
+LOSS_LADDER_UNTIL = 0.015
 LOSS_LADDER_STEP = 3
+LOSS_SMOOTHING_SECONDS = 4.0
+LOSS_MEMORY_SECONDS = 10.0  # Opus FEC: a reported loss fades with this time constant
 
 # The least bitrate the shared encoders run at. aiortc's own encoders stop at 250 kbit/s (VP8) and
 # 500 kbit/s (H.264), more than a thin uplink carries: sent anyway, it fills the bottleneck's queue
@@ -149,10 +153,10 @@ class SharedVideoEncoder:
         self._loop = loop
         self._fps = fps
         self._sinks: dict[PacketSink, int] = {}  # sink -> its peer's bitrate estimate
-        # sink -> (the video loss its receiver reported, held and decaying; when it was last updated)
+        # sink -> (the video loss its receiver reports, averaged; when it last reported)
         self._losses: dict[PacketSink, tuple[float, float]] = {}
         self._clock = clock
-        self._loss = 0.0  # the worst held loss, for the encoder thread
+        self._lossy = False  # whether the picture is held down for loss (read by the encoder thread)
         self._lock = threading.Condition()
         self._pending: av.VideoFrame | None = None
         self._keyframe = True
@@ -203,18 +207,26 @@ class SharedVideoEncoder:
     def set_loss(self, sink: PacketSink, fraction: float) -> None:
         """A receiver's report of the share of our video packets it lost since its last report (before
         any retransmission: aiortc and browsers count retransmissions on their own stream)."""
-        if sink in self._sinks:
-            self._losses[sink] = (max(fraction, self._held_loss(sink)), self._clock())
-            self._update_bitrate()
-
-    def _held_loss(self, sink: PacketSink) -> float:
-        held, at = self._losses.get(sink, (0.0, 0.0))
-        return held * math.exp(-max(0.0, self._clock() - at) / LOSS_MEMORY_SECONDS)
+        if sink not in self._sinks:
+            return
+        now = self._clock()
+        if sink in self._losses:
+            average, at = self._losses[sink]
+            weight = 1.0 - math.exp(-max(0.0, now - at) / LOSS_SMOOTHING_SECONDS)
+            self._losses[sink] = (average + (fraction - average) * weight, now)
+        else:
+            self._losses[sink] = (fraction, now)
+        self._update_bitrate()
 
     @property
-    def held_loss(self) -> float:
-        """The worst receiver's loss, held and decaying (what the picture follows)."""
-        return max((self._held_loss(sink) for sink in self._losses), default=0.0)
+    def loss(self) -> float:
+        """The worst receiver's loss, averaged over its recent reports."""
+        return max((average for average, _ in self._losses.values()), default=0.0)
+
+    @property
+    def lossy(self) -> bool:
+        """Whether the picture is held down the ladder for loss."""
+        return self._lossy
 
     def request_keyframe(self) -> None:
         with self._lock:
@@ -240,10 +252,15 @@ class SharedVideoEncoder:
     def _update_bitrate(self) -> None:
         estimates = list(self._sinks.values())
         wanted = max(self.low, min(min(estimates) if estimates else self.high, self.high))
-        loss = self.held_loss
+        loss = self.loss
+        lossy = loss >= LOSS_LADDER_FROM or (self._lossy and loss >= LOSS_LADDER_UNTIL)
+        if lossy != self._lossy:
+            log.info(
+                "%s: %.1f %% of the video lost: %s", self.mime, loss * 100, "smaller" if lossy else "back up"
+            )
         with self._lock:
             self._wanted = wanted
-            self._loss = loss
+            self._lossy = lossy
 
     def _deliver(self, packets: list[av.Packet]) -> None:
         for sink in list(self._sinks):
@@ -261,9 +278,9 @@ class SharedVideoEncoder:
                     return
                 frame, self._pending = self._pending, None
                 keyframe, self._keyframe = self._keyframe, False
-                wanted, loss = self._wanted, self._loss
+                wanted, lossy = self._wanted, self._lossy
             try:
-                packets = self._encode(frame, keyframe, wanted, loss)
+                packets = self._encode(frame, keyframe, wanted, lossy)
             except Exception:  # a broken frame must not end the stream for every peer
                 log.exception("%s encoder failed; restarting it", self.mime)
                 self._ctx = None
@@ -295,11 +312,11 @@ class SharedVideoEncoder:
         return int(PICTURE_LADDER[LOSS_LADDER_STEP - 1][0] * load * LADDER_DOWN_MARGIN) - 1
 
     def _encode(
-        self, frame: av.VideoFrame, keyframe: bool, wanted: int, loss: float = 0.0
+        self, frame: av.VideoFrame, keyframe: bool, wanted: int, lossy: bool = False
     ) -> list[av.Packet]:
         now = self._clock()
         load = frame.width * frame.height * self._fps / LADDER_REFERENCE
-        if loss >= LOSS_LADDER_FROM:
+        if lossy:
             wanted = max(self.low, min(wanted, self._loss_bitrate(load)))
         step = self._choose_step(wanted, now, load)
         if step != self.step:
