@@ -8,10 +8,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from session_fakes import FakeFeed, settle, start_scene, user
+from session_fakes import FakeFeed, FakePeer, Scene, settle, start_scene, user
 
 from kiosk.calls.liveness import SIGNALING_REFRESH_AFTER, SIGNALING_REFRESH_INTERVAL
-from kiosk.calls.media import MEDIA_STALL_SECONDS, OFFER_ANSWER_SECONDS, REBUILD_INTERVAL_SECONDS
+from kiosk.calls.media import (
+    MEDIA_STALL_SECONDS,
+    MEDIA_START_SECONDS,
+    OFFER_ANSWER_SECONDS,
+    REBUILD_INTERVAL_SECONDS,
+)
 from kiosk.calls.ports import SessionOver
 from kiosk.calls.settings import CallSettingsBuilder
 
@@ -136,7 +141,7 @@ async def test_a_broken_connection_is_rebuilt_by_the_smaller_uid_at_most_once_pe
     await settle()
     assert len(scene.sent.of("offer")) == 2  # stopped: rebuilt
     rebuilt = scene.peer_of("bob")
-    assert peer.closed and rebuilt is not peer
+    assert rebuilt is not peer and not peer.closed  # kept until the new one brings media
     # Its offer is in flight and the interval has not passed: nothing more.
     scene.clock.advance(OFFER_ANSWER_SECONDS / 2)
     scene.session.watch.check()
@@ -153,6 +158,93 @@ async def test_a_broken_connection_is_rebuilt_by_the_smaller_uid_at_most_once_pe
     scene.message(type="participant.joined", participant=user("bob"))
     await settle()
     assert len(scene.sent.of("offer")) == 3
+    await scene.session.close(notify_server=False)
+
+
+async def _rebuilt_after_a_stall(scene: Scene, uid: str) -> tuple[FakePeer, FakePeer]:
+    old = scene.peer_of(uid)
+    scene.message(type="answer", **{"from": uid}, sdp="answer", negotiationId=old.negotiation_id)
+    await settle()
+    old.media_arrives()
+    scene.clock.advance(MEDIA_STALL_SECONDS + 0.1)  # a blackout
+    scene.session.watch.check()
+    await settle()
+    new = scene.peer_of(uid)
+    assert new is not old and not old.closed
+    return old, new
+
+
+async def test_make_before_break_the_old_connection_closes_once_the_new_one_brings_media(
+    tmp_path: Path,
+) -> None:
+    scene = await start_scene(tmp_path, "alice", ["bob"])
+    old, new = await _rebuilt_after_a_stall(scene, "bob")
+    scene.clock.advance(0.5)
+    scene.session.watch.check()
+    await settle()
+    assert not old.closed  # the new one has brought nothing yet
+    new.media_arrives()
+    scene.session.watch.check()
+    await settle()
+    assert old.closed and scene.peer_of("bob") is new and not new.closed
+    await scene.session.close(notify_server=False)
+
+
+async def test_media_back_on_the_old_connection_first_drops_the_new_one(tmp_path: Path) -> None:
+    """A 2 s blackout: the path comes back and the old connection's media with it, before the new
+    connection (its offer delayed behind the signaling's own retransmissions) has connected."""
+    scene = await start_scene(tmp_path, "alice", ["bob"])
+    old, new = await _rebuilt_after_a_stall(scene, "bob")
+    scene.clock.advance(0.4)
+    old.media_arrives()
+    scene.session.watch.check()
+    await settle()
+    assert scene.peer_of("bob") is old and new.closed and not old.closed
+    # Media flows: nothing more is rebuilt.
+    offers = len(scene.sent.of("offer"))
+    for _ in range(10):
+        scene.clock.advance(0.5)
+        old.media_arrives()
+        scene.session.watch.check()
+        await settle()
+    assert len(scene.sent.of("offer")) == offers
+    await scene.session.close(notify_server=False)
+
+
+async def test_the_answerer_keeps_its_old_connection_too_and_goes_back_to_it(tmp_path: Path) -> None:
+    scene = await start_scene(tmp_path, "bob", [])
+    scene.message(type="participant.joined", participant=user("alice"))
+    scene.message(type="offer", **{"from": "alice"}, sdp="offer 1", negotiationId="a1")
+    await settle()
+    old = scene.peer_of("alice")
+    old.media_arrives()
+    scene.clock.advance(MEDIA_STALL_SECONDS + 0.1)
+    scene.message(type="offer", **{"from": "alice"}, sdp="offer 2", negotiationId="a2")  # alice rebuilds
+    await settle()
+    new = scene.peer_of("alice")
+    assert new is not old and not old.closed and len(scene.sent.of("answer")) == 2
+    # The old connection's media comes back; alice (the offerer) drops the new one, so it never
+    # connects here: bob goes back to the old one once the new one has had its time.
+    old.media_arrives()
+    scene.session.watch.check()
+    await settle()
+    assert scene.peer_of("alice") is new and not old.closed
+    for _ in range(int(MEDIA_START_SECONDS / 0.5) + 1):
+        scene.clock.advance(0.5)
+        old.media_arrives()
+        scene.session.watch.check()
+        await settle()
+    assert scene.peer_of("alice") is old and new.closed and not old.closed
+    await scene.session.close(notify_server=False)
+
+
+async def test_a_connection_that_never_carried_media_is_not_kept(tmp_path: Path) -> None:
+    scene = await start_scene(tmp_path, "alice", ["bob"])
+    first = scene.peer_of("bob")  # offered, never answered, no media
+    scene.clock.advance(OFFER_ANSWER_SECONDS + REBUILD_INTERVAL_SECONDS)
+    scene.message(type="participant.joined", participant=user("bob"), rejoined=True)
+    await settle()
+    assert scene.peer_of("bob") is not first and first.closed
     await scene.session.close(notify_server=False)
 
 

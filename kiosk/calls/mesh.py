@@ -13,6 +13,13 @@ The decisions, each with its reason:
 - Rebuilds: aiortc has no ICE restart, so a connection whose media stopped is replaced by a new one,
   offered by the smaller uid; at most one offer in flight (unless the other side has just come back:
   that offer went to a connection now gone) and at most one rebuild every REBUILD_INTERVAL_SECONDS.
+- Make before break: the connection a rebuild replaces, if it ever carried media, is kept open (on
+  both sides: the answer to a new offer keeps it too) until the new one brings media, and then
+  closed. A Wi-Fi handover or a short blackout leaves the old connection's ICE pair working, and its
+  media comes back the moment the path does, sooner than a new connection can be negotiated over a
+  signaling connection that is itself backing off. If the old one's media comes back first, the new
+  one is dropped and the old one is the connection again; the other side, whose new connection then
+  never connects, does the same once it has had MEDIA_START_SECONDS.
 """
 
 from __future__ import annotations
@@ -73,6 +80,9 @@ class MeshMedia:
         self._context = context
         self._new_peer_connection: PeerFactory = new_peer or self._remote_peer
         self._peers: dict[str, MeshPeer] = {}
+        # uid -> the connection a rebuild replaced, kept until the new one brings media (make before
+        # break); its media still reaches the session.
+        self._standby: dict[str, MeshPeer] = {}
         self._offers_seen: dict[str, int] = {}  # uid -> offers received from it
         self._rebuilt_at: dict[str, float] = {}  # uid -> when we last rebuilt its peer connection
         self._departed: dict[str, ParticipantStats] = {}  # the last figures of those who left
@@ -80,7 +90,7 @@ class MeshMedia:
 
     def _remote_peer(self, participant: RemoteParticipant) -> RemotePeer:
         c = self._context
-        return RemotePeer(
+        peer = RemotePeer(
             participant,
             audio_track=c.audio.subscribe(),
             video_track=c.video.subscribe(),
@@ -93,6 +103,8 @@ class MeshMedia:
             on_keyframe_request=c.video.request_keyframe,
             audio=c.audio_for(participant.user.uid),
         )
+        peer.on_media_started = lambda link: self.settle(link.uid)
+        return peer
 
     @property
     def peers(self) -> Mapping[str, MeshPeer]:
@@ -116,6 +128,9 @@ class MeshMedia:
         self.rebuild_if_broken(uid, now_reachable=now_reachable)
 
     def participant_left(self, uid: str) -> None:
+        standby = self._standby.pop(uid, None)
+        if standby is not None:
+            self._context.spawn(standby.close())
         peer = self._peers.pop(uid, None)
         self._offers_seen.pop(uid, None)
         self._rebuilt_at.pop(uid, None)
@@ -155,7 +170,32 @@ class MeshMedia:
         self.rebuild_if_broken(uid)
 
     def tick(self) -> None:
-        pass  # the mesh repairs what the media watch finds
+        for uid in list(self._standby):
+            self.settle(uid)
+
+    def settle(self, uid: str) -> None:
+        """Make before break: close the connection a rebuild replaced once the new one brings media;
+        go back to it if its own media came back first and the new one has brought none."""
+        standby, current = self._standby.get(uid), self._peers.get(uid)
+        if standby is None:
+            return
+        if current is None or current.closed:
+            del self._standby[uid]
+            self._context.spawn(standby.close())
+            return
+        if current.last_media_at is not None:
+            log.info("the new connection to %s brings media: the old one is closed", uid)
+            del self._standby[uid]
+            self._context.spawn(standby.close())
+        elif standby.receiving(MEDIA_STALL_SECONDS) and (
+            current.age() > MEDIA_START_SECONDS or self.initiates_with(uid)
+        ):
+            # The offerer decides at once (the new connection is its own); the answerer, whose new
+            # connection the offerer then drops, once that one has had its time.
+            log.info("media from %s came back on the old connection: the new one is dropped", uid)
+            del self._standby[uid]
+            self._peers[uid] = standby
+            self._context.spawn(current.close())
 
     # ----------------------------------------------------------------- negotiation
 
@@ -177,9 +217,17 @@ class MeshMedia:
         c.spawn(self._offer_to(participant))
 
     def _new_peer(self, participant: RemoteParticipant) -> MeshPeer:
-        old = self._peers.pop(participant.user.uid, None)
+        uid = participant.user.uid
+        old = self._peers.pop(uid, None)
         if old is not None:
-            self._context.spawn(old.close())
+            if old.last_media_at is not None and not old.closed:
+                # It carried media: kept until the new one does (make before break).
+                previous = self._standby.pop(uid, None)
+                if previous is not None:
+                    self._context.spawn(previous.close())
+                self._standby[uid] = old
+            else:  # it never connected: nothing to keep (a connection kept in standby stays there)
+                self._context.spawn(old.close())
         peer = self._new_peer_connection(participant)
         self._peers[participant.user.uid] = peer
         return peer
@@ -255,6 +303,9 @@ class MeshMedia:
         """The switch to the SFU: the connections go on carrying media until the room's feeds
         replace them (the SFU media closes them); the mesh negotiates no more."""
         self._handed_over = True
+        for standby in self._standby.values():
+            self._context.spawn(standby.close())
+        self._standby.clear()
         peers, self._peers = dict(self._peers), {}
         return peers
 
@@ -265,5 +316,6 @@ class MeshMedia:
         }
 
     async def close(self) -> None:
-        peers, self._peers = list(self._peers.values()), {}
+        peers, self._peers = [*self._peers.values(), *self._standby.values()], {}
+        self._standby.clear()
         await asyncio.gather(*(peer.close() for peer in peers), return_exceptions=True)

@@ -54,6 +54,9 @@ PLAUSIBLE_LATENCY_MS = 60_000
 
 # Received audio is "silent" below this RMS level (full scale = 1.0); a -50 dBFS floor.
 SILENCE_RMS = 0.003
+# Media back on a connection after this long without (audio flows 50 times a second, even muted) counts
+# as started again: a link that survived a blackout.
+MEDIA_GAP_SECONDS = 0.5
 LEVEL_WINDOW_FRAMES = 10  # 200 ms of 20 ms frames
 
 
@@ -247,6 +250,8 @@ class RemoteMedia:
         self.closed = False
         self.created_at = time.monotonic()
         self.last_media_at: float | None = None  # when the last audio packet or video frame arrived
+        # Called when media starts on this connection, or comes back after MEDIA_GAP_SECONDS without.
+        self.on_media_started: Callable[[RemoteMedia], None] | None = None
         # The participant's audio playout, shared by every connection from it (kiosk.calls.playout);
         # None: aiortc's own audio path, through this connection's track.
         self.audio = audio
@@ -273,7 +278,7 @@ class RemoteMedia:
                 return
             if not isinstance(frame, av.VideoFrame):
                 continue  # a received track brings decoded frames (aiortc types recv() for any track)
-            now = self.last_media_at = time.monotonic()
+            now = self._media_in()
             if self.stats.first_frame_ms is None:
                 self.stats.first_frame_ms = (now - self._session_started_at) * 1000
             self.stats.video_frames_decoded += 1
@@ -282,6 +287,16 @@ class RemoteMedia:
             if stamp is not None and (latency := latency_ms(stamp)) < PLAUSIBLE_LATENCY_MS:
                 self._latencies.append(latency)  # (a picture damaged by loss can misread as years)
             self._on_video_frame(self.uid, frame)
+
+    def _media_in(self) -> float:
+        now = time.monotonic()
+        before, self.last_media_at = self.last_media_at, now
+        if (before is None or now - before >= MEDIA_GAP_SECONDS) and self.on_media_started is not None:
+            try:
+                self.on_media_started(self)
+            except Exception:  # a listener's fault must not stop the media
+                log.exception("media-started callback failed")
+        return now
 
     def _divert_audio_of(self, track: MediaStreamTrack) -> bool:
         """Send the track's packets to the participant's playout; False where there is none, or this
@@ -294,7 +309,7 @@ class RemoteMedia:
 
     def _audio_packet(self, timestamp: int, payload: bytes) -> None:
         # On the loop, as aiortc receives it: media has come (a muted sender sends silence packets).
-        self.last_media_at = time.monotonic()
+        self._media_in()
         self.stats.audio_frames_decoded += 1
         self.stats.audio_samples_decoded += 960
         if self.audio is not None and not self.closed:
@@ -309,7 +324,7 @@ class RemoteMedia:
                 return
             if not isinstance(frame, av.AudioFrame):
                 continue  # as for video
-            self.last_media_at = time.monotonic()
+            self._media_in()
             self._audio_frame(frame)
 
     def _audio_frame(self, frame: av.AudioFrame) -> None:
