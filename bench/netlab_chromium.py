@@ -476,7 +476,10 @@ async def drive_page(
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=args, headless=True, timeout=30_000)
         try:
-            page: Any = await browser.new_page()
+            # The page's CSP allows no blob: script, which the measuring taps' AudioWorklet is: the
+            # bench's own instrument, so the CSP is bypassed for it (the browser tests run the page
+            # under its CSP).
+            page: Any = await browser.new_page(bypass_csp=True)
             page.set_default_timeout(30_000)
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
             await page.add_init_script(_HOOK_PEER_CONNECTIONS)

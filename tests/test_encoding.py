@@ -335,6 +335,24 @@ def test_a_hole_no_retransmission_fills_is_given_up_after_a_moment_with_a_keyfra
     assert released[:3] == [2000, 3000, 4000], released  # 2000 without its lost first packet
 
 
+def test_after_a_blackout_the_frames_behind_the_gap_are_not_held_and_a_keyframe_is_asked_for():
+    """A 2 s Wi-Fi handover: the old connection comes back, and the packets sent meanwhile are gone.
+    Waiting a second for their repair would add a second of frozen, then late, picture."""
+    now = [0.0]
+    buffer = MarkerJitterBuffer(capacity=512, clock=lambda: now[0])
+    ts = 90_000
+    assert buffer.add(_rtp(400, ts, True, b"a"))[1] is not None
+    now[0] = 2.0
+    gap_ts = ts + 2 * 90_000  # 2 s of media later; 60 packets lost
+    pli, frame = buffer.add(_rtp(461, gap_ts, True, b"b"))
+    assert pli and buffer.blackouts == 1  # at once, not after GIVE_UP_SECONDS
+    assert frame is not None and frame.timestamp == gap_ts
+    assert buffer.frames_given_up == 1
+    # A short loss after it is waited for as usual.
+    assert buffer.add(_rtp(463, gap_ts + 3000, True, b"d")) == (False, None)
+    assert buffer.blackouts == 1
+
+
 def test_a_retransmission_in_time_fills_the_hole_and_nothing_is_given_up():
     now = [0.0]
     buffer = MarkerJitterBuffer(capacity=64, clock=lambda: now[0])

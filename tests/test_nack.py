@@ -105,3 +105,16 @@ def test_a_video_receiver_gets_it_an_audio_one_does_not() -> None:
     audio = RTCRtpReceiver("audio", Transport())  # type: ignore[arg-type]
     assert isinstance(repeat_nacks(video), RepeatingNackGenerator)
     assert repeat_nacks(audio) is None
+
+
+def test_what_was_sent_during_a_blackout_is_not_asked_for() -> None:
+    clock = Clock()
+    nacks = RepeatingNackGenerator(clock)
+    assert not nacks.add(_packet(1))
+    clock.now += 2.0
+    # 60 packets (2 s of media at 30 frames a second) lost to a blackout: stale, not asked for.
+    assert not nacks.add(_packet(62))
+    assert nacks.missing == set() and nacks.blackouts == 1
+    # An ordinary loss after it is.
+    assert nacks.add(_packet(64))
+    assert nacks.missing == {63}

@@ -36,6 +36,18 @@ VIDEO_CAPACITY = 512
 # retransmits from its own buffer on a loaded machine; short enough that a lost retransmission is a
 # short freeze (aiortc's own wait is 512 packets: seconds).
 GIVE_UP_SECONDS = 1.0
+# A gap in the sequence numbers across more than this much media time (the RTP timestamps on either
+# side of it, at video's 90 kHz) is a blackout, not a loss: the link was down (a Wi-Fi handover) and
+# what was sent meanwhile is stale. Nothing is asked for again, the frames behind the gap are not held
+# for a repair, and a keyframe is asked for at once, as a browser does when its NACK list overflows.
+BLACKOUT_SECONDS = 0.5
+VIDEO_CLOCK_RATE = 90_000
+
+
+def is_blackout(before: int, after: int) -> bool:
+    """Whether packets stamped `before` and then `after` (RTP timestamps) had a blackout between them."""
+    forward = (after - before) & 0xFFFFFFFF
+    return BLACKOUT_SECONDS * VIDEO_CLOCK_RATE < forward < 0x80000000
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -43,12 +55,22 @@ class MarkerJitterBuffer(JitterBuffer):
         super().__init__(capacity=capacity, is_video=True)
         self._clock = clock
         self._highest: int | None = None  # the newest sequence number in
+        self._highest_timestamp = 0  # and its RTP timestamp
         self._blocked_since: float | None = None  # since when a hole holds the frames behind it
+        self._blackout = False  # the hole is a blackout's: not waited for
         self.frames_given_up = 0
+        self.blackouts = 0
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         if self._highest is None or uint16_gt(packet.sequence_number, self._highest):
-            self._highest = packet.sequence_number
+            if (
+                self._highest is not None
+                and packet.sequence_number != uint16_add(self._highest, 1)
+                and is_blackout(self._highest_timestamp, packet.timestamp)
+            ):
+                self._blackout = True
+                self.blackouts += 1
+            self._highest, self._highest_timestamp = packet.sequence_number, packet.timestamp
         pli, frame = super().add(packet)
         if self._origin is not None and self._highest is not None and uint16_gt(self._origin, self._highest):
             self._highest = uint16_add(self._origin, -1)  # aiortc started over (a reset or an overflow)
@@ -57,16 +79,18 @@ class MarkerJitterBuffer(JitterBuffer):
             return pli, frame
         hole = self._first_hole()
         if hole is None:
-            self._blocked_since = None
+            self._blocked_since, self._blackout = None, False
             return pli, None
         now = self._clock()
-        if self._blocked_since is None:
-            self._blocked_since = now
-            return pli, None
-        if now - self._blocked_since < GIVE_UP_SECONDS:
-            return pli, None
-        # The retransmission did not come: drop up to the hole and the rest of its frame.
-        self._blocked_since = None
+        if not self._blackout:
+            if self._blocked_since is None:
+                self._blocked_since = now
+                return pli, None
+            if now - self._blocked_since < GIVE_UP_SECONDS:
+                return pli, None
+        # The retransmission did not come, or none will (a blackout): drop up to the hole and the
+        # rest of its frame, and ask for a keyframe.
+        self._blocked_since, self._blackout = None, False
         self.frames_given_up += 1
         self.smart_remove(hole + 1)
         assert self._highest is not None

@@ -22,7 +22,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import RtpPacket
 
-from kiosk.calls.jitter import GIVE_UP_SECONDS
+from kiosk.calls.jitter import GIVE_UP_SECONDS, is_blackout
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,9 @@ class RepeatingNackGenerator(NackGenerator):
         # sequence number -> (first requested, last requested, requests so far)
         self._asked: dict[int, tuple[float, float, int]] = {}
         self._repairs: collections.deque[float] = collections.deque(maxlen=REPAIR_SAMPLES)
+        self._highest_timestamp = 0  # the RTP timestamp of the newest packet (max_seq)
         self.repeats = 0  # NACKs sent only to ask again
+        self.blackouts = 0  # gaps not asked for: a blackout's (kiosk.calls.jitter.is_blackout)
         self.abandoned = 0  # packets asked for MAX_REQUESTS times, or past the give-up, and forgotten
 
     @property
@@ -62,7 +64,17 @@ class RepeatingNackGenerator(NackGenerator):
         asked = self._asked.pop(packet.sequence_number, None)
         if asked is not None and packet.sequence_number in self.missing:
             self._repairs.append(now - asked[0])
+        before, highest_timestamp = self.max_seq, self._highest_timestamp
         missed = super().add(packet)
+        if self.max_seq == packet.sequence_number and self.max_seq != before:
+            self._highest_timestamp = packet.timestamp
+            if missed and before is not None and is_blackout(highest_timestamp, packet.timestamp):
+                # What was sent during a blackout is stale: not asked for (the video buffer asks for a
+                # keyframe instead).
+                gap = {s for s in self.missing if s not in self._asked}
+                self.missing -= gap
+                self.blackouts += 1
+                missed = False
         for seq in [s for s in self._asked if s not in self.missing]:  # aiortc truncated its history
             del self._asked[seq]
         for seq, (first, _, requests) in list(self._asked.items()):
