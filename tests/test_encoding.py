@@ -427,7 +427,16 @@ async def test_on_sustained_loss_the_picture_gets_smaller_and_comes_back_as_the_
             assert not encoder.lossy, encoder.loss
         await _encode(encoder, pattern, 4, 4)
         assert encoder.sent_size == (640, 480)
-        for report in (0.05, 0.08, 0.02, 0.06, 0.04, 0.07):  # bursty 5 %, for a few seconds
+        # A 2 s blackout (a Wi-Fi handover): no report for 3 s, then one that saw most packets lost,
+        # and a short outage within one report's second. Fewer packets would not help: kept.
+        now[0] += 3.0
+        encoder.set_loss(sink, 0.6)
+        assert not encoder.lossy
+        for report in (0.0, 0.4, 0.0, 0.0):
+            now[0] += 1.0
+            encoder.set_loss(sink, report)
+            assert not encoder.lossy, encoder.loss
+        for report in (0.05, 0.08, 0.02, 0.06, 0.04, 0.07, 0.05):  # bursty 5 %, for a few seconds
             now[0] += 1.0
             encoder.set_loss(sink, report)
         assert encoder.lossy
@@ -437,8 +446,9 @@ async def test_on_sustained_loss_the_picture_gets_smaller_and_comes_back_as_the_
         assert encoder.bitrate < PICTURE_LADDER[LOSS_LADDER_STEP - 1][0]  # what that step is for
         # Reports of no loss a second apart: the held loss fades, and the estimate is followed again.
         for start in range(16, 80, 4):
-            now[0] += 2.5  # past the raise interval each time
-            encoder.set_loss(sink, 0.0)
+            for _ in range(3):  # past the raise interval each time
+                now[0] += 0.85
+                encoder.set_loss(sink, 0.0)
             await _encode(encoder, pattern, start, 4)
         assert encoder.loss < LOSS_LADDER_UNTIL and not encoder.lossy
         assert encoder.sent_size == (640, 480) and encoder.step == 0 and encoder.bitrate == 1_500_000

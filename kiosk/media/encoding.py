@@ -70,6 +70,11 @@ LOSS_LADDER_FROM = 0.03
 LOSS_LADDER_UNTIL = 0.015
 LOSS_LADDER_STEP = 3
 LOSS_SMOOTHING_SECONDS = 4.0
+# A blackout is not loss that smaller frames would help with: the first report to arrive after a gap
+# in the reports covers it (it is not counted), and one second of a higher loss than this counts as
+# this much (a blackout shorter than a report's interval).
+LOSS_REPORT_GAP_SECONDS = 2.0
+LOSS_REPORT_MOST = 0.10
 LOSS_MEMORY_SECONDS = 10.0  # Opus FEC: a reported loss fades with this time constant
 
 # The least bitrate the shared encoders run at. aiortc's own encoders stop at 250 kbit/s (VP8) and
@@ -210,10 +215,14 @@ class SharedVideoEncoder:
         if sink not in self._sinks:
             return
         now = self._clock()
+        fraction = min(fraction, LOSS_REPORT_MOST)
         if sink in self._losses:
             average, at = self._losses[sink]
-            weight = 1.0 - math.exp(-max(0.0, now - at) / LOSS_SMOOTHING_SECONDS)
-            self._losses[sink] = (average + (fraction - average) * weight, now)
+            if now - at > LOSS_REPORT_GAP_SECONDS:
+                self._losses[sink] = (average, now)  # it covers a blackout: not counted
+            else:
+                weight = 1.0 - math.exp(-max(0.0, now - at) / LOSS_SMOOTHING_SECONDS)
+                self._losses[sink] = (average + (fraction - average) * weight, now)
         else:
             self._losses[sink] = (fraction, now)
         self._update_bitrate()
