@@ -419,6 +419,8 @@ async def test_on_sustained_loss_the_picture_gets_smaller_and_comes_back_as_the_
         encoder.set_estimate(sink, 1_500_000)
         await _encode(encoder, pattern, 0, 4)
         assert encoder.sent_size == (640, 480) and encoder.bitrate == 1_500_000
+        encoder.set_loss(sink, 0.10)  # a call's first report, covering its start: not enough alone
+        assert not encoder.lossy
         # 1 % random loss, reported once a second: mostly 0-2 %, now and then 3 or 4 %. NACK repairs
         # that in time: the picture stays.
         for report in (0.01, 0.0, 0.02, 0.04, 0.0, 0.01, 0.03, 0.0, 0.0, 0.01):

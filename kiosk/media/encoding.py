@@ -223,8 +223,8 @@ class SharedVideoEncoder:
             else:
                 weight = 1.0 - math.exp(-max(0.0, now - at) / LOSS_SMOOTHING_SECONDS)
                 self._losses[sink] = (average + (fraction - average) * weight, now)
-        else:
-            self._losses[sink] = (fraction, now)
+        else:  # the first: averaged with none before it (a call's first report can be odd)
+            self._losses[sink] = (fraction * (1.0 - math.exp(-1.0 / LOSS_SMOOTHING_SECONDS)), now)
         self._update_bitrate()
 
     @property
