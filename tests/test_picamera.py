@@ -31,6 +31,7 @@ from kiosk.device import build_devices
 from kiosk.media.cameras import CameraSet
 from kiosk.media.capture import VideoCapture
 from kiosk.media.devices import DeviceError
+from kiosk.media.encoding import LADDER_REFERENCE, loss_bitrate
 from kiosk.media.pattern import read_stamp
 from kiosk.media.picamera import PiCamera
 
@@ -497,6 +498,53 @@ async def test_pi_passthrough_follows_the_lowest_peer_estimate_through_the_captu
         second._packets.clear()
         packet = await asyncio.wait_for(second.recv(), 3)
         assert isinstance(packet, av.Packet), "the camera's own H.264 still flows"
+        assert sim.stats.opens == 1 and errors == []
+    finally:
+        await capture.close()
+
+
+async def test_pi_passthrough_runs_at_less_under_sustained_loss_and_back_after(
+    pi: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The camera's own H.264 cannot shrink its picture without the camera being configured again;
+    under sustained loss it gets the bitrate of the shared encoders' loss step (fewer packets a
+    frame), and its full rate back once the loss is over."""
+    monkeypatch.setattr(picamera_module, "BITRATE_RAISE_INTERVAL", 0.0, raising=False)
+    sim = pi.add_camera()
+    devices = camera_devices(CameraSet([pi_section(id="door", h264_passthrough=True, fps=30)]))
+    errors: list[Exception] = []
+    capture = VideoCapture(devices, "door", errors.append)
+    capture.set_enabled(True)
+    track = capture.subscribe()
+
+    def bitrates() -> list[int]:
+        return [e["bitrate"] for e in sim.encoders]
+
+    try:
+        await asyncio.wait_for(track.recv(), 5)
+        camera = capture._source
+        assert isinstance(camera, PiCamera)
+        now = [0.0]
+        camera._bitrates._loss._clock = lambda: now[0]  # reports a second apart, without the wait
+        track.set_bitrate_estimate(1_500_000)
+        await wait_until(lambda: bitrates()[-1] == 1_500_000, 3, "the peer's estimate")
+        for report in (0.01, 0.0, 0.02, 0.04, 0.0, 0.01):  # 1 % random loss: NACK's to repair
+            now[0] += 1.0
+            track.set_loss_estimate(report)
+        await asyncio.sleep(0.3)
+        assert bitrates()[-1] == 1_500_000 and not camera._bitrates.lossy
+        for report in (0.05, 0.08, 0.02, 0.06, 0.04, 0.07, 0.05):  # bursty 5 %
+            now[0] += 1.0
+            track.set_loss_estimate(report)
+        assert camera._bitrates.lossy
+        section = camera.section
+        capped = loss_bitrate(section.width * section.height * section.fps / LADDER_REFERENCE)
+        await wait_until(lambda: bitrates()[-1] == capped, 3, "the loss step's bitrate")
+        for _ in range(20):  # no loss for 20 s
+            now[0] += 1.0
+            track.set_loss_estimate(0.0)
+        assert not camera._bitrates.lossy
+        await wait_until(lambda: bitrates()[-1] == 1_500_000, 3, "the full rate again")
         assert sim.stats.opens == 1 and errors == []
     finally:
         await capture.close()

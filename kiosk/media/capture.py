@@ -72,6 +72,8 @@ class OutgoingTrack(MediaStreamTrack):
         self.loss_reported = fraction
         if self.encoder is not None:
             self.encoder.set_loss(self, fraction)  # Opus FEC; the picture ladder
+        elif self.kind == "video":
+            self._capture.set_loss_estimate(self, fraction)  # a camera that encodes by itself
 
     def set_bitrate_estimate(self, bitrate: int) -> None:
         """The peer's receiver estimate (REMB) for what this track sends."""
@@ -179,10 +181,10 @@ class _Capture:
 
     def unsubscribe(self, track: OutgoingTrack) -> None:
         self._subscribers.discard(track)
-        if self._estimates.pop(track, None) is not None:
-            forget = getattr(self._source, "remove_bitrate_estimate", None)
-            if forget is not None:
-                forget(track)
+        self._estimates.pop(track, None)
+        forget = getattr(self._source, "remove_bitrate_estimate", None)  # its estimate and loss
+        if forget is not None:
+            forget(track)
         encoder = track.encoder
         if encoder is not None:
             encoder.remove(track)
@@ -243,6 +245,12 @@ class _Capture:
         follow = getattr(self._source, "set_bitrate_estimate", None)
         if follow is not None:
             follow(track, bitrate)
+
+    def set_loss_estimate(self, track: OutgoingTrack, fraction: float) -> None:
+        """A peer's video loss report for `track`, passed on to a source that encodes by itself."""
+        follow = getattr(self._source, "set_loss_estimate", None)
+        if track in self._subscribers and follow is not None:
+            follow(track, fraction)
 
     def _ensure_pump(self) -> None:
         if self._task is None or self._task.done():

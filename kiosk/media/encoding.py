@@ -77,6 +77,56 @@ LOSS_REPORT_GAP_SECONDS = 2.0
 LOSS_REPORT_MOST = 0.10
 LOSS_MEMORY_SECONDS = 10.0  # Opus FEC: a reported loss fades with this time constant
 
+
+def loss_bitrate(load: float) -> int:
+    """The most a video stream gets while its loss is sustained: a little under the least of the
+    ladder's step above LOSS_LADDER_STEP, so that the ladder stays on that step. `load`: the source's
+    pixels a second over 640x480 at 30."""
+    return int(PICTURE_LADDER[LOSS_LADDER_STEP - 1][0] * load * LADDER_DOWN_MARGIN) - 1
+
+
+class VideoLoss:
+    """The video loss each receiver reports (RTCP receiver reports, about one a second), averaged
+    over LOSS_SMOOTHING_SECONDS, and whether the worst of them is sustained: from LOSS_LADDER_FROM
+    until it falls under LOSS_LADDER_UNTIL. Not thread-safe: one thread reports and reads."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._reports: dict[object, tuple[float, float]] = {}  # key -> (average, last report)
+        self.sustained = False
+
+    def report(self, key: object, fraction: float) -> bool:
+        """A receiver's report of the share of the video it lost since its last report (before any
+        retransmission). True if that changed `sustained`."""
+        now = self._clock()
+        fraction = min(fraction, LOSS_REPORT_MOST)
+        if key in self._reports:
+            average, at = self._reports[key]
+            if now - at > LOSS_REPORT_GAP_SECONDS:
+                self._reports[key] = (average, now)  # it covers a blackout: not counted
+            else:
+                weight = 1.0 - math.exp(-max(0.0, now - at) / LOSS_SMOOTHING_SECONDS)
+                self._reports[key] = (average + (fraction - average) * weight, now)
+        else:  # the first: averaged with none before it (a call's first report can be odd)
+            self._reports[key] = (fraction * (1.0 - math.exp(-1.0 / LOSS_SMOOTHING_SECONDS)), now)
+        return self._decide()
+
+    def remove(self, key: object) -> bool:
+        self._reports.pop(key, None)
+        return self._decide()
+
+    @property
+    def loss(self) -> float:
+        """The worst receiver's loss, averaged over its recent reports."""
+        return max((average for average, _ in self._reports.values()), default=0.0)
+
+    def _decide(self) -> bool:
+        loss = self.loss
+        sustained = loss >= LOSS_LADDER_FROM or (self.sustained and loss >= LOSS_LADDER_UNTIL)
+        changed, self.sustained = sustained != self.sustained, sustained
+        return changed
+
+
 # The least bitrate the shared encoders run at. aiortc's own encoders stop at 250 kbit/s (VP8) and
 # 500 kbit/s (H.264), more than a thin uplink carries: sent anyway, it fills the bottleneck's queue
 # and every packet behind it, audio too, waits. Below the ladder's last step a small picture at half
@@ -158,8 +208,7 @@ class SharedVideoEncoder:
         self._loop = loop
         self._fps = fps
         self._sinks: dict[PacketSink, int] = {}  # sink -> its peer's bitrate estimate
-        # sink -> (the video loss its receiver reports, averaged; when it last reported)
-        self._losses: dict[PacketSink, tuple[float, float]] = {}
+        self._losses = VideoLoss(clock)
         self._clock = clock
         self._lossy = False  # whether the picture is held down for loss (read by the encoder thread)
         self._lock = threading.Condition()
@@ -200,7 +249,7 @@ class SharedVideoEncoder:
 
     def remove(self, sink: PacketSink) -> None:
         self._sinks.pop(sink, None)
-        self._losses.pop(sink, None)
+        self._losses.remove(sink)
         self._update_bitrate()
 
     def set_estimate(self, sink: PacketSink, bitrate: int) -> None:
@@ -212,25 +261,14 @@ class SharedVideoEncoder:
     def set_loss(self, sink: PacketSink, fraction: float) -> None:
         """A receiver's report of the share of our video packets it lost since its last report (before
         any retransmission: aiortc and browsers count retransmissions on their own stream)."""
-        if sink not in self._sinks:
-            return
-        now = self._clock()
-        fraction = min(fraction, LOSS_REPORT_MOST)
-        if sink in self._losses:
-            average, at = self._losses[sink]
-            if now - at > LOSS_REPORT_GAP_SECONDS:
-                self._losses[sink] = (average, now)  # it covers a blackout: not counted
-            else:
-                weight = 1.0 - math.exp(-max(0.0, now - at) / LOSS_SMOOTHING_SECONDS)
-                self._losses[sink] = (average + (fraction - average) * weight, now)
-        else:  # the first: averaged with none before it (a call's first report can be odd)
-            self._losses[sink] = (fraction * (1.0 - math.exp(-1.0 / LOSS_SMOOTHING_SECONDS)), now)
-        self._update_bitrate()
+        if sink in self._sinks:
+            self._losses.report(sink, fraction)
+            self._update_bitrate()
 
     @property
     def loss(self) -> float:
         """The worst receiver's loss, averaged over its recent reports."""
-        return max((average for average, _ in self._losses.values()), default=0.0)
+        return self._losses.loss
 
     @property
     def lossy(self) -> bool:
@@ -261,11 +299,13 @@ class SharedVideoEncoder:
     def _update_bitrate(self) -> None:
         estimates = list(self._sinks.values())
         wanted = max(self.low, min(min(estimates) if estimates else self.high, self.high))
-        loss = self.loss
-        lossy = loss >= LOSS_LADDER_FROM or (self._lossy and loss >= LOSS_LADDER_UNTIL)
+        lossy = self._losses.sustained
         if lossy != self._lossy:
             log.info(
-                "%s: %.1f %% of the video lost: %s", self.mime, loss * 100, "smaller" if lossy else "back up"
+                "%s: %.1f %% of the video lost: %s",
+                self.mime,
+                self.loss * 100,
+                "smaller" if lossy else "back up",
             )
         with self._lock:
             self._wanted = wanted
@@ -314,19 +354,13 @@ class SharedVideoEncoder:
             self._better_since = now
         return self.step - 1 if now - self._better_since >= LADDER_UP_HOLD else self.step
 
-    @staticmethod
-    def _loss_bitrate(load: float) -> int:
-        """The most a lossy link gets: a little under the least of the step above LOSS_LADDER_STEP,
-        so that the ladder stays on that step."""
-        return int(PICTURE_LADDER[LOSS_LADDER_STEP - 1][0] * load * LADDER_DOWN_MARGIN) - 1
-
     def _encode(
         self, frame: av.VideoFrame, keyframe: bool, wanted: int, lossy: bool = False
     ) -> list[av.Packet]:
         now = self._clock()
         load = frame.width * frame.height * self._fps / LADDER_REFERENCE
         if lossy:
-            wanted = max(self.low, min(wanted, self._loss_bitrate(load)))
+            wanted = max(self.low, min(wanted, loss_bitrate(load)))
         step = self._choose_step(wanted, now, load)
         if step != self.step:
             self.step, self.step_changes, self._better_since = step, self.step_changes + 1, None

@@ -50,7 +50,13 @@ from kiosk.media.cameras import (
     default_stall_timeout,
 )
 from kiosk.media.devices import DeviceError, MediaDeviceInfo
-from kiosk.media.encoding import BITRATE_RAISE_INTERVAL, BITRATE_STEP
+from kiosk.media.encoding import (
+    BITRATE_RAISE_INTERVAL,
+    BITRATE_STEP,
+    LADDER_REFERENCE,
+    VideoLoss,
+    loss_bitrate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,12 +270,20 @@ class _BitrateFollower:
     """The bitrate for a camera's own encoder: the lowest of the peers' estimates (REMB), within the
     encoder's limits, followed as the kiosk's shared encoders follow theirs (kiosk.media.encoding):
     each change restarts the encoder (a keyframe), so changes of less than BITRATE_STEP are ignored,
-    falls are followed at once and rises at most every BITRATE_RAISE_INTERVAL seconds."""
+    falls are followed at once and rises at most every BITRATE_RAISE_INTERVAL seconds.
 
-    def __init__(self, low: int, high: int, default: int) -> None:
+    Under sustained loss (kiosk.media.encoding.VideoLoss) the bitrate is held at what the shared
+    encoders' loss step gets (`loss_bitrate`): the camera's encoder cannot shrink its picture or
+    halve its frame rate without the camera being configured again, but fewer bytes a frame are
+    fewer packets a frame, and fewer frames wait for a repair. `load`: the camera's pixels a second
+    over 640x480 at 30."""
+
+    def __init__(self, low: int, high: int, default: int, load: float = 1.0) -> None:
         self.low, self.high = low, high
         self.default = self._clamp(default)
         self._estimates: dict[Hashable, int] = {}
+        self._loss = VideoLoss()
+        self._load = load
         self._lock = threading.Lock()
         self.bitrate = self.default  # what the encoder runs at
         self.changed_at = time.monotonic()
@@ -284,11 +298,23 @@ class _BitrateFollower:
     def remove(self, key: Hashable) -> None:
         with self._lock:
             self._estimates.pop(key, None)
+            self._loss.remove(key)
+
+    def set_loss(self, key: Hashable, fraction: float) -> bool:
+        """A peer's video loss report; True if whether the loss is sustained changed."""
+        with self._lock:
+            return self._loss.report(key, fraction)
+
+    @property
+    def lossy(self) -> bool:
+        return self._loss.sustained
 
     def wanted(self) -> int:
         with self._lock:
             estimates = list(self._estimates.values())
-        return self._clamp(min(estimates)) if estimates else self.default
+            lossy = self._loss.sustained
+        wanted = self._clamp(min(estimates)) if estimates else self.default
+        return self._clamp(min(wanted, loss_bitrate(self._load))) if lossy else wanted
 
     def decide(self, now: float) -> tuple[int | None, float | None]:
         """(the bitrate to change to now, or None; seconds until a held-back rise is due, or None)."""
@@ -385,7 +411,11 @@ class PiCamera(ThreadedCamera):
         self.keyframe_requests_merged = 0  # requests made while one was still outstanding
         self._keyframe_lock = threading.Lock()
         self._keyframe_pending = False  # asked for, not yet seen
-        self._bitrates = _BitrateFollower(*HARDWARE_BITRATE_RANGE, DEFAULT_PASSTHROUGH_BITRATE)
+        self._bitrates = _BitrateFollower(
+            *HARDWARE_BITRATE_RANGE,
+            DEFAULT_PASSTHROUGH_BITRATE,
+            load=section.width * section.height * section.fps / LADDER_REFERENCE,
+        )
         self._rate_changed = threading.Event()
         self.encoder_restarts = 0
         self._next_pts = 0  # 90 kHz: where a restarted encoder's packets carry on
@@ -598,6 +628,13 @@ class PiCamera(ThreadedCamera):
         encoder follows the lowest. Ignored unless the camera encodes (passthrough)."""
         if self.passthrough:
             self._bitrates.set(key, bitrate)
+            self._rate_changed.set()
+
+    def set_loss_estimate(self, key: Hashable, fraction: float) -> None:
+        """A peer's report of the share of the video it lost (RTCP receiver reports), per track: under
+        sustained loss the camera's encoder runs at less. Ignored unless the camera encodes."""
+        if self.passthrough and self._bitrates.set_loss(key, fraction):
+            log.info("%s: video loss %s", self.describe(), "sustained" if self._bitrates.lossy else "over")
             self._rate_changed.set()
 
     def remove_bitrate_estimate(self, key: Hashable) -> None:
