@@ -46,24 +46,24 @@ class RepeatingNackGenerator(NackGenerator):
         # sequence number -> (first requested, last requested, requests so far)
         self._asked: dict[int, tuple[float, float, int]] = {}
         self._repairs: collections.deque[float] = collections.deque(maxlen=REPAIR_SAMPLES)
+        # How long a request waits for its packet before it is sent again, seconds: from the median
+        # repair, worked out when a repair is measured (not for every packet).
+        self.repeat_after = FIRST_REPEAT_SECONDS
         self._highest_timestamp = 0  # the RTP timestamp of the newest packet (max_seq)
         self.repeats = 0  # NACKs sent only to ask again
         self.blackouts = 0  # gaps not asked for: a blackout's (kiosk.calls.jitter.is_blackout)
         self.abandoned = 0  # packets asked for MAX_REQUESTS times, or past the give-up, and forgotten
 
-    @property
-    def repeat_after(self) -> float:
-        """How long a request waits for its packet before it is sent again, seconds."""
-        if not self._repairs:
-            return FIRST_REPEAT_SECONDS
+    def _repaired(self, seconds: float) -> None:
+        self._repairs.append(seconds)
         wait = REPEAT_AFTER_REPAIRS * statistics.median(self._repairs)
-        return min(MOST_REPEAT_SECONDS, max(LEAST_REPEAT_SECONDS, wait))
+        self.repeat_after = min(MOST_REPEAT_SECONDS, max(LEAST_REPEAT_SECONDS, wait))
 
     def add(self, packet: RtpPacket) -> bool:
         now = self._clock()
         asked = self._asked.pop(packet.sequence_number, None)
         if asked is not None and packet.sequence_number in self.missing:
-            self._repairs.append(now - asked[0])
+            self._repaired(now - asked[0])
         before, highest_timestamp = self.max_seq, self._highest_timestamp
         missed = super().add(packet)
         if self.max_seq == packet.sequence_number and self.max_seq != before:
@@ -75,14 +75,15 @@ class RepeatingNackGenerator(NackGenerator):
                 self.missing -= gap
                 self.blackouts += 1
                 missed = False
-        for seq in [s for s in self._asked if s not in self.missing]:  # aiortc truncated its history
-            del self._asked[seq]
         for seq, (first, _, requests) in list(self._asked.items()):
-            if requests >= MAX_REQUESTS or now - first >= GIVE_UP_SECONDS:
+            if seq not in self.missing:  # aiortc truncated its history
+                del self._asked[seq]
+            elif requests >= MAX_REQUESTS or now - first >= GIVE_UP_SECONDS:
                 del self._asked[seq]
                 self.missing.discard(seq)
                 self.abandoned += 1
-        due = any(now - last >= self.repeat_after for _, last, _ in self._asked.values())
+        wait = self.repeat_after
+        due = any(now - last >= wait for _, last, _ in self._asked.values())
         if not (missed or due):
             return False
         if due and not missed:

@@ -262,7 +262,13 @@ class SharedVideoEncoder:
         """A receiver's report of the share of our video packets it lost since its last report (before
         any retransmission: aiortc and browsers count retransmissions on their own stream)."""
         if sink in self._sinks:
-            self._losses.report(sink, fraction)
+            if self._losses.report(sink, fraction):
+                log.info(
+                    "%s: %.1f %% of the video lost: %s",
+                    self.mime,
+                    self.loss * 100,
+                    "smaller" if self._losses.sustained else "back up",
+                )
             self._update_bitrate()
 
     @property
@@ -273,7 +279,7 @@ class SharedVideoEncoder:
     @property
     def lossy(self) -> bool:
         """Whether the picture is held down the ladder for loss."""
-        return self._lossy
+        return self._losses.sustained
 
     def request_keyframe(self) -> None:
         with self._lock:
@@ -299,17 +305,9 @@ class SharedVideoEncoder:
     def _update_bitrate(self) -> None:
         estimates = list(self._sinks.values())
         wanted = max(self.low, min(min(estimates) if estimates else self.high, self.high))
-        lossy = self._losses.sustained
-        if lossy != self._lossy:
-            log.info(
-                "%s: %.1f %% of the video lost: %s",
-                self.mime,
-                self.loss * 100,
-                "smaller" if lossy else "back up",
-            )
         with self._lock:
             self._wanted = wanted
-            self._lossy = lossy
+            self._lossy = self._losses.sustained  # the encoder thread's copy
 
     def _deliver(self, packets: list[av.Packet]) -> None:
         for sink in list(self._sinks):
