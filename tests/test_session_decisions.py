@@ -174,6 +174,23 @@ async def _rebuilt_after_a_stall(scene: Scene, uid: str) -> tuple[FakePeer, Fake
     return old, new
 
 
+async def _media_flows(scene: Scene, link: FakePeer, seconds: float) -> None:
+    """`link` brings media every half second for `seconds`, the watch looking each time."""
+    for _ in range(round(seconds / 0.5)):
+        scene.clock.advance(0.5)
+        link.media_arrives()
+        scene.session.watch.check()
+        await settle()
+
+
+async def _answered(scene: Scene, uid: str, negotiation: str = "a1", sdp: str = "offer") -> FakePeer:
+    """`uid` (the smaller uid) joins and offers: the connection that answers it."""
+    scene.message(type="participant.joined", participant=user(uid))
+    scene.message(type="offer", **{"from": uid}, sdp=sdp, negotiationId=negotiation)
+    await settle()
+    return scene.peer_of(uid)
+
+
 async def test_make_before_break_the_old_connection_closes_once_the_new_one_brings_media(
     tmp_path: Path,
 ) -> None:
@@ -202,21 +219,14 @@ async def test_media_back_on_the_old_connection_first_drops_the_new_one(tmp_path
     assert scene.peer_of("bob") is old and new.closed and not old.closed
     # Media flows: nothing more is rebuilt.
     offers = len(scene.sent.of("offer"))
-    for _ in range(10):
-        scene.clock.advance(0.5)
-        old.media_arrives()
-        scene.session.watch.check()
-        await settle()
+    await _media_flows(scene, old, 5.0)
     assert len(scene.sent.of("offer")) == offers
     await scene.session.close(notify_server=False)
 
 
 async def test_the_answerer_keeps_its_old_connection_too_and_goes_back_to_it(tmp_path: Path) -> None:
     scene = await start_scene(tmp_path, "bob", [])
-    scene.message(type="participant.joined", participant=user("alice"))
-    scene.message(type="offer", **{"from": "alice"}, sdp="offer 1", negotiationId="a1")
-    await settle()
-    old = scene.peer_of("alice")
+    old = await _answered(scene, "alice", sdp="offer 1")
     old.media_arrives()
     scene.clock.advance(MEDIA_STALL_SECONDS + 0.1)
     scene.message(type="offer", **{"from": "alice"}, sdp="offer 2", negotiationId="a2")  # alice rebuilds
@@ -229,11 +239,7 @@ async def test_the_answerer_keeps_its_old_connection_too_and_goes_back_to_it(tmp
     scene.session.watch.check()
     await settle()
     assert scene.peer_of("alice") is new and not old.closed
-    for _ in range(int(MEDIA_START_SECONDS / 0.5) + 1):
-        scene.clock.advance(0.5)
-        old.media_arrives()
-        scene.session.watch.check()
-        await settle()
+    await _media_flows(scene, old, MEDIA_START_SECONDS + 0.5)
     assert scene.peer_of("alice") is old and new.closed and not old.closed
     await scene.session.close(notify_server=False)
 
@@ -250,10 +256,7 @@ async def test_a_connection_that_never_carried_media_is_not_kept(tmp_path: Path)
 
 async def test_the_larger_uid_never_rebuilds(tmp_path: Path) -> None:
     scene = await start_scene(tmp_path, "bob", [])
-    scene.message(type="participant.joined", participant=user("alice"))
-    scene.message(type="offer", **{"from": "alice"}, sdp="offer", negotiationId="a1")
-    await settle()
-    peer = scene.peer_of("alice")
+    peer = await _answered(scene, "alice")
     peer.media_arrives()
     scene.clock.advance(10)
     scene.session.watch.check()
