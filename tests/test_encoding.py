@@ -15,12 +15,19 @@ from kiosk.calls.jitter import GIVE_UP_SECONDS, MarkerJitterBuffer, release_fram
 from kiosk.media.capture import AudioCapture
 from kiosk.media.emulated import EmulatedDevices, speech_like_voice
 from kiosk.media.encoding import (
+    CEILING_MARGIN,
+    CEILING_SECONDS,
     LADDER_UP_HOLD,
     LOSS_LADDER_STEP,
     LOSS_LADDER_UNTIL,
     PICTURE_LADDER,
+    QUANTIZER_MARKS,
+    QUANTIZER_SETTLE_FRAMES,
+    QUANTIZER_WINDOW,
+    PictureQuality,
     SharedAudioEncoder,
     SharedVideoEncoder,
+    packet_quantizer,
     shareable,
 )
 from kiosk.media.pattern import TestPattern, read_stamp
@@ -151,6 +158,86 @@ async def test_a_smaller_source_keeps_its_full_picture_on_less_bitrate():
     assert encoder._choose_step(30_000, 1.0, load=small) == 2  # and shrinks too, further down
 
 
+def _quality(mean: float, mime: str = "video/vp8") -> PictureQuality:
+    quality = PictureQuality(*QUANTIZER_MARKS[mime])
+    for _ in range(QUANTIZER_WINDOW):
+        quality.add(mean)
+    return quality
+
+
+async def test_an_estimate_under_the_picture_s_bitrate_shrinks_it_only_when_the_encoder_is_starved():
+    """A receiver's estimate never exceeds 1.5x what it receives, so a still scene drags it under the
+    ladder's bitrates with the link far from full: the quantizer decides, as WebRTC's quality scaler."""
+    encoder = SharedVideoEncoder("video/VP8", asyncio.get_running_loop())
+    encoder.close()
+    low, high = QUANTIZER_MARKS["video/vp8"]
+    assert encoder._choose_step(200_000, 0.0, quality=_quality((low + high) / 2)) == 0  # fine as it is
+    assert encoder._choose_step(200_000, 0.0, quality=_quality(low)) == 0  # room, and already the best
+    assert encoder._choose_step(200_000, 0.0, quality=_quality(high)) == 2  # starved: where 200k fits
+    encoder.step = 2
+    # Room at 320x240: up a step after the hold, the quantizer alone (the estimate is under 250k) ...
+    assert encoder._choose_step(200_000, 1.0, quality=_quality(low)) == 2
+    assert encoder._choose_step(200_000, 1.0 + LADDER_UP_HOLD, quality=_quality(low)) == 1
+    encoder.step, encoder._better_since = 1, None
+    # ... but not back to the size found starved at this bitrate: not until it has grown by a margin,
+    for t in (5.0, 5.0 + LADDER_UP_HOLD, 5.0 + 2 * LADDER_UP_HOLD):
+        assert encoder._choose_step(200_000, t, quality=_quality(0.0)) == 1
+    grown = int(200_000 * CEILING_MARGIN)
+    assert encoder._choose_step(grown, 20.0, quality=_quality(0.0)) == 1  # the hold starts
+    assert encoder._choose_step(grown, 20.0 + LADDER_UP_HOLD, quality=_quality(0.0)) == 0
+    # ... or until a while has passed (the scene may have changed).
+    encoder.step, encoder._better_since, encoder._ceiling = 1, None, (0, 200_000, 100.0)
+    late = 100.0 + CEILING_SECONDS
+    assert encoder._choose_step(200_000, late - 1.0, quality=_quality(0.0)) == 1
+    assert encoder._choose_step(200_000, late, quality=_quality(0.0)) == 1
+    assert encoder._choose_step(200_000, late + LADDER_UP_HOLD, quality=_quality(0.0)) == 0
+    # A restarted encoder settling says nothing: a hold under way is neither confirmed nor ended.
+    encoder.step, encoder._better_since, encoder._ceiling = 1, None, None
+    settling = PictureQuality(low, high)
+    assert encoder._choose_step(200_000, 200.0, quality=_quality(0.0)) == 1
+    assert encoder._choose_step(200_000, 200.0 + LADDER_UP_HOLD / 2, quality=settling) == 1
+    assert encoder._choose_step(200_000, 200.0 + LADDER_UP_HOLD, quality=_quality(0.0)) == 0
+    # No quantizer (a codec that reports none): the estimate alone, as before.
+    encoder.step = 0
+    assert encoder._choose_step(200_000, 300.0) == 2
+
+
+def test_the_quantizer_passes_over_a_restart_s_settling_frames_and_averages_a_window():
+    quality = PictureQuality(*QUANTIZER_MARKS["video/vp8"])
+    quality.clear(settle=3)
+    for q in (60.0, 60.0, 60.0):  # a restart's payback for its keyframe: passed over
+        quality.add(q)
+    assert quality.mean is None
+    for _ in range(QUANTIZER_WINDOW - 1):
+        quality.add(10.0)
+    assert quality.mean is None  # not a full window yet
+    quality.add(10.0)
+    assert quality.mean == 10.0 and quality.roomy and not quality.starved
+    for _ in range(QUANTIZER_WINDOW):
+        quality.add(50.0)
+    assert quality.mean == 50.0 and quality.starved
+
+
+async def test_a_still_picture_keeps_its_size_on_an_estimate_it_fits(monkeypatch):
+    """The real encoders: the test pattern at 640x480 codes well at 200 kbit/s (VP8) and 90 kbit/s
+    (H.264), both under what the ladder's full picture is for, and both report their quantizer."""
+    for mime, estimate in (("video/VP8", 200_000), ("video/H264", 90_000)):
+        encoder = SharedVideoEncoder(mime, asyncio.get_running_loop())
+        pattern = TestPattern(640, 480)
+        sink = Sink()
+        try:
+            encoder.add(sink)
+            encoder.set_estimate(sink, estimate)
+            await _encode(encoder, pattern, 0, 2 * (1 + QUANTIZER_SETTLE_FRAMES + QUANTIZER_WINDOW))
+            assert encoder.bitrate == estimate
+            quantizer = encoder._quality.mean
+            assert quantizer is not None and 0 <= quantizer < QUANTIZER_MARKS[mime.lower()][1], mime
+            assert encoder.sent_size == (640, 480) and encoder.step_changes == 0, (mime, quantizer)
+        finally:
+            encoder.close()
+        assert all(packet_quantizer(packet) is not None for packet in sink.packets), mime
+
+
 async def test_under_a_thin_uplink_the_picture_shrinks_and_halves_its_frames_then_returns(monkeypatch):
     monkeypatch.setattr("kiosk.media.encoding.LADDER_UP_HOLD", 0.0)
     encoder = SharedVideoEncoder("video/VP8", asyncio.get_running_loop())
@@ -161,12 +248,16 @@ async def test_under_a_thin_uplink_the_picture_shrinks_and_halves_its_frames_the
         await _encode(encoder, pattern, 0, 4)
         assert encoder.sent_size == (640, 480)
         encoder.set_estimate(sink, 80_000)  # far below aiortc's 250 kbit/s floor: followed
-        await _encode(encoder, pattern, 4, 8)
-        assert encoder.bitrate == 80_000 and encoder.sent_size == (320, 240)
+        # The restarted encoder settles, then its quantizer says the picture is starved: smaller.
+        frames = 1 + QUANTIZER_SETTLE_FRAMES + QUANTIZER_WINDOW  # the restart's keyframe is not counted
+        await _encode(encoder, pattern, 4, frames)
+        assert encoder.bitrate == 80_000 and encoder.sent_size == (640, 480)
+        await _encode(encoder, pattern, 4 + frames, 8)
+        assert encoder.sent_size == (320, 240)
         assert encoder.frames_skipped == 4  # every other frame: half the frame rate
         small = sink.packets[-1]
         encoder.set_estimate(sink, 1_000_000)
-        for start in range(12, 40, 4):  # one step per frame here (no hold), the bitrate every 2 s
+        for start in range(12 + frames, 40 + frames, 4):  # one step per frame (no hold), bitrate every 2 s
             await _encode(encoder, pattern, start, 4)
         assert encoder.sent_size == (640, 480) and encoder.step == 0
         assert encoder.step_changes >= 3

@@ -76,6 +76,21 @@ LOSS_SMOOTHING_SECONDS = 4.0
 LOSS_REPORT_GAP_SECONDS = 2.0
 LOSS_REPORT_MOST = 0.10
 LOSS_MEMORY_SECONDS = 10.0  # Opus FEC: a reported loss fades with this time constant
+# The estimate alone cannot say a picture is too big for it: a receiver's estimate never exceeds 1.5x
+# what it receives, and a still scene (a door camera's empty corridor) sends little, so the estimate
+# sinks below the ladder's bitrates on a link with room to spare, and the visitor who walks up would
+# be sent at 320x240. What says the encoder is starved is its quantizer: the picture goes down only
+# while the mean quantizer of its recent frames is over the codec's high mark, and also comes up when
+# it is under the low mark (the picture fits its bitrate with room to spare), as WebRTC's quality
+# scaler does. A step found starved is not tried again on the quantizer alone, until the bitrate has
+# grown by CEILING_MARGIN or CEILING_SECONDS have passed (the scene may have changed).
+QUANTIZER_WINDOW = 10  # delta frames (keyframes are coded coarser)
+# A restarted encoder's rate control starts from its coarsest quantizer and comes down about one step
+# a frame (libvpx: 56 to 39 over 40 frames at 180 kbit/s): those frames say nothing of the picture.
+QUANTIZER_SETTLE_FRAMES = 45
+CEILING_MARGIN = 1.25
+CEILING_SECONDS = 20.0
+FF_QP2LAMBDA = 118  # FFmpeg reports the quantizer in lambda units
 
 
 def loss_bitrate(load: float) -> int:
@@ -139,6 +154,60 @@ _VIDEO_CODECS = {
     "video/vp8": (VIDEO_FLOOR_BITRATE, vpx.MAX_BITRATE, vpx.DEFAULT_BITRATE),
     "video/h264": (VIDEO_FLOOR_BITRATE, h264.MAX_BITRATE, h264.DEFAULT_BITRATE),
 }
+# mime type -> (low, high) marks of the mean quantizer, on the scale FFmpeg reports (libvpx's 0-63,
+# x264's 0-51): WebRTC's quality scaler's marks for these codecs (VP8's 29 and 95 are on libvpx's
+# internal 0-127 scale)
+QUANTIZER_MARKS = {
+    "video/vp8": (15.0, 47.0),
+    "video/h264": (24.0, 37.0),
+}
+
+
+def packet_quantizer(packet: av.Packet) -> float | None:
+    """The quantizer the encoder used for this packet's frame, if it says."""
+    if not packet.has_sidedata("quality_stats"):
+        return None
+    return int.from_bytes(bytes(packet.get_sidedata("quality_stats"))[:4], "little") / FF_QP2LAMBDA
+
+
+class PictureQuality:
+    """The mean quantizer of an encoder's last QUANTIZER_WINDOW delta frames: whether the picture is
+    starved at its bitrate (over the high mark) or has room (under the low mark). Started again
+    whenever the encoder or the picture changes."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+        self._recent: list[float] = []
+        self._settling = 0  # frames still to pass over
+
+    def add(self, quantizer: float) -> None:
+        if self._settling > 0:
+            self._settling -= 1
+            return
+        self._recent.append(quantizer)
+        del self._recent[:-QUANTIZER_WINDOW]
+
+    def clear(self, settle: int = 0) -> None:
+        """Forget the frames so far, and pass over the next `settle` ones."""
+        self._recent.clear()
+        self._settling = settle
+
+    @property
+    def mean(self) -> float | None:
+        """None until a full window of frames has been coded."""
+        if len(self._recent) < QUANTIZER_WINDOW:
+            return None
+        return sum(self._recent) / len(self._recent)
+
+    @property
+    def starved(self) -> bool:
+        mean = self.mean
+        return mean is not None and mean >= self.high
+
+    @property
+    def roomy(self) -> bool:
+        mean = self.mean
+        return mean is not None and mean <= self.low
 
 
 class PacketSink(Protocol):
@@ -227,6 +296,11 @@ class SharedVideoEncoder:
         self.step_changes = 0
         self.sent_size: tuple[int, int] | None = None  # the picture size sent now
         self._better_since: float | None = None  # when the bitrate first allowed a better step
+        self._quality = PictureQuality(*QUANTIZER_MARKS.get(self.mime, (0.0, math.inf)))
+        # FFmpeg's libvpx and libx264 report their quantizer; a build whose packets do not is found out
+        # at its first packet, and then the estimate alone decides.
+        self._quantizer_known = self.mime in QUANTIZER_MARKS
+        self._ceiling: tuple[int, int, float] | None = None  # (step, bitrate, when) last found starved
         self._frame_count = 0
         self._thread = threading.Thread(target=self._run, name=f"{self.mime}-encoder", daemon=True)
         self._thread.start()
@@ -339,18 +413,47 @@ class SharedVideoEncoder:
                 except RuntimeError:  # the loop is closed: the call is over
                     return
 
-    def _choose_step(self, wanted: int, now: float, load: float = 1.0) -> int:
+    def _choose_step(
+        self,
+        wanted: int,
+        now: float,
+        load: float = 1.0,
+        quality: PictureQuality | None = None,
+        floor: int = 0,
+    ) -> int:
         """The ladder's step for `wanted`: down at once, up only once it has lasted. `load`: the
-        source's pixels a second over 640x480 at 30 (a smaller picture needs less at every step)."""
-        if wanted < PICTURE_LADDER[self.step][0] * load * LADDER_DOWN_MARGIN:
+        source's pixels a second over 640x480 at 30 (a smaller picture needs less at every step).
+        `quality`: the encoder's quantizer, where it reports one; then the picture goes down only when
+        it is starved, and also comes up when it has room. `floor`: the least step allowed (loss)."""
+        least = [bitrate * load for bitrate, _, _ in PICTURE_LADDER]
+        if self.step < floor:
             self._better_since = None
-            return next(i for i, (least, _, _) in enumerate(PICTURE_LADDER) if wanted >= least * load)
-        if self.step == 0 or wanted < PICTURE_LADDER[self.step - 1][0] * load:
+            return floor
+        if wanted < least[self.step] * LADDER_DOWN_MARGIN and (quality is None or quality.starved):
+            self._better_since = None
+            if quality is not None:
+                self._ceiling = (self.step, wanted, now)
+            return next(i for i, bitrate in enumerate(least) if wanted >= bitrate)
+        if self.step <= floor:
             self._better_since = None
             return self.step
+        better = self.step - 1
+        if wanted < least[better]:
+            if quality is not None and quality.mean is None:
+                return self.step  # a restarted encoder settling: neither room nor none
+            if quality is None or not quality.roomy or self._below_ceiling(better, wanted, now):
+                self._better_since = None
+                return self.step
         if self._better_since is None:
             self._better_since = now
-        return self.step - 1 if now - self._better_since >= LADDER_UP_HOLD else self.step
+        return better if now - self._better_since >= LADDER_UP_HOLD else self.step
+
+    def _below_ceiling(self, step: int, wanted: int, now: float) -> bool:
+        """Whether `step` was found starved lately at about this bitrate (not to be tried again)."""
+        if self._ceiling is None:
+            return False
+        starved_step, bitrate, at = self._ceiling
+        return step <= starved_step and wanted < bitrate * CEILING_MARGIN and now - at < CEILING_SECONDS
 
     def _encode(
         self, frame: av.VideoFrame, keyframe: bool, wanted: int, lossy: bool = False
@@ -359,10 +462,19 @@ class SharedVideoEncoder:
         load = frame.width * frame.height * self._fps / LADDER_REFERENCE
         if lossy:
             wanted = max(self.low, min(wanted, loss_bitrate(load)))
-        step = self._choose_step(wanted, now, load)
+        quality = self._quality if self._quantizer_known else None
+        step = self._choose_step(wanted, now, load, quality, LOSS_LADDER_STEP if lossy else 0)
         if step != self.step:
+            log.info(
+                "%s: %d bit/s, quantizer %s: picture step %d %s",
+                self.mime,
+                wanted,
+                "unknown" if quality is None or quality.mean is None else f"{quality.mean:.0f}",
+                step,
+                PICTURE_LADDER[step][1:],
+            )
             self.step, self.step_changes, self._better_since = step, self.step_changes + 1, None
-            log.info("%s: %d bit/s: picture step %d %s", self.mime, wanted, step, PICTURE_LADDER[step][1:])
+            self._quality.clear()
         _, scale, divisor = PICTURE_LADDER[self.step]
         self._frame_count += 1
         if divisor > 1 and self._frame_count % divisor:
@@ -393,11 +505,17 @@ class SharedVideoEncoder:
             self._bitrate, self._changed_at = wanted, now
             ctx = self._ctx = _video_context(self.mime, frame.width, frame.height, wanted, fps)
             keyframe = True
+            self._quality.clear(QUANTIZER_SETTLE_FRAMES)  # a new rate control finds its own quantizer
         pts, time_base = frame.pts, frame.time_base
         frame.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
         packets = ctx.encode(frame)
         self.frames_encoded += 1
         for packet in packets:
+            quantizer = packet_quantizer(packet)
+            if quantizer is None:
+                self._quantizer_known = False
+            elif not packet.is_keyframe:
+                self._quality.add(quantizer)
             # aiortc's pack() turns pts into the RTP timestamp: keep the capture's clock.
             packet.pts = pts
             if time_base is not None:  # the capture gives every frame its clock
