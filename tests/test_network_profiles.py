@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from kiosk.media.encoding import LOSS_LADDER_FROM
 from kiosk.netlab.call import LabCallReport, run_lab_call
 from kiosk.netlab.lab import address
 from kiosk.netlab.model import Blackout, RateStep
@@ -63,7 +64,9 @@ def test_on_wifi_loss_brings_fec_and_nacks(tmp_path: Path) -> None:
 def test_on_bad_wifi_the_playout_follows_the_jitter_and_the_picture_shrinks(
     tmp_path: Path,
 ) -> None:
-    report = run_lab_call(tmp_path, _until(profile("bad-wifi"), 12.0), seconds=24, kiosk_args=EVERY_SECOND)
+    # 16 s of bad Wi-Fi: the loss average (reports about a second apart, some of them lost too) must
+    # build up to the ladder's mark, and on a loaded machine the call takes longer to start.
+    report = run_lab_call(tmp_path, _until(profile("bad-wifi"), 16.0), seconds=28, kiosk_args=EVERY_SECOND)
     _both_ways(report)
     heard = report.received_by_kiosk()
     delays = [
@@ -83,7 +86,11 @@ def test_on_bad_wifi_the_playout_follows_the_jitter_and_the_picture_shrinks(
     sizes = [tuple(t["videoSentSize"]) for t in _timeline(report) if t.get("videoSentSize")]
     assert sizes, "no picture sizes in the timeline"
     smallest = min(sizes, key=lambda size: size[0] * size[1])
-    assert smallest[0] * smallest[1] <= 320 * 240, sizes
+    seen = [
+        (t.get("videoSentSize"), t.get("videoSentLoss"), t.get("videoQuantizer")) for t in _timeline(report)
+    ]
+    assert max(loss or 0.0 for _, loss, _ in seen) >= LOSS_LADDER_FROM, seen  # the reports came back
+    assert smallest[0] * smallest[1] <= 320 * 240, seen
     assert report.kiosk["stats"]["videoPictureChanges"] > 0
 
 

@@ -553,6 +553,8 @@ class SessionStats:
     video_sent_size: tuple[int, int] | None = None  # the picture we send now (smaller on a thin link)
     video_sent_bitrate: int | None = None  # what our video encoder runs at now, bits per second
     video_picture_changes: int = 0  # how often the picture size or frame rate followed the bitrate
+    video_sent_loss: float | None = None  # the share of our video the receivers lose, averaged (worst)
+    video_quantizer: float | None = None  # our video encoder's mean quantizer lately (coarser: higher)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -565,5 +567,7 @@ class SessionStats:
             "videoSentSize": list(self.video_sent_size) if self.video_sent_size else None,
             "videoSentBitrate": self.video_sent_bitrate,
             "videoPictureChanges": self.video_picture_changes,
+            "videoSentLoss": self.video_sent_loss,
+            "videoQuantizer": self.video_quantizer,
             "participants": {uid: p.to_json() for uid, p in self.participants.items()},
         }

@@ -530,6 +530,7 @@ class CallSession:
         for video in self.camera.encoders:
             if isinstance(video, SharedVideoEncoder) and video.sinks:
                 result.video_sent_size, result.video_sent_bitrate = video.sent_size, video.bitrate
+                result.video_sent_loss, result.video_quantizer = video.loss, video.quantizer
         return result
 
     # ----------------------------------------------------------------- plumbing

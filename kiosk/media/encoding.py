@@ -195,9 +195,10 @@ class PictureQuality:
     @property
     def mean(self) -> float | None:
         """None until a full window of frames has been coded."""
-        if len(self._recent) < QUANTIZER_WINDOW:
+        recent = list(self._recent)  # one copy: the loop reads while the encoder thread adds
+        if len(recent) < QUANTIZER_WINDOW:
             return None
-        return sum(self._recent) / len(self._recent)
+        return sum(recent) / len(recent)
 
     @property
     def starved(self) -> bool:
@@ -349,6 +350,12 @@ class SharedVideoEncoder:
     def loss(self) -> float:
         """The worst receiver's loss, averaged over its recent reports."""
         return self._losses.loss
+
+    @property
+    def quantizer(self) -> float | None:
+        """The mean quantizer of the last frames, once a window of them has been coded since the
+        encoder or the picture last changed (read from the loop: a snapshot, not a lock)."""
+        return self._quality.mean
 
     @property
     def lossy(self) -> bool:
