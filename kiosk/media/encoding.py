@@ -480,8 +480,9 @@ class SharedVideoEncoder:
                 step,
                 PICTURE_LADDER[step][1:],
             )
+            # Every step changes the size or the frame rate, so the encoder restarts below, and the
+            # quantizer window starts again there.
             self.step, self.step_changes, self._better_since = step, self.step_changes + 1, None
-            self._quality.clear()
         _, scale, divisor = PICTURE_LADDER[self.step]
         self._frame_count += 1
         if divisor > 1 and self._frame_count % divisor:
